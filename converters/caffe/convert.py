@@ -1,0 +1,131 @@
+"""Caffe -> PyTorch conversion as a library call (the CLI is ``converters/caffe2torch.py``).
+
+Pipeline: stream layers (reader) -> drop multi-scale copies -> BatchNorm /
+Scale / Convolution passes -> rename table -> checks (nothing left over,
+nothing missing, shapes and BN eps equal) -> strict ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from converters.caffe import passes, rules, topology
+from converters.caffe.reader import iter_layers
+from converters.errors import ConversionError
+from reference_models import build_model
+
+# reference model name -> official Caffe topology, for naming the layer a missing tensor should come from
+ARCH_TOPOLOGY = {
+    "deeplabv2_resnet101": "resnet101",
+    "deeplabv2_resnet101_msc": "resnet101",
+    "deeplabv1_resnet101": "resnet101_init",
+    "deeplabv2_vgg16": "vgg16_aspp",
+    "deeplabv2_vgg16_largefov": "vgg16_largefov",
+}
+SUPPORTED_ARCHS = tuple(ARCH_TOPOLOGY)
+# the tensor whose first dimension is the number of classes
+CLASSIFIER_KEY = {
+    "deeplabv2_resnet101": "aspp.branches.0.weight",
+    "deeplabv2_resnet101_msc": "aspp.branches.0.weight",
+    "deeplabv1_resnet101": "classifier.weight",
+    "deeplabv2_vgg16": "aspp.branches.0.fc8.weight",
+    "deeplabv2_vgg16_largefov": "aspp.branches.0.fc8.weight",
+}
+
+
+@dataclass
+class Converted:
+    """The result: a strict-loadable state dict, the model it loaded into, and where each key came from."""
+
+    state_dict: dict[str, torch.Tensor]
+    model: nn.Module
+    num_classes: int
+    source_layer: dict[str, str] = field(default_factory=dict)
+    caffe_layers: int = 0
+
+
+def _expected_layer(arch: str, num_classes: int) -> dict[str, str]:
+    """Module path -> the official Caffe layer that fills it."""
+    net = topology.build_net(ARCH_TOPOLOGY[arch], num_classes=num_classes)
+    out = {}
+    for lp in net.layer:
+        if lp.type in ("Convolution", "BatchNorm"):
+            module = rules.rename_layer(arch, lp.name)
+            if module is not None:
+                out[module] = lp.name
+    return out
+
+
+def convert_caffemodel(path: str | os.PathLike, *, arch: str, num_classes: int | None = None) -> Converted:
+    """Convert ``path`` into the weights of the registered model ``arch``.
+
+    ``num_classes=None`` takes the class count from the file's classifier.
+    Every problem raises :class:`ConversionError` naming the file and, where one
+    exists, the Caffe layer.
+    """
+    if arch not in ARCH_TOPOLOGY:
+        raise ValueError(f"no Caffe conversion for '{arch}'; supported: {', '.join(SUPPORTED_ARCHS)}")
+    path = Path(path)
+    counter = {"layers": 0}
+
+    def counted(layers):
+        for layer in layers:
+            counter["layers"] += 1
+            yield layer
+
+    named = passes.layer_arrays(passes.drop_msc_copies(counted(iter_layers(path)), path), path)
+    renamed, reverse = rules.rename(named.arrays, arch, path=path)
+
+    if num_classes is None:
+        head = renamed.get(CLASSIFIER_KEY[arch])
+        if head is None:
+            raise ConversionError(path, f"no classifier layer found for {arch}; pass --num-classes")
+        num_classes = int(head.shape[0])
+    model = build_model(arch, num_classes=num_classes)
+    expected = model.state_dict()
+    modules = dict(model.named_modules())
+
+    state: dict[str, torch.Tensor] = {}
+    for key, value in renamed.items():
+        layer = reverse[key]
+        if key not in expected:
+            raise ConversionError(path, f"maps onto '{key}', which {arch} does not have", layer=layer)
+        want = tuple(expected[key].shape)
+        if tuple(value.shape) != want:
+            # a classifier tensor with another class count: say so
+            hint = " (wrong --num-classes?)" if want[0] == num_classes and value.shape[:1] != want[:1] else ""
+            raise ConversionError(path, f"{key.rsplit('.', 1)[1]} has shape {list(value.shape)} in the file, "
+                                  f"{arch} expects {list(want)}{hint}", layer=layer)
+        state[key] = torch.from_numpy(np.ascontiguousarray(value))
+
+    # BatchNorm eps is not a tensor: it must agree with the model's module.
+    for bn_layer, eps in named.bn_eps.items():
+        module_path = rules.rename_layer(arch, bn_layer)
+        module = modules.get(module_path)
+        if isinstance(module, nn.BatchNorm2d) and not np.isclose(module.eps, eps, rtol=1e-6, atol=0.0):
+            raise ConversionError(path, f"BatchNorm eps is {eps:g}, {arch} uses {module.eps:g}", layer=bn_layer)
+
+    for name, module in modules.items():
+        if isinstance(module, nn.BatchNorm2d):
+            state.setdefault(f"{name}.num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    missing = [k for k in expected if k not in state]
+    if missing:
+        where = _expected_layer(arch, num_classes)
+        first = missing[0]
+        layer = where.get(first.rsplit(".", 1)[0])
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        problem = (f"missing layer '{layer}' (for {first}){more}" if layer
+                   else f"nothing in the file fills {first}{more}")
+        raise ConversionError(path, f"{problem}; is this a {arch} caffemodel?")
+
+    model.load_state_dict(state, strict=True)
+    return Converted(state_dict=state, model=model, num_classes=num_classes, source_layer=reverse,
+                     caffe_layers=counter["layers"])
