@@ -41,9 +41,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import IO, Self
+from typing import IO
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from converters.errors import ConversionError
 from converters.proto import load_messages
@@ -142,7 +143,7 @@ def _crc_vector(reg: int, data: memoryview) -> int:
 
 
 def crc32c(data: bytes | bytearray | memoryview) -> int:
-    """Return the CRC-32C (Castagnoli) of ``data``; ~100+ MB/s for large inputs, no extra deps."""
+    """Return the CRC-32C (Castagnoli) of ``data``; about 100 MB/s for large inputs, numpy only."""
     view = memoryview(data).cast("B")
     reg = 0xFFFFFFFF
     bulk = len(view) - len(view) % _CHUNK if len(view) >= 16 * _CHUNK else 0
@@ -350,7 +351,8 @@ def _decode_slice_key(key: bytes) -> tuple[str, Extents]:
 
 def _bounds(extents: Extents, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     """Per-dimension [start, stop) of a partition of a tensor of ``shape``."""
-    return tuple((0, dim) if length < 0 else (start, start + length) for (start, length), dim in zip(extents, shape))
+    pairs = zip(extents, shape, strict=True)  # callers check the ranks match first
+    return tuple((0, dim) if length < 0 else (start, start + length) for (start, length), dim in pairs)
 
 
 def _proto_extents(slice_proto) -> Extents:
@@ -384,7 +386,7 @@ class TFCheckpoint:
         """Open the checkpoint at ``prefix`` (``PREFIX.index`` must exist).
 
         ``verify=True`` checks each tensor's CRC-32C on :meth:`read` (numpy-vectorized,
-        roughly 100-300 MB/s); index blocks are always checked.
+        about 100 MB/s on one core); index blocks are always checked.
         """
         prefix = str(prefix)
         self.prefix = prefix = prefix.removesuffix(".index")
@@ -395,7 +397,7 @@ class TFCheckpoint:
             if Path(prefix).is_file() and _looks_like_table(Path(prefix)):
                 raise ConversionError(
                     prefix,
-                    "V1 (TensorSliceWriter) checkpoint: not supported, re-save it with a TF 1.x Saver (V2 format)",
+                    "V1 (TensorSliceWriter) checkpoint: not supported; re-save it in V2 format with TensorFlow",
                 )
             raise ConversionError(self.index_path, "checkpoint index file not found")
         entries, self._num_shards, big_endian = self._parse_index()
@@ -441,9 +443,7 @@ class TFCheckpoint:
                 entries[_decode_slice_key(key) if key[:1] == b"\x00" else key.decode("utf-8")] = entry
         except (_Corrupt, UnicodeDecodeError) as exc:
             raise ConversionError(path, str(exc)) from None
-        except Exception as exc:  # protobuf's DecodeError has moved between releases
-            if type(exc).__name__ != "DecodeError":
-                raise
+        except DecodeError as exc:
             raise ConversionError(path, f"unparseable checkpoint entry ({exc})") from None
         if header is None:
             raise ConversionError(path, "checkpoint index has no header entry")
@@ -597,7 +597,7 @@ class TFCheckpoint:
             handle.close()
         self._files.clear()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> TFCheckpoint:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
