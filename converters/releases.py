@@ -42,10 +42,11 @@ class Release:
     def default_output(self) -> Path:
         return MODELS_DIR / self.folder / f"{self.arch}_{self.name}.pth"
 
-    def missing_message(self, path: Path) -> str:
-        return (f"{path}: file not found. Release '{self.name}' ({self.description}) is '{self.file_name}' from "
-                f"{self.url} (see {self.page}); download and unzip it, then put '{self.file_name}' at {path} "
-                f"or pass --caffemodel PATH")
+    def missing_message(self, flag: str = "--caffemodel") -> str:
+        """What to do when the file is not at its default location (one line)."""
+        return (f"file not found. Release '{self.name}' ({self.description}) is '{self.file_name}' in "
+                f"{self.url} (see {self.page}); download and unzip it and put '{self.file_name}' here, "
+                f"or pass {flag} PATH")
 
 
 CAFFE_RELEASES: dict[str, Release] = {

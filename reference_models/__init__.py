@@ -24,3 +24,4 @@ __all__ = [
     "register_backbone",
     "register_model",
 ]
+from . import tf_ops, resnet_tf, xception, mobilenet_v2, deeplab_v3  # noqa: E402,F401  (TF-ported v3/v3+)

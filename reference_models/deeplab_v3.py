@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import mobilenet_v2, resnet_tf, xception  # noqa: F401  (registers the backbones built by name below)
 from .registry import build_backbone, register_model, validate_output_stride
 from .tf_ops import Conv2dTF, resize_bilinear_align_corners
 

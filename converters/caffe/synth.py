@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -96,12 +96,14 @@ def _bn_scale_blobs(bn_blobs: list[np.ndarray], last_in_branch: bool, rng: np.ra
 
 
 def write_caffemodel(net: Any, path: str | os.PathLike, *, seed: int = 0, legacy_shape: bool = False,
-                     double: bool = False, v1: bool = False) -> Path:
+                     double: bool = False, v1: bool = False,
+                     mutate: Callable[[Any, list[np.ndarray]], list[np.ndarray]] | None = None) -> Path:
     """Fill ``net`` with random blobs and write it as a binary caffemodel at ``path``.
 
     Weight-shared multi-scale copies get the blobs of their 1x layer. Options
     exercise the legacy encodings: ``legacy_shape`` (num/channels/height/width),
     ``double`` (``double_data``), ``v1`` (``layers`` records of V1LayerParameter).
+    ``mutate(layer, blobs) -> blobs`` may alter what one layer stores (tests of bad files).
     """
     rng = np.random.default_rng(seed)
     channels: dict[str, int] = {name: 3 for name in net.input}
@@ -132,6 +134,8 @@ def write_caffemodel(net: Any, path: str | os.PathLike, *, seed: int = 0, legacy
             out_c = int(lp.convolution_param.num_output) if lp.type == "Convolution" else c_in
             for top in lp.top:
                 channels[top] = out_c
+            if mutate is not None:
+                blobs = mutate(lp, [b.copy() for b in blobs])
             _write_layer(fh, lp, blobs, legacy_shape=legacy_shape, double=double, v1=v1)
     return path
 

@@ -1,0 +1,41 @@
+"""Shared fixtures: generated official-format caffemodels (made once per session)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "deeplab_v2"
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+
+
+@pytest.fixture(scope="session")
+def shared_fixtures() -> Path:
+    """The public DeepLab v2 prototxts kept beside the project (skip when absent)."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(f"official prototxt fixtures not found at {SHARED_FIXTURES} (../shared is not beside the repo)")
+    return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def caffemodels(tmp_path_factory):
+    """``get(arch, num_classes=21, seed=0)`` -> (NetParameter, path) of a random official-topology caffemodel."""
+    from converters.caffe import synth
+
+    root = tmp_path_factory.mktemp("caffemodels")
+    cache: dict[tuple, tuple] = {}
+
+    def get(arch: str, num_classes: int = 21, seed: int = 0):
+        key = (arch, num_classes, seed)
+        if key not in cache:
+            path = root / f"{arch}_{num_classes}_{seed}.caffemodel"
+            net = synth.official_caffemodel(arch, path, num_classes=num_classes, seed=seed)
+            cache[key] = (net, path)
+        return cache[key]
+
+    return get
