@@ -1,0 +1,257 @@
+"""Segmentation metrics from one dataset-level confusion matrix.
+
+Scores are computed once from a confusion matrix accumulated over the whole dataset, never by
+averaging per-image scores (that answers a different question and gives different numbers; see
+``tests/test_metrics.py``).
+
+Which classes enter the means is a convention that changes mIoU, so it is an explicit argument:
+
+- ``"present_in_gt"`` (default): classes with at least one ground-truth pixel. This is the
+  COCO-Stuff evaluation (``cocostuffeval``: ``valid = posGt > 0``) and kazuto1011's ``scores()``;
+  it drops the 11 COCO-Stuff classes that have no annotations. A class that is predicted but
+  absent from the ground truth is not penalised.
+- ``"present_in_union"``: classes present in the ground truth *or* the prediction, i.e. NaN-mean
+  over classes with a non-zero union. This is mmsegmentation's ``IoUMetric``, TF DeepLab's
+  ``tf.metrics.mean_iou``, torchmetrics >= 1.x macro Jaccard, VainF and jfzhang95.
+- ``"all"``: every class, absent ones counting as IoU 0 (old torchmetrics; rarely wanted).
+
+On VOC val every class is present in the ground truth, so the first two agree there.
+
+Ground-truth values outside ``[0, num_classes)`` other than ``ignore_index`` are an error by
+default (``out_of_range="error"``), because on the datasets we reproduce they mean a wrong label
+mapping. ``out_of_range="ignore"`` drops those pixels instead, as the official COCO-Stuff
+evaluation does (it ignores every gt not in ``[0, 181]``). Predictions outside ``[0, num_classes)``
+are always an error: they can only come from a bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+__all__ = ["ConfusionMatrix", "ClassSelection", "CLASS_SELECTIONS", "scores_from_matrix", "percent"]
+
+ClassSelection = Literal["present_in_gt", "present_in_union", "all"]
+CLASS_SELECTIONS: tuple[str, ...] = ("present_in_gt", "present_in_union", "all")
+
+
+def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    """Integer tensor view of a numpy array or tensor (no copy where possible)."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices, got dtype {x.dtype} (take argmax of logits first)")
+    return x
+
+
+class ConfusionMatrix:
+    """A streaming ``(num_classes, num_classes)`` confusion matrix; rows = ground truth, columns = prediction.
+
+    ``update`` runs a single ``torch.bincount`` on the device of its inputs (CPU or CUDA); the
+    matrix lives on that device as int64 (no overflow before 2**63 pixels) until ``compute``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = 255,
+        *,
+        out_of_range: Literal["error", "ignore"] = "error",
+    ) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if ignore_index is not None and 0 <= ignore_index < num_classes:
+            raise ValueError(f"ignore_index {ignore_index} is a valid class index for num_classes={num_classes}")
+        if out_of_range not in ("error", "ignore"):
+            raise ValueError(f"out_of_range must be 'error' or 'ignore', got {out_of_range!r}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = ignore_index
+        self.out_of_range = out_of_range
+        self._mat: torch.Tensor | None = None  # allocated on the first update's device
+
+    # ------------------------------------------------------------------ accumulation
+    def update(self, pred: Any, label: Any) -> None:
+        """Add one image or a batch. ``pred`` and ``label`` are integer arrays of the same shape.
+
+        Accepts numpy arrays or torch tensors of any integer dtype and any shape ((H, W),
+        (N, H, W), ...). Pixels whose label equals ``ignore_index`` are skipped whatever the
+        prediction. Raises ``ValueError`` naming the offending value for out-of-range labels
+        (unless ``out_of_range="ignore"``) and for out-of-range predictions.
+        """
+        pred_t = _as_tensor(pred, "pred")
+        label_t = _as_tensor(label, "label")
+        if pred_t.shape != label_t.shape:
+            raise ValueError(f"pred shape {tuple(pred_t.shape)} != label shape {tuple(label_t.shape)}")
+        if pred_t.device != label_t.device:
+            pred_t = pred_t.to(label_t.device)
+        # int64 before arithmetic: uint8 would wrap in label * C + pred.
+        label_t = label_t.reshape(-1).long()
+        pred_t = pred_t.reshape(-1).long()
+        c = self.num_classes
+        keep = torch.ones_like(label_t, dtype=torch.bool) if self.ignore_index is None else label_t != self.ignore_index
+        bad_label = keep & ((label_t < 0) | (label_t >= c))
+        if bool(bad_label.any()):
+            if self.out_of_range == "error":
+                values = torch.unique(label_t[bad_label])[:5].tolist()
+                raise ValueError(
+                    f"label value(s) {values} outside [0, {c}) and not ignore_index={self.ignore_index} "
+                    "(pass out_of_range='ignore' to drop such pixels, as the COCO-Stuff evaluation does)"
+                )
+            keep &= ~bad_label
+        label_t = label_t[keep]
+        pred_t = pred_t[keep]
+        if pred_t.numel() and (int(pred_t.min()) < 0 or int(pred_t.max()) >= c):
+            bad = torch.unique(pred_t[(pred_t < 0) | (pred_t >= c)])[:5].tolist()
+            raise ValueError(f"prediction value(s) {bad} outside [0, {c})")
+        counts = torch.bincount(label_t * c + pred_t, minlength=c * c).reshape(c, c)
+        if self._mat is None:
+            self._mat = counts
+        else:
+            self._mat += counts.to(self._mat.device)
+
+    def merge(self, other: ConfusionMatrix | np.ndarray | torch.Tensor) -> ConfusionMatrix:
+        """Add another matrix (from another worker, process or shard) into this one; returns ``self``."""
+        if isinstance(other, ConfusionMatrix):
+            if other.num_classes != self.num_classes or other.ignore_index != self.ignore_index:
+                raise ValueError(
+                    f"cannot merge ConfusionMatrix(num_classes={other.num_classes}, ignore_index={other.ignore_index}) "
+                    f"into ConfusionMatrix(num_classes={self.num_classes}, ignore_index={self.ignore_index})"
+                )
+            if other._mat is None:
+                return self
+            counts = other._mat
+        else:
+            counts = _as_tensor(other, "matrix").long()
+            if tuple(counts.shape) != (self.num_classes, self.num_classes):
+                raise ValueError(f"matrix shape {tuple(counts.shape)} != ({self.num_classes}, {self.num_classes})")
+        if self._mat is None:
+            self._mat = counts.clone()
+        else:
+            self._mat += counts.to(self._mat.device)
+        return self
+
+    def __iadd__(self, other: ConfusionMatrix) -> ConfusionMatrix:
+        return self.merge(other)
+
+    @classmethod
+    def sum(cls, matrices: Iterable[ConfusionMatrix]) -> ConfusionMatrix:
+        """Merge several matrices (e.g. one per DataLoader worker) into a new one."""
+        matrices = list(matrices)
+        if not matrices:
+            raise ValueError("ConfusionMatrix.sum needs at least one matrix")
+        first = matrices[0]
+        total = cls(first.num_classes, first.ignore_index, out_of_range=first.out_of_range)
+        for m in matrices:
+            total.merge(m)
+        return total
+
+    def all_reduce(self, group: Any = None) -> ConfusionMatrix:
+        """Sum the matrix over all ``torch.distributed`` ranks in place (no-op when not initialised).
+
+        Every rank must call this. A rank that saw no data contributes zeros.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        if self._mat is None:
+            self._mat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
+        dist.all_reduce(self._mat, op=dist.ReduceOp.SUM, group=group)
+        return self
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far."""
+        self._mat = None
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The accumulated counts as a CPU ``(C, C)`` int64 numpy array (rows gt, columns pred)."""
+        if self._mat is None:
+            return np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        return self._mat.detach().cpu().numpy().astype(np.int64, copy=True)
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray | torch.Tensor, ignore_index: int | None = 255) -> ConfusionMatrix:
+        """Rebuild from saved counts, e.g. ``np.save``'d ``cm.matrix`` from another process."""
+        matrix = np.asarray(matrix)
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"expected a square matrix, got shape {matrix.shape}")
+        cm = cls(matrix.shape[0], ignore_index)
+        cm.merge(matrix.astype(np.int64))
+        return cm
+
+    # ------------------------------------------------------------------ scores
+    def compute(self, classes: ClassSelection = "present_in_gt") -> dict[str, Any]:
+        """Scores as fractions in [0, 1]; see :func:`scores_from_matrix`."""
+        return scores_from_matrix(self.matrix, classes=classes)
+
+    def __repr__(self) -> str:
+        total = 0 if self._mat is None else int(self._mat.sum())
+        return f"ConfusionMatrix(num_classes={self.num_classes}, ignore_index={self.ignore_index}, pixels={total})"
+
+
+def scores_from_matrix(matrix: np.ndarray, classes: ClassSelection = "present_in_gt") -> dict[str, Any]:
+    """Pixel accuracy, mean accuracy, mIoU, FWIoU and per-class IoU/accuracy from a confusion matrix.
+
+    All values are fractions in [0, 1] (multiply by 100 for the papers' percentages). Returns::
+
+        pixel_acc   trace / total pixels
+        mean_acc    mean over the selected classes that have gt pixels of TP / gt
+        miou        mean over the selected classes of TP / (gt + pred - TP)
+        fwiou       sum over classes with gt of (gt / total) * IoU (independent of ``classes``)
+        iou, acc    per-class lists; NaN where undefined (IoU: union 0; acc: no gt pixels)
+        classes     the convention used; ``num_classes_used``: how many classes entered miou
+        num_pixels  pixels counted (ignored pixels excluded)
+
+    Empty matrices give NaN scores rather than an exception, so an empty shard is harmless.
+    """
+    if classes not in CLASS_SELECTIONS:
+        raise ValueError(f"classes must be one of {CLASS_SELECTIONS}, got {classes!r}")
+    mat = np.asarray(matrix, dtype=np.float64)
+    tp = np.diag(mat)
+    gt = mat.sum(axis=1)
+    pred = mat.sum(axis=0)
+    union = gt + pred - tp
+    total = mat.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        acc = np.where(gt > 0, tp / gt, np.nan)
+        pixel_acc = tp.sum() / total if total > 0 else np.nan
+        fwiou = float(np.nansum((gt / total) * iou)) if total > 0 else np.nan
+
+    if classes == "present_in_gt":
+        selected = gt > 0
+        iou_sel = iou[selected]
+    elif classes == "present_in_union":
+        selected = union > 0
+        iou_sel = iou[selected]
+    else:
+        selected = np.ones_like(gt, dtype=bool)
+        iou_sel = np.nan_to_num(iou, nan=0.0)
+    # Accuracy is undefined for classes without gt, so those never enter mean_acc.
+    acc_sel = acc[selected & (gt > 0)]
+    miou = float(iou_sel.mean()) if iou_sel.size else float("nan")
+    mean_acc = float(acc_sel.mean()) if acc_sel.size else float("nan")
+    return {
+        "pixel_acc": float(pixel_acc),
+        "mean_acc": mean_acc,
+        "miou": miou,
+        "fwiou": float(fwiou),
+        "iou": iou.tolist(),
+        "acc": acc.tolist(),
+        "classes": classes,
+        "num_classes_used": int(selected.sum()),
+        "num_pixels": int(total),
+    }
+
+
+def percent(
+    scores: Mapping[str, Any], keys: Iterable[str] = ("pixel_acc", "mean_acc", "miou", "fwiou")
+) -> dict[str, float]:
+    """The summary scores of :func:`scores_from_matrix` in percent, as the papers print them."""
+    return {k: 100.0 * float(scores[k]) for k in keys}
