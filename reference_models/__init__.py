@@ -4,6 +4,8 @@
 construct registered architectures; ``list_models()`` / ``list_backbones()`` name them.
 """
 
+# Importing a model module registers its builders.
+from . import deeplab_v2  # noqa: E402,F401
 from .registry import (
     build_backbone,
     build_model,
@@ -13,9 +15,6 @@ from .registry import (
     register_model,
 )
 
-# Importing a model module registers its builders.
-from . import deeplab_v2  # noqa: E402,F401
-
 __all__ = [
     "build_backbone",
     "build_model",
@@ -24,4 +23,4 @@ __all__ = [
     "register_backbone",
     "register_model",
 ]
-from . import tf_ops, resnet_tf, xception, mobilenet_v2, deeplab_v3  # noqa: E402,F401  (TF-ported v3/v3+)
+from . import deeplab_v3, mobilenet_v2, resnet_tf, tf_ops, xception  # noqa: E402,F401  (TF-ported v3/v3+)

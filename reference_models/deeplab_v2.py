@@ -20,7 +20,7 @@ BatchNorm is frozen by default (Caffe's ``use_global_stats: true``).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -196,7 +196,7 @@ class DeepLabV2(nn.Module):
                 if isinstance(m, nn.BatchNorm2d):
                     m.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "DeepLabV2":
+    def train(self, mode: bool = True) -> DeepLabV2:
         super().train(mode)
         if self.freeze_bn:  # Caffe: use_global_stats: true, in training too
             for m in self.modules():

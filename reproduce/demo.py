@@ -12,7 +12,6 @@ parity report (JSON beside it). With the real files, run the converter on them:
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile

@@ -11,9 +11,10 @@ twice and a truncated or foreign file is reported by name.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 from google.protobuf import text_format
@@ -187,7 +188,9 @@ def iter_layers(path: str | os.PathLike) -> Iterator[CaffeLayer]:
             try:
                 msg = (pb.V1LayerParameter if v1 else pb.LayerParameter).FromString(data)
             except DecodeError:
-                raise ConversionError(path, f"not a caffemodel (layer record {count} at byte {offset} does not parse)")
+                raise ConversionError(
+                    path, f"not a caffemodel (layer record {count} at byte {offset} does not parse)"
+                ) from None
             del data
             count += 1
             yield _layer_from_message(msg, v1=v1, path=path)

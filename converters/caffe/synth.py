@@ -15,8 +15,9 @@ floats directly from numpy), so a 530 MB file needs no 530 MB buffer.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 

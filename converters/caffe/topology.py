@@ -20,7 +20,8 @@ Architectures (``arch``):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from converters.caffe.reader import caffe_pb
 from reference_models.caffe_ops import interp_out

@@ -11,17 +11,17 @@ shipped: pre-generated modules are what break on new protobuf releases
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 PROTO_DIR = Path(__file__).resolve().parent
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_messages(schema: str) -> Mapping[str, type]:
     """Return ``{full message name: class}`` for the schema ``schema`` (``"caffe"``, ...).
 
