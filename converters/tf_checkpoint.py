@@ -1,10 +1,27 @@
-"""Read TensorFlow V2 checkpoints ("tensor bundles") with numpy and protobuf only.
+"""Read TensorFlow checkpoints, V2 and V1, with numpy and protobuf only.
 
 A V2 checkpoint ``PREFIX`` is the files ``PREFIX.index`` and
 ``PREFIX.data-SSSSS-of-NNNNN``. The index is a LevelDB-style sorted string table
 (SSTable) that maps each tensor name to a ``BundleEntryProto`` (dtype, shape,
 shard, byte offset, size, CRC-32C); the data shards are the raw tensor bytes,
 row-major, in the byte order the index header names.
+
+A V1 checkpoint (the old ``TensorSliceWriter`` format, e.g. TF-slim's 2016
+ImageNet ``resnet_v1_101.ckpt``) is one SSTable file ``PREFIX`` (or, from a
+sharded saver, the files ``PREFIX-SSSSS-of-NNNNN``, opened by that glob pattern
+or by ``PREFIX`` alone) holding the data itself: every value is a
+``SavedTensorSlices`` message. The value under the empty key is the table of
+contents (``SavedTensorSliceMeta``: per tensor its name, dtype, full shape and
+the slices stored); every other record holds one slice of one tensor as a
+``TensorProto`` with one typed repeated field (``float_val``, ``int64_val``,
+...) of its elements in row-major order, keyed by the same OrderedCode
+name+slice key as V2 partitions. TensorFlow writes each slice as one record
+(refusing slices over 2 GB), one full-extent slice per ordinary variable and one
+per part of a partitioned variable. Opening reads the footer, the index block
+and the table of contents; :meth:`TFCheckpoint.read` then reads only the blocks
+holding that tensor's slices. Learned from ``core/util/saved_tensor_slice.proto``,
+``tensor_slice_writer.{h,cc}``, ``tensor_slice_reader.cc`` and
+``saved_tensor_slice_util.{h,cc}``.
 
 Public API: :func:`open_checkpoint` returning a :class:`TFCheckpoint`.
 
@@ -28,15 +45,16 @@ and ``core/lib/strings/ordered_code.cc`` (read, not copied):
   binary key (OrderedCode: ``0x00``, escaped name, rank, signed start/length per
   dimension). Those keys start with a NUL byte, so they never clash with names.
 
-Not supported: V1 checkpoints (a single ``PREFIX`` file written by the old
-``TensorSliceWriter``, e.g. TF-slim's 2016 ImageNet ``*.ckpt`` files; they are
-reported as such), variant/resource and quantized dtypes.
+Not supported: variant/resource and quantized dtypes.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import struct
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from math import prod
@@ -218,14 +236,15 @@ def _snappy_decompress(data: bytes) -> bytes:
     return bytes(out)
 
 
-def _read_block(buf: bytes, offset: int, size: int) -> bytes:
-    """Return the contents of the block at ``[offset, offset + size)``, checked and decompressed."""
+def _read_block(buf: bytes, offset: int, size: int, *, check: bool = True) -> bytes:
+    """Return the contents of the block at ``[offset, offset + size)``, decompressed and, unless
+    ``check`` is false, checked against its CRC-32C."""
     end = offset + size
     if end + _TRAILER_SIZE > len(buf):
         raise _Corrupt("block runs past the end of the file (truncated?)")
     kind = buf[end]
     (masked,) = struct.unpack_from("<I", buf, end + 1)
-    if crc32c(memoryview(buf)[offset : end + 1]) != _unmask_crc(masked):
+    if check and crc32c(memoryview(buf)[offset : end + 1]) != _unmask_crc(masked):
         raise _Corrupt(f"block checksum mismatch at offset {offset}")
     if kind == _NO_COMPRESSION:
         return buf[offset:end]
@@ -255,22 +274,102 @@ def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         pos += value_len
 
 
-def _table_entries(buf: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """Yield every (key, value) of an SSTable held in ``buf``, in key order."""
-    if len(buf) < _FOOTER_SIZE:
-        raise _Corrupt("too short to be a TensorFlow checkpoint index (truncated?)")
-    footer = buf[-_FOOTER_SIZE:]
+def _index_handle(footer: bytes, not_a_table: str) -> tuple[int, int]:
+    """Return the index block's (offset, size) from an SSTable's 48-byte footer; a bad magic
+    number raises ``not_a_table`` plus the reason."""
     (magic,) = struct.unpack_from("<Q", footer, _FOOTER_SIZE - 8)
     if magic != _TABLE_MAGIC:
-        raise _Corrupt("not a TensorFlow checkpoint index (bad table magic number; truncated?)")
+        raise _Corrupt(f"{not_a_table} (bad table magic number; truncated?)")
     _, pos = _varint(footer, 0)  # meta-index handle: offset
     _, pos = _varint(footer, pos)  # meta-index handle: size (TensorFlow writes no meta blocks)
     index_offset, pos = _varint(footer, pos)
     index_size, _ = _varint(footer, pos)
+    return index_offset, index_size
+
+
+def _block_handle(handle: bytes) -> tuple[int, int]:
+    """Decode a block handle (varint offset, varint size), an index block's value."""
+    offset, pos = _varint(handle, 0)
+    size, _ = _varint(handle, pos)
+    return offset, size
+
+
+def _table_entries(buf: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Yield every (key, value) of an SSTable held in ``buf``, in key order."""
+    if len(buf) < _FOOTER_SIZE:
+        raise _Corrupt("too short to be a TensorFlow checkpoint index (truncated?)")
+    index_offset, index_size = _index_handle(buf[-_FOOTER_SIZE:], "not a TensorFlow checkpoint index")
     for _, handle in _block_entries(_read_block(buf, index_offset, index_size)):
-        offset, pos = _varint(handle, 0)
-        size, _ = _varint(handle, pos)
-        yield from _block_entries(_read_block(buf, offset, size))
+        yield from _block_entries(_read_block(buf, *_block_handle(handle)))
+
+
+class _V1Table:
+    """One V1 checkpoint file: an SSTable read block by block from disk, never whole.
+
+    Opening reads the footer and the index block (one ``(last key, block handle)``
+    entry per data block). :meth:`get` finds the one data block that can hold a key
+    (the first whose index key is >= it; keys compare as unsigned bytes) and scans it.
+    The last small block read is kept, since neighbouring small tensors share blocks.
+    """
+
+    _CACHE_LIMIT = 1 << 20  # blocks above this hold one big tensor: not worth keeping
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: IO[bytes] | None = None
+        self._cached: tuple[int, dict[bytes, bytes]] | None = None
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size < _FOOTER_SIZE:
+                raise _Corrupt("too short to be a TensorFlow checkpoint (truncated?)")
+            handle.seek(size - _FOOTER_SIZE)
+            not_v1 = f"not a TensorFlow checkpoint: no {path.name}.index, and not a V1 checkpoint file either"
+            index_offset, index_size = _index_handle(handle.read(_FOOTER_SIZE), not_v1)
+            if index_offset + index_size + _TRAILER_SIZE > size - _FOOTER_SIZE:
+                raise _Corrupt("index block runs past the end of the file (truncated?)")
+            handle.seek(index_offset)
+            index = _read_block(handle.read(index_size + _TRAILER_SIZE), 0, index_size)
+        self._keys: list[bytes] = []
+        self._blocks: list[tuple[int, int]] = []
+        for key, value in _block_entries(index):
+            offset, length = _block_handle(value)
+            if offset + length + _TRAILER_SIZE > index_offset:
+                raise _Corrupt("data block runs past the end of the data (truncated?)")
+            self._keys.append(key)
+            self._blocks.append((offset, length))
+        if self._keys != sorted(self._keys):
+            raise _Corrupt("index block keys out of order")
+
+    def locate(self, key: bytes) -> tuple[int, int] | None:
+        """(offset, size) of the only data block that may hold ``key``; None if past the end."""
+        i = bisect_left(self._keys, key)
+        return self._blocks[i] if i < len(self._keys) else None
+
+    def get(self, key: bytes, block: tuple[int, int], *, check: bool) -> bytes | None:
+        """The value stored under ``key`` in data block ``block``, or None if not there."""
+        offset, size = block
+        if self._cached is not None and self._cached[0] == offset:
+            return self._cached[1].get(key)
+        if self._handle is None:
+            self._handle = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        self._handle.seek(offset)
+        raw = self._handle.read(size + _TRAILER_SIZE)
+        if size > self._CACHE_LIMIT:  # one big record: find it without keeping the block
+            found = None
+            for entry_key, value in _block_entries(_read_block(raw, 0, size, check=check)):
+                if entry_key == key:
+                    found = value
+                    break
+            return found
+        entries = dict(_block_entries(_read_block(raw, 0, size, check=check)))
+        self._cached = (offset, entries)
+        return entries.get(key)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self._cached = None
 
 
 # --------------------------------------------------------------------------- slice keys
@@ -349,6 +448,27 @@ def _decode_slice_key(key: bytes) -> tuple[str, Extents]:
     return name.decode("utf-8"), tuple(extents)
 
 
+def _ordered_encode(name: str, extents: Extents) -> bytes:
+    """Encode a slice key (inverse of :func:`_decode_slice_key`): OrderedCode ``0, name, rank,
+    then start, length`` per dimension, a whole dimension as start 0 and length -1."""
+
+    def unsigned(value: int) -> bytes:
+        body = value.to_bytes((value.bit_length() + 7) // 8, "big")
+        return bytes([len(body)]) + body
+
+    def signed(value: int) -> bytes:
+        # Smallest n with value in [-2**(7n-1), 2**(7n-1)); its n leading sign bits are inverted.
+        n = next(n for n in range(1, 11) if -(1 << (7 * n - 1)) <= value < 1 << (7 * n - 1))
+        bits = 8 * n
+        return ((value % (1 << bits)) ^ (((1 << n) - 1) << (bits - n))).to_bytes(n, "big")
+
+    escaped = re.sub(rb"[\x00\xff]", lambda m: {b"\x00": b"\x00\xff", b"\xff": b"\xff\x00"}[m[0]], name.encode("utf-8"))
+    key = unsigned(0) + escaped + b"\x00\x01" + unsigned(len(extents))
+    for start, length in extents:
+        key += signed(start) + signed(length)
+    return key
+
+
 def _bounds(extents: Extents, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     """Per-dimension [start, stop) of a partition of a tensor of ``shape``."""
     pairs = zip(extents, shape, strict=True)  # callers check the ranks match first
@@ -363,7 +483,12 @@ def _proto_extents(slice_proto) -> Extents:
 # --------------------------------------------------------------------------- reader
 @dataclass(frozen=True)
 class _Entry:
-    """Where one stored tensor (or one partition of it) lives."""
+    """Where one stored tensor (or one partition of it) lives.
+
+    V1 checkpoints list every tensor with ``slices`` (one full-extent slice if it is not
+    partitioned); each slice's entry then has ``key`` set, ``shard`` = file number and
+    ``offset``/``size`` = the SSTable data block holding that record.
+    """
 
     dtype: int  # TensorFlow DataType enum value
     shape: tuple[int, ...]
@@ -371,35 +496,50 @@ class _Entry:
     offset: int
     size: int
     crc: int  # masked CRC-32C as stored
-    slices: tuple[Extents, ...]  # non-empty only for a partitioned variable
+    slices: tuple[Extents, ...]  # non-empty only for a partitioned variable (or any V1 tensor)
+    key: bytes = b""  # V1 only: the record's SSTable key
 
 
 class TFCheckpoint:
-    """Read-only view of one V2 checkpoint; tensors are read one at a time on request.
+    """Read-only view of one V2 or V1 checkpoint; tensors are read one at a time on request.
 
-    Opening parses only the small ``.index`` file and checks that every data shard
+    V2: opening parses only the small ``.index`` file and checks that every data shard
     exists and is long enough; :meth:`read` seeks to one tensor's bytes and reads
-    just those. Use as a context manager (or call :meth:`close`) to close the shards.
+    just those. V1: opening reads each file's footer, index block and table of
+    contents; :meth:`read` reads the blocks holding that tensor's records.
+    Use as a context manager (or call :meth:`close`) to close the files.
     """
 
     def __init__(self, prefix: str | os.PathLike, *, verify: bool = False) -> None:
-        """Open the checkpoint at ``prefix`` (``PREFIX.index`` must exist).
+        """Open the checkpoint at ``prefix``: V2 if ``PREFIX.index`` exists, else V1 (the file
+        ``PREFIX``, the files a glob pattern ``PREFIX`` matches, or ``PREFIX-SSSSS-of-NNNNN``).
 
         ``verify=True`` checks each tensor's CRC-32C on :meth:`read` (numpy-vectorized,
-        about 100 MB/s on one core); index blocks are always checked.
+        about 100 MB/s on one core); for V1 that is the CRC of each data block read.
+        Index blocks (and a V1 file's table of contents) are always checked.
         """
         prefix = str(prefix)
         self.prefix = prefix = prefix.removesuffix(".index")
         self.index_path = Path(prefix + ".index")
         self.verify = verify
+        self.format_version = 2
         self._files: dict[int, IO[bytes]] = {}
+        self._tables: list[_V1Table] = []
         if not self.index_path.is_file():
-            if Path(prefix).is_file() and _looks_like_table(Path(prefix)):
-                raise ConversionError(
-                    prefix,
-                    "V1 (TensorSliceWriter) checkpoint: not supported; re-save it in V2 format with TensorFlow",
-                )
-            raise ConversionError(self.index_path, "checkpoint index file not found")
+            v1_files = _v1_files(prefix)
+            if not v1_files:
+                raise ConversionError(self.index_path, "checkpoint index file not found")
+            self.format_version = 1
+            self._num_shards = len(v1_files)
+            # Errors about the checkpoint as a whole name its one file, or the pattern.
+            self.index_path = v1_files[0] if len(v1_files) == 1 else Path(prefix)
+            try:
+                self._open_v1(v1_files)
+            except ConversionError:
+                self.close()
+                raise
+            self._names = sorted(self._entries)
+            return
         entries, self._num_shards, big_endian = self._parse_index()
         self._byte_order = ">" if big_endian else "<"
         self._entries: dict[str, _Entry] = {k: v for k, v in entries.items() if isinstance(k, str)}
@@ -451,7 +591,59 @@ class TFCheckpoint:
             raise ConversionError(path, f"bad shard count {header.num_shards}")
         return entries, header.num_shards, header.endianness == 1
 
+    def _open_v1(self, paths: list[Path]) -> None:
+        """Merge the tables of contents of V1 files ``paths`` into ``_entries`` and ``_parts``."""
+        messages = load_messages("tensor_bundle")
+        slices_cls = messages["tensorflow.SavedTensorSlices"]
+        self._entries = {}
+        self._parts = {}
+        for number, path in enumerate(paths):
+            try:
+                table = _V1Table(path)
+                self._tables.append(table)
+                block = table.locate(b"")
+                value = None if block is None else table.get(b"", block, check=True)
+                if value is None:
+                    raise _Corrupt("V1 checkpoint without a table of contents (no record under the empty key)")
+                meta = slices_cls.FromString(value).meta
+                for tensor in meta.tensor:
+                    self._add_v1_tensor(number, table, tensor)
+            except (_Corrupt, UnicodeDecodeError) as exc:
+                raise ConversionError(path, str(exc)) from None
+            except DecodeError as exc:
+                raise ConversionError(path, f"unparseable V1 table of contents ({exc})") from None
+            except OSError as exc:
+                raise ConversionError(path, f"cannot read V1 checkpoint file ({exc.strerror})") from None
+
+    def _add_v1_tensor(self, number: int, table: _V1Table, tensor) -> None:
+        """Register one ``SavedSliceMeta`` of file ``number``: the tensor and each slice's record."""
+        name = tensor.name
+        shape = tuple(d.size for d in tensor.shape.dim)
+        if any(d < 0 for d in shape) or tensor.shape.unknown_rank:
+            raise _Corrupt(f"tensor {name!r} has an unknown shape")
+        extents = [_proto_extents(s) for s in tensor.slice]
+        known = self._entries.get(name)
+        if known is not None and (known.shape != shape or known.dtype != tensor.type):
+            raise _Corrupt(f"tensor {name!r} has another shape or dtype in another file of this checkpoint")
+        full_slices = (known.slices if known else ()) + tuple(extents)
+        self._entries[name] = _Entry(tensor.type, shape, -1, 0, 0, 0, full_slices)
+        parts = self._parts.setdefault(name, {})
+        for ext in extents:
+            if len(ext) != len(shape):
+                raise _Corrupt(f"slice {ext} of tensor {name!r} does not match its rank {len(shape)}")
+            bounds = _bounds(ext, shape)
+            if bounds in parts:
+                raise _Corrupt(f"slice {ext} of tensor {name!r} is stored twice")
+            key = _ordered_encode(name, ext)
+            block = table.locate(key)
+            if block is None:
+                raise _Corrupt(f"slice {ext} of tensor {name!r} is missing (truncated?)")
+            part_shape = tuple(stop - start for start, stop in bounds)
+            parts[bounds] = _Entry(tensor.type, part_shape, number, block[0], block[1], 0, (), key)
+
     def _shard_path(self, shard: int) -> Path:
+        if self._tables:
+            return self._tables[shard].path
         return Path(f"{self.prefix}.data-{shard:05d}-of-{self._num_shards:05d}")
 
     def _check_shards(self) -> None:
@@ -516,21 +708,25 @@ class TFCheckpoint:
         dtype = self.dtype(name)
         if not entry.slices:
             return self._read_entry(name, entry, dtype)
-        full = np.zeros(entry.shape, dtype=dtype)
+        plan = []
         covered = 0
         for extents in entry.slices:
             bounds = _bounds(extents, entry.shape) if len(extents) == len(entry.shape) else None
             part = self._parts.get(name, {}).get(bounds)
             if part is None:
                 raise ConversionError(self.index_path, f"partition {extents} of tensor {name!r} is missing")
-            index = tuple(slice(start, stop) for start, stop in bounds)
-            target = full[index]
-            if part.shape != target.shape or part.dtype != entry.dtype:
+            inside = all(0 <= start <= stop <= dim for (start, stop), dim in zip(bounds, entry.shape, strict=True))
+            if not inside or part.shape != tuple(b - a for a, b in bounds) or part.dtype != entry.dtype:
                 raise ConversionError(self.index_path, f"partition {extents} of tensor {name!r} does not fit")
-            full[index] = self._read_entry(name, part, dtype)
-            covered += target.size
-        if covered != full.size:  # TensorFlow's partitioners never overlap, so sizes must add up
+            plan.append((tuple(slice(start, stop) for start, stop in bounds), part))
+            covered += prod(part.shape)
+        if covered != prod(entry.shape):  # TensorFlow's partitioners never overlap, so sizes must add up
             raise ConversionError(self.index_path, f"partitions of tensor {name!r} do not cover it exactly")
+        if len(plan) == 1:  # one slice covering everything (every unpartitioned V1 tensor): no copy
+            return self._read_entry(name, plan[0][1], dtype)
+        full = np.zeros(entry.shape, dtype=dtype)
+        for index, part in plan:
+            full[index] = self._read_entry(name, part, dtype)
         return full
 
     def _read_bytes(self, name: str, entry: _Entry) -> bytearray:
@@ -551,6 +747,8 @@ class TFCheckpoint:
         return buf
 
     def _read_entry(self, name: str, entry: _Entry, dtype: np.dtype) -> np.ndarray:
+        if entry.key:
+            return self._read_v1_slice(name, entry, dtype)
         buf = self._read_bytes(name, entry)
         if entry.dtype == _DT_STRING:
             return self._decode_strings(name, entry, buf)
@@ -590,12 +788,36 @@ class TFCheckpoint:
             pos += length
         return out.reshape(entry.shape)
 
+    def _read_v1_slice(self, name: str, entry: _Entry, dtype: np.dtype) -> np.ndarray:
+        """Read and decode one V1 record: a ``SavedTensorSlices`` whose ``data.data`` is a TensorProto."""
+        table = self._tables[entry.shard]
+        try:
+            value = table.get(entry.key, (entry.offset, entry.size), check=self.verify)
+            if value is None:
+                raise _Corrupt(f"record of tensor {name!r} is missing from its block")
+            proto = load_messages("tensor_bundle")["tensorflow.SavedTensorSlices"].FromString(value).data.data
+            array = _tensor_proto_values(proto, entry.dtype, dtype)
+        except _Corrupt as exc:
+            raise ConversionError(table.path, str(exc)) from None
+        except DecodeError as exc:
+            raise ConversionError(table.path, f"unparseable record of tensor {name!r} ({exc})") from None
+        except OSError as exc:
+            raise ConversionError(table.path, f"cannot read V1 checkpoint file ({exc.strerror})") from None
+        if array.size != prod(entry.shape):
+            raise ConversionError(
+                table.path,
+                f"tensor {name!r}: record holds {array.size} values, slice shape {entry.shape} needs {prod(entry.shape)}",
+            )
+        return array.reshape(entry.shape)
+
     # -- lifetime -------------------------------------------------------------
     def close(self) -> None:
-        """Close any open data shards; the object can still answer names/shape/dtype."""
+        """Close any open files; the object can still answer names/shape/dtype."""
         for handle in self._files.values():
             handle.close()
         self._files.clear()
+        for table in self._tables:
+            table.close()
 
     def __enter__(self) -> TFCheckpoint:
         return self
@@ -604,23 +826,88 @@ class TFCheckpoint:
         self.close()
 
     def __repr__(self) -> str:
-        return f"TFCheckpoint({self.prefix!r}, {len(self._names)} tensors, {self._num_shards} shard(s))"
+        files = "shard(s)" if self.format_version == 2 else "file(s), V1"
+        return f"TFCheckpoint({self.prefix!r}, {len(self._names)} tensors, {self._num_shards} {files})"
 
 
-def _looks_like_table(path: Path) -> bool:
-    """True if ``path`` ends with the SSTable magic (how V1 checkpoints are recognised)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            if handle.tell() < _FOOTER_SIZE:
-                return False
-            handle.seek(-8, os.SEEK_END)
-            return struct.unpack("<Q", handle.read(8))[0] == _TABLE_MAGIC
-    except OSError:
-        return False
+# --------------------------------------------------------------------------- V1 values
+# DataType enum -> the TensorProto field TensorSliceWriter fills, and the numpy dtype that
+# field's values are first collected in (np.array on a upb repeated field is a fast copy).
+_V1_FIELDS: dict[int, tuple[str, np.dtype]] = {
+    1: ("float_val", np.dtype(np.float32)),
+    2: ("double_val", np.dtype(np.float64)),
+    3: ("int_val", np.dtype(np.int32)),
+    4: ("int_val", np.dtype(np.int32)),  # uint8
+    5: ("int_val", np.dtype(np.int32)),  # int16
+    6: ("int_val", np.dtype(np.int32)),  # int8
+    7: ("string_val", np.dtype(object)),
+    8: ("scomplex_val", np.dtype(np.float32)),  # (re, im) pairs
+    9: ("int64_val", np.dtype(np.int64)),
+    10: ("bool_val", np.dtype(np.bool_)),
+    14: ("half_val", np.dtype(np.int32)),  # bfloat16 bit patterns
+    17: ("int_val", np.dtype(np.int32)),  # uint16
+    18: ("dcomplex_val", np.dtype(np.float64)),  # (re, im) pairs
+    19: ("half_val", np.dtype(np.int32)),  # float16 bit patterns
+    22: ("uint32_val", np.dtype(np.uint32)),
+    23: ("uint64_val", np.dtype(np.uint64)),
+}
+
+
+def _tensor_proto_values(proto, code: int, dtype: np.dtype) -> np.ndarray:
+    """The elements of a checkpoint TensorProto as a flat array of ``dtype`` (TF enum ``code``)."""
+    if proto.tensor_content and code != _DT_STRING:  # raw bytes; TensorSliceWriter never writes these
+        if len(proto.tensor_content) % dtype.itemsize:
+            raise _Corrupt("tensor_content length is not a multiple of the element size")
+        return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype)
+    field, collect = _V1_FIELDS[code]
+    values = getattr(proto, field)
+    if code == _DT_STRING:
+        out = np.empty(len(values), dtype=object)
+        out[:] = list(values)
+        return out
+    array = np.array(values, dtype=collect)
+    if code in (14, 19):  # 16-bit patterns stored one per int32
+        return array.astype(np.uint16).view(dtype)
+    if code in (8, 18):
+        if array.size % 2:
+            raise _Corrupt("complex tensor with an odd number of components")
+        return array.view(dtype)
+    return array.astype(dtype, copy=False)
+
+
+_SHARD_SUFFIX = re.compile(r"-(\d{5})-of-(\d{5})$")
+
+
+def _v1_files(prefix: str) -> list[Path]:
+    """The files of a V1 checkpoint ``prefix``, sorted; [] if there are none.
+
+    ``prefix`` is one file, a glob pattern (what a sharded V1 saver returns, e.g.
+    ``model.ckpt-?????-of-00002``) or the prefix of ``PREFIX-SSSSS-of-NNNNN`` files.
+    A set of numbered shards must be complete (TensorFlow itself would just miss tensors).
+    """
+    if Path(prefix).is_file():
+        return [Path(prefix)]
+    if any(char in prefix for char in "*?["):
+        matches = glob.glob(prefix)
+    else:
+        digits = "[0-9]" * 5
+        matches = glob.glob(f"{glob.escape(prefix)}-{digits}-of-{digits}")
+    paths = sorted(Path(m) for m in matches if Path(m).is_file())
+    numbered = [_SHARD_SUFFIX.search(p.name) for p in paths]
+    if paths and all(numbered):
+        totals = {int(m[2]) for m in numbered}
+        for total in totals:
+            have = {int(m[1]) for m in numbered if int(m[2]) == total}
+            for index in range(total):
+                if index not in have:
+                    stem = _SHARD_SUFFIX.sub("", str(paths[0]))
+                    raise ConversionError(f"{stem}-{index:05d}-of-{total:05d}", "V1 checkpoint shard missing")
+    return paths
 
 
 def open_checkpoint(prefix: str | os.PathLike, *, verify: bool = False) -> TFCheckpoint:
-    """Open the TensorFlow V2 checkpoint ``prefix`` (e.g. ``.../model.ckpt``; a trailing
-    ``.index`` is accepted). Raises :class:`ConversionError` naming the bad file."""
+    """Open the TensorFlow checkpoint ``prefix``: V2 (e.g. ``.../model.ckpt`` naming
+    ``model.ckpt.index``; a trailing ``.index`` is accepted) or V1 (the file itself, e.g.
+    ``.../resnet_v1_101.ckpt``, or a sharded ``model.ckpt-?????-of-00002`` pattern).
+    Raises :class:`ConversionError` naming the bad file."""
     return TFCheckpoint(prefix, verify=verify)
