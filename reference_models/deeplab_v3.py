@@ -25,7 +25,7 @@ decoder, else ``output_stride``): NOT upsampled; callers resize with align_corne
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,9 +55,7 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, *, dila
 
 
 def _depthwise_bn_relu(channels: int, *, dilation: int = 1) -> Conv2dTF:
-    return Conv2dTF(
-        channels, channels, 3, dilation=dilation, groups=channels, bn_eps=HEAD_BN_EPS, activation="relu"
-    )
+    return Conv2dTF(channels, channels, 3, dilation=dilation, groups=channels, bn_eps=HEAD_BN_EPS, activation="relu")
 
 
 class ASPP(nn.Module):

@@ -55,9 +55,7 @@ class ExpandedConv(nn.Module):
         super().__init__()
         eps = MOBILENET_BN_EPS
         inner = in_channels * expansion  # expand_input(6) rounds to a multiple of 8: exact for V2_DEF at 1.0
-        self.expand = (
-            Conv2dTF(in_channels, inner, 1, bn_eps=eps, activation="relu6") if inner > in_channels else None
-        )
+        self.expand = Conv2dTF(in_channels, inner, 1, bn_eps=eps, activation="relu6") if inner > in_channels else None
         self.depthwise = Conv2dTF(
             inner, inner, 3, stride=stride, dilation=rate, groups=inner, bn_eps=eps, activation="relu6"
         )

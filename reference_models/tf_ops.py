@@ -15,7 +15,8 @@ Every quirk that makes a TF graph and a naive PyTorch port disagree lives here, 
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -17,7 +17,8 @@ Behaviour reproduced (read from the official code, not copied):
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
