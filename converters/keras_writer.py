@@ -1,0 +1,192 @@
+"""Writer for Keras: the canonical PyTorch-named state dict -> the Keras twins' weights.
+
+The readers (Caffe, TF checkpoints) and their rename tables produce ONE intermediate, the state
+dict of the PyTorch reference model. This writer needs no second rename table: every Keras layer
+of ``reference_models.keras`` that holds weights is named by the PyTorch module path it mirrors,
+so a tensor's key is ``f"{layer.name}.{PARAM[variable]}"`` and only the layout changes:
+
+============================  ==============  ==================================================
+Keras variable                state-dict key  layout
+============================  ==============  ==================================================
+``Conv2D.kernel``             ``.weight``     OIHW -> HWIO (``transpose(2, 3, 1, 0)``)
+``DepthwiseConv2D.kernel``    ``.weight``     (C*M, 1, H, W) -> (H, W, C, M)
+``*.bias``                    ``.bias``       as is
+``BatchNormalization``        ``.weight``,    as is; ``num_batches_tracked`` has no Keras twin
+gamma/beta/moving_mean/       ``.bias``,      (dropped). Epsilon is not a tensor: the Keras layer
+moving_variance               ``.running_*``  takes it from the same PyTorch module.
+============================  ==============  ==================================================
+
+Checks (as for PyTorch): every Keras variable filled, shapes equal, nothing left over; failures
+raise :class:`ConversionError` naming the state-dict key (and, given a reverse map, the source layer).
+Output: ``.weights.h5`` (``model.load_weights`` into ``build_keras_model(...)``) or ``.keras`` (whole
+model, ``keras.models.load_model``), written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from converters.errors import ConversionError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+__all__ = [
+    "KERAS_SUFFIXES",
+    "PARAM",
+    "keras_arrays",
+    "keras_provenance_path",
+    "keras_suffix",
+    "load_state_dict_into_keras",
+    "save_keras",
+]
+
+KERAS_SUFFIXES = (".weights.h5", ".keras")
+
+# Keras variable name -> PyTorch parameter / buffer name (the module path is the layer name).
+PARAM = {
+    "kernel": "weight",
+    "depthwise_kernel": "weight",
+    "bias": "bias",
+    "gamma": "weight",
+    "beta": "bias",
+    "moving_mean": "running_mean",
+    "moving_variance": "running_var",
+}
+_UNMIRRORED = ("num_batches_tracked",)  # PyTorch-only bookkeeping
+
+
+def oihw_to_hwio(array: np.ndarray) -> np.ndarray:
+    """Conv kernel: PyTorch (out, in, H, W) -> Keras/TF (H, W, in, out)."""
+    return np.transpose(array, (2, 3, 1, 0))
+
+
+def depthwise_to_hwcm(array: np.ndarray, channels: int) -> np.ndarray:
+    """Depthwise kernel: PyTorch grouped (C*M, 1, H, W) -> Keras (H, W, C, M) (output channel c*M + m)."""
+    cm, _, h, w = array.shape
+    return np.transpose(array.reshape(channels, cm // channels, h, w), (2, 3, 0, 1))
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch.Tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _variable_name(variable: Any) -> str:
+    return variable.path.rsplit("/", 1)[-1]
+
+
+def keras_arrays(
+    model: keras.Model,
+    state_dict: Mapping[str, Any],
+    *,
+    path: str | os.PathLike | None = None,
+    source_layer: Mapping[str, str] | None = None,
+) -> dict[str, list[np.ndarray]]:
+    """``{keras layer name: [arrays in layer.weights order]}`` from a PyTorch-named state dict.
+
+    Raises :class:`ConversionError` for a missing tensor, a shape mismatch, or a state-dict entry no
+    Keras layer consumes (``source_layer[key]``, e.g. the Caffe layer, is named when given).
+    """
+    source_layer = source_layer or {}
+    used: set[str] = set()
+    out: dict[str, list[np.ndarray]] = {}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        arrays = []
+        for variable in layer.weights:
+            var = _variable_name(variable)
+            if var not in PARAM:
+                raise ConversionError(path, f"Keras layer '{layer.name}' has variable '{var}', which has no "
+                                      "PyTorch counterpart rule")
+            key = f"{layer.name}.{PARAM[var]}"
+            if key not in state_dict:
+                raise ConversionError(path, f"missing: nothing fills '{key}' (Keras {layer.name}/{var})")
+            array = _numpy(state_dict[key]).astype(np.float32, copy=False)
+            if var in ("kernel", "depthwise_kernel"):
+                # Keras 3 names the depthwise kernel "kernel" too: the layer type decides the layout.
+                depthwise = type(layer).__name__ == "DepthwiseConv2D"
+                array = depthwise_to_hwcm(array, int(variable.shape[2])) if depthwise else oihw_to_hwio(array)
+            if tuple(array.shape) != tuple(variable.shape):
+                raise ConversionError(path, f"'{key}' has shape {list(_numpy(state_dict[key]).shape)}, Keras "
+                                      f"{layer.name}/{var} expects {list(variable.shape)} after layout",
+                                      layer=source_layer.get(key))
+            arrays.append(np.ascontiguousarray(array))
+            used.add(key)
+        out[layer.name] = arrays
+    leftover = [k for k in state_dict if k not in used and not k.endswith(_UNMIRRORED)]
+    if leftover:
+        more = f" (and {len(leftover) - 1} more)" if len(leftover) > 1 else ""
+        raise ConversionError(path, f"'{leftover[0]}'{more} has no Keras layer in {model.name} (unconverted)",
+                              layer=source_layer.get(leftover[0]))
+    return out
+
+
+def load_state_dict_into_keras(
+    model: keras.Model,
+    state_dict: Mapping[str, Any],
+    *,
+    path: str | os.PathLike | None = None,
+    source_layer: Mapping[str, str] | None = None,
+) -> keras.Model:
+    """Fill ``model`` (from ``reference_models.keras``) with a PyTorch state dict (tensors or arrays); returns it.
+
+    A ``.pth`` / ``.safetensors`` from ``caffe2torch.py`` or ``tf2torch.py`` loads with
+    ``load_state_dict_into_keras(model, converters.io.load_state_dict(path))``.
+    """
+    arrays = keras_arrays(model, state_dict, path=path, source_layer=source_layer)
+    for layer in model.layers:
+        if layer.name in arrays:
+            layer.set_weights(arrays[layer.name])
+    return model
+
+
+def keras_suffix(path: str | os.PathLike) -> str | None:
+    """The Keras suffix ``path`` ends in (``.weights.h5`` or ``.keras``), else None."""
+    name = Path(path).name
+    return next((s for s in KERAS_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
+
+
+def keras_provenance_path(weights: str | os.PathLike) -> Path:
+    """The sidecar JSON: ``model.weights.h5`` -> ``model.json``, ``model.keras`` -> ``model.json``."""
+    weights = Path(weights)
+    suffix = keras_suffix(weights)
+    stem = weights.name[: -len(suffix)] if suffix else weights.stem
+    return weights.with_name(stem + ".json")
+
+
+def save_keras(model: keras.Model, target: str | os.PathLike) -> Path:
+    """Write ``model``'s weights (``.weights.h5``) or the whole model (``.keras``) atomically.
+
+    Keras insists on the suffix, so the temporary file is ``<tmpdir beside target>/<name>``;
+    it is renamed over ``target`` only once complete.
+    """
+    target = Path(target)
+    suffix = keras_suffix(target)
+    if suffix is None:
+        raise ValueError(f"{target}: output must end in one of {', '.join(KERAS_SUFFIXES)}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tmp = tmp_dir / f"model{suffix}"
+        if suffix == ".weights.h5":
+            model.save_weights(tmp)
+        else:
+            model.save(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp_dir)
+    return target
