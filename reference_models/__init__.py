@@ -24,3 +24,4 @@ __all__ = [
     "register_model",
 ]
 from . import deeplab_v3, mobilenet_v2, resnet_tf, tf_ops, xception  # noqa: E402,F401  (TF-ported v3/v3+)
+from . import tiny  # noqa: E402,F401  (tiny models for tests and smoke runs)
