@@ -1,0 +1,316 @@
+"""The ``inference`` suite: latency, throughput, peak memory, FLOPs and fraction of the machine's ceiling.
+
+For every grid point (model x input size x batch x precision x memory format x
+torch.compile) the model runs ``forward`` under ``torch.inference_mode`` on a random
+NCHW fp32 input (normalisation and data loading excluded, as mmsegmentation's
+benchmark does) with random weights in eval mode. Precision ``bf16``/``fp16`` means
+``torch.autocast`` with that dtype; the input and weights stay fp32.
+
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on one fp32 forward
+(convolutions and matmuls only; BN, ReLU and interpolation are not counted). The
+*ceiling* is a square ``n x n`` matmul in the precision's dtype, timed in the same run
+with the same timer; ``ceiling_fraction`` = (FLOPs / median latency) / ceiling FLOP/s.
+Points that cannot run on the device (fp16 on CPU, ...) are recorded as skipped with
+the reason; points that raise are recorded with the error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks._common import (
+    DTYPES,
+    PeakMemory,
+    autocast_for,
+    failed,
+    precision_skip_reason,
+    size_label,
+    skipped,
+    summarize,
+    synchronize,
+    time_iterations,
+    torch_memory_format,
+)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long each grid point is measured (see ``benchmarks._common.time_iterations``)."""
+
+    warmup: int = 2
+    repeats: int = 10
+    min_seconds: float = 2.0
+    max_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The grid of one inference run (every combination is a point)."""
+
+    models: tuple[str, ...]
+    sizes: tuple[tuple[int, int], ...]
+    batches: tuple[int, ...]
+    precisions: tuple[str, ...]
+    memory_formats: tuple[str, ...]
+    compiles: tuple[bool, ...]
+    num_classes: int = 21
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another implementation measured in the same run and reported as a ratio to ``ours``."""
+
+    name: str
+    requires: str  # importable module that must be installed
+    ours: str  # our registered model it is compared with
+    build: Callable[[int], nn.Module]
+    note: str
+
+
+def _torchvision_deeplabv3(depth: int) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        from torchvision.models import segmentation
+
+        fn = getattr(segmentation, f"deeplabv3_resnet{depth}")
+        return _OutOnly(fn(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False))
+
+    return build
+
+
+class _OutOnly(nn.Module):
+    """torchvision segmentation models return ``{"out": ...}``; keep only the tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+_TV_NOTE = ("torchvision's builder is OS8 (layer3/4 dilated) with ASPP rates 12/24/36 and upsamples the logits to "
+            "the input size; ours is the TF-ported model at its default OS16 (rates 6/12/18), logits at stride 16, "
+            "so the ratio compares the two builders as shipped, not equal FLOPs (see the flops fields)")
+
+PEERS: dict[str, Peer] = {
+    "torchvision.deeplabv3_resnet101": Peer("torchvision.deeplabv3_resnet101", "torchvision", "deeplabv3_resnet101",
+                                            _torchvision_deeplabv3(101), _TV_NOTE),
+    "torchvision.deeplabv3_resnet50": Peer("torchvision.deeplabv3_resnet50", "torchvision", "deeplabv3_resnet50",
+                                           _torchvision_deeplabv3(50), _TV_NOTE),
+}
+
+
+def ceiling_size(device: torch.device, quick: bool) -> int:
+    """Side of the square matmul that defines the ceiling (large enough to saturate the device)."""
+    if quick:
+        return 512
+    return 8192 if device.type == "cuda" else 2048
+
+
+def measure_ceiling(device: torch.device, precision: str, n: int, timing: Timing) -> dict[str, Any]:
+    """FLOP/s of an ``n x n @ n x n`` matmul in ``precision``'s dtype on ``device`` (median and best)."""
+    dtype = DTYPES[precision]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    with torch.inference_mode():
+        samples = time_iterations(lambda: torch.mm(a, b), device, warmup=max(1, timing.warmup),
+                                  repeats=max(5, timing.repeats), min_seconds=min(1.0, timing.min_seconds),
+                                  max_seconds=min(20.0, timing.max_seconds))
+    stats = summarize(samples)
+    flops = 2 * n**3
+    return {"precision": precision, "dtype": str(dtype).replace("torch.", ""), "n": n, "flops": flops,
+            "latency": stats, "tflops_median": flops / stats["median_s"] / 1e12,
+            "tflops_best": flops / stats["min_s"] / 1e12}
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """Total FLOPs of one forward of ``model`` on ``x`` (``FlopCounterMode``: convs and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def _output_shape(out: Any) -> list[int] | None:
+    if isinstance(out, torch.Tensor):
+        return list(out.shape)
+    if isinstance(out, dict) and out:
+        return _output_shape(next(iter(out.values())))
+    return None
+
+
+def compile_skip_reason(device: torch.device) -> str | None:
+    """Why torch.compile cannot be tried here (``None`` if it can)."""
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile"
+    if device.type == "cpu":
+        import shutil
+
+        if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("g++")):
+            return "torch.compile (inductor) on CPU needs a C++ compiler and none is on PATH"
+    return None
+
+
+def run_model(name: str, role: str, build: Callable[[], nn.Module], grid: Grid, timing: Timing,
+              device: torch.device, ceilings: dict[str, dict[str, Any]], log: Callable[[str], None]) -> list[dict]:
+    """Every grid point of one model; returns one record per point (ok, skipped or error)."""
+    base = {"model": name, "role": role}
+    try:
+        model = build().to(device).eval()
+    except Exception as exc:  # noqa: BLE001 - a broken builder is reported, the rest of the grid goes on
+        return [failed(exc, **base, stage="build")]
+    params = sum(p.numel() for p in model.parameters())
+    records: list[dict] = []
+    flops_cache: dict[tuple, int] = {}
+    for memory_format in grid.memory_formats:
+        model = model.to(memory_format=torch_memory_format(memory_format))
+        for size in grid.sizes:
+            for batch in grid.batches:
+                x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
+                x = x.contiguous(memory_format=torch_memory_format(memory_format))
+                key = (size, batch)
+                if key not in flops_cache:
+                    try:
+                        flops_cache[key] = count_flops(model, x)
+                    except Exception:  # noqa: BLE001 - FLOPs are informative; the timing still runs
+                        flops_cache[key] = -1
+                flops = flops_cache[key]
+                for precision in grid.precisions:
+                    for use_compile in grid.compiles:
+                        point = {**base, "size": list(size), "batch": batch, "precision": precision,
+                                 "memory_format": memory_format, "compile": use_compile}
+                        reason = precision_skip_reason(precision, device) or (
+                            compile_skip_reason(device) if use_compile else None)
+                        if reason:
+                            records.append(skipped(reason, **point))
+                            continue
+                        log(f"  {name} {size_label(size)} b{batch} {precision} {memory_format}"
+                            f"{' compile' if use_compile else ''}")
+                        try:
+                            rec = _measure_point(model, x, precision, use_compile, device, timing)
+                        except Exception as exc:  # noqa: BLE001 - recorded, the grid goes on
+                            records.append(failed(exc, **point))
+                            log(f"    error: {type(exc).__name__}: {str(exc)[:200]}")
+                            continue
+                        rec.update(point)
+                        rec["params"] = params
+                        rec["images_per_s"] = batch / rec["latency"]["median_s"]
+                        if flops > 0:
+                            rec["flops"] = flops
+                            rec["gflops"] = flops / 1e9
+                            rec["achieved_tflops"] = flops / rec["latency"]["median_s"] / 1e12
+                            ceiling = ceilings.get(precision)
+                            if ceiling:
+                                rec["ceiling_fraction"] = rec["achieved_tflops"] / ceiling["tflops_median"]
+                        records.append({**point, **rec})
+                        log(f"    median {rec['latency']['median_s'] * 1e3:.1f} ms, IQR "
+                            f"{rec['latency']['iqr_s'] * 1e3:.1f} ms")
+    return records
+
+
+def _measure_point(model: nn.Module, x: torch.Tensor, precision: str, use_compile: bool, device: torch.device,
+                   timing: Timing) -> dict[str, Any]:
+    fn_model: Callable[[torch.Tensor], Any] = model
+    if use_compile:
+        torch._dynamo.reset()
+        fn_model = torch.compile(model)
+    out_shape: list[list[int] | None] = [None]
+
+    def step() -> None:
+        with torch.inference_mode(), autocast_for(precision, device):
+            out = fn_model(x)
+        out_shape[0] = _output_shape(out)
+
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        step()  # first call: includes compilation when compiled, oneDNN primitive creation otherwise
+        synchronize(device)
+        first = time.perf_counter() - t0
+        samples = time_iterations(step, device, warmup=max(0, timing.warmup - 1), repeats=timing.repeats,
+                                  min_seconds=timing.min_seconds, max_seconds=timing.max_seconds)
+    if use_compile:
+        torch._dynamo.reset()
+    return {"status": "ok", "latency": summarize(samples), "samples_s": samples, "first_call_s": first,
+            "memory": mem.record, "output_shape": out_shape[0],
+            "warmup": timing.warmup, "input_dtype": "float32"}
+
+
+def peer_ratios(results: list[dict]) -> list[dict[str, Any]]:
+    """For each measured peer point, its median latency over ours at the same point (>1: ours is faster)."""
+    ours = {(r["model"], tuple(r["size"]), r["batch"], r["precision"], r["memory_format"], r["compile"]): r
+            for r in results if r.get("role") == "ours" and r.get("status") == "ok"}
+    ratios = []
+    for r in results:
+        if r.get("role") != "peer" or r.get("status") != "ok":
+            continue
+        key = (r["peer_of"], tuple(r["size"]), r["batch"], r["precision"], r["memory_format"], r["compile"])
+        mine = ours.get(key)
+        if mine is None:
+            continue
+        ratios.append({"peer": r["model"], "ours": r["peer_of"], "size": r["size"], "batch": r["batch"],
+                       "precision": r["precision"], "memory_format": r["memory_format"], "compile": r["compile"],
+                       "latency_peer_over_ours": r["latency"]["median_s"] / mine["latency"]["median_s"],
+                       "peak_memory_peer_over_ours": _ratio(r["memory"].get("peak_bytes"),
+                                                            mine["memory"].get("peak_bytes")),
+                       "flops_peer_over_ours": _ratio(r.get("flops"), mine.get("flops"))})
+    return ratios
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def run_inference(grid: Grid, timing: Timing, device: torch.device, *, peers: list[str], quick: bool,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the grid (ours, then the peers) and return the suite's JSON body (without the environment)."""
+    from reference_models import build_model
+
+    ceilings: dict[str, dict[str, Any]] = {}
+    ceiling_skips: dict[str, str] = {}
+    n = ceiling_size(device, quick)
+    for precision in grid.precisions:
+        reason = precision_skip_reason(precision, device)
+        if reason:
+            ceiling_skips[precision] = reason
+            continue
+        log(f"ceiling: {n}x{n} matmul, {precision}")
+        ceilings[precision] = measure_ceiling(device, precision, n, timing)
+        log(f"  {ceilings[precision]['tflops_median'] * 1e3:.1f} GFLOP/s (median)")
+
+    results: list[dict] = []
+    for name in grid.models:
+        log(f"model {name}")
+        results += run_model(name, "ours", lambda name=name: build_model(name, num_classes=grid.num_classes),
+                             grid, timing, device, ceilings, log)
+
+    peer_records: list[dict] = []
+    for peer_name in peers:
+        peer = PEERS[peer_name]
+        if importlib.util.find_spec(peer.requires) is None:
+            peer_records.append(skipped(f"{peer.requires} is not installed in this environment", model=peer.name,
+                                        role="peer", peer_of=peer.ours))
+            log(f"peer {peer.name}: skipped ({peer.requires} not installed)")
+            continue
+        log(f"peer {peer.name}")
+        recs = run_model(peer.name, "peer", lambda peer=peer: peer.build(grid.num_classes), grid, timing, device,
+                         ceilings, log)
+        for r in recs:
+            r["peer_of"] = peer.ours
+            r["peer_note"] = peer.note
+        results += recs
+    results += peer_records
+    grid_record = asdict(grid)
+    grid_record["sizes"] = [list(s) for s in grid.sizes]
+    return {"grid": grid_record, "timing": asdict(timing), "ceilings": ceilings,
+            "ceilings_skipped": ceiling_skips, "results": results, "peer_ratios": peer_ratios(results),
+            "peers": {p: {"requires": PEERS[p].requires, "ours": PEERS[p].ours, "note": PEERS[p].note} for p in peers}}

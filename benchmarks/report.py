@@ -1,0 +1,509 @@
+"""Render benchmark JSONs (and reproduction results) into one Markdown report with PNG plots.
+
+Usage::
+
+    python -m benchmarks.report results/benchmarks/*.json --out benchmarks/reports/cpu-2026-11-23
+    python -m benchmarks.report results/benchmarks/*.json runs/*/result.json --out DIR
+
+Inputs are recognised by content: suite JSONs from ``python -m benchmarks.run`` (``"suite"``),
+the standalone ``python -m benchmarks.convert`` JSON, and reproduction results of
+``python -m reproduce.evaluate`` (``"format": "deeplab-repro evaluation v1"``), whose published
+comparison is rendered with ``reproduce.tables.render_comparison``. Writes ``DIR/README.md``
+and ``DIR/*.png``. Exit status: 0 written, 1 an input could not be read, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+MIB = 1 << 20
+
+
+# ---- loading -------------------------------------------------------------------------------------------------------
+
+
+def classify(record: dict[str, Any]) -> str | None:
+    """``inference``/``train``/``convert``/``eval``/``reproduction`` or ``None`` for an unknown JSON."""
+    if record.get("suite") in ("inference", "train", "convert", "eval"):
+        return record["suite"]
+    if str(record.get("benchmark", "")).startswith("caffe conversion"):
+        return "convert_legacy"
+    if str(record.get("format", "")).startswith("deeplab-repro evaluation"):
+        return "reproduction"
+    return None
+
+
+def load_inputs(paths: list[Path]) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
+    """Read every JSON and group it by kind; ``ValueError`` naming the file for unreadable or unknown ones."""
+    groups: dict[str, list[tuple[Path, dict[str, Any]]]] = defaultdict(list)
+    for path in paths:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: cannot read JSON ({exc})") from None
+        kind = classify(record) if isinstance(record, dict) else None
+        if kind is None:
+            raise ValueError(f"{path}: not a benchmark or reproduction result JSON")
+        if kind == "convert_legacy":
+            record = {"suite": "convert", "environment": record.get("environment", {}), "caffe": record,
+                      "tf": {"status": "skipped", "reason": "standalone benchmarks.convert JSON (Caffe only)"}}
+            kind = "convert"
+        groups[kind].append((path, record))
+    return groups
+
+
+# ---- formatting helpers --------------------------------------------------------------------------------------------
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _mib(nbytes: int | None) -> str:
+    return "–" if nbytes is None else f"{nbytes / MIB:.0f}"
+
+
+def _table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    align = align or "l" * len(header)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _size(s: list[int]) -> str:
+    return str(s[0]) if s[0] == s[1] else f"{s[0]}x{s[1]}"
+
+
+def _variant(r: dict[str, Any]) -> str:
+    return f"{r['precision']} {r['memory_format']}{' compiled' if r.get('compile') else ''}"
+
+
+def environment_section(groups: dict[str, list[tuple[Path, dict[str, Any]]]]) -> str:
+    rows = []
+    for kind in ("inference", "train", "convert", "eval"):
+        for path, rec in groups.get(kind, []):
+            env = rec.get("environment", {})
+            git = env.get("git") or {}
+            commit = (git.get("commit") or "–")[:10] + (" (dirty)" if git.get("dirty") else "")
+            rows.append([kind, f"`{path.name}`", env.get("device_name") or env.get("cpu_model", "–"),
+                         env.get("torch", "–"), str(env.get("cuda") or "–"),
+                         str(env.get("torch_threads", "–")), str(env.get("loadavg_at_start", "–")), commit,
+                         rec.get("mode", "–")])
+    if not rows:
+        return ""
+    return "## Environment\n\n" + _table(
+        ["suite", "file", "device", "torch", "CUDA", "threads", "load avg at start", "commit", "mode"], rows) + \
+        "\nA load average above the thread count means other processes shared the cores: expect slower, " \
+        "noisier numbers.\n"
+
+
+# ---- inference -----------------------------------------------------------------------------------------------------
+
+
+def _inference_results(groups) -> tuple[list[dict], list[dict], dict]:
+    ok, other, ceilings = [], [], {}
+    several = len(groups.get("inference", [])) > 1
+    for path, rec in groups.get("inference", []):
+        dev = rec["environment"].get("device", "?")
+        if several:  # tell runs apart in tables and plots
+            dev = f"{dev}, {path.stem[:24]}"
+        for r in rec["results"]:
+            r = {**r, "device": dev}
+            (ok if r.get("status") == "ok" else other).append(r)
+        for p, c in rec.get("ceilings", {}).items():
+            ceilings[(dev, p)] = c
+    return ok, other, ceilings
+
+
+def inference_section(groups, out: Path, plots: list[str]) -> str:
+    ok, other, ceilings = _inference_results(groups)
+    if not ok and not other:
+        return ""
+    parts = ["## Inference\n",
+             "Forward pass on a random input, random weights, eval mode, `torch.inference_mode`; median and IQR "
+             "over the timed calls; peak memory is the whole-process peak RSS on CPU (`VmHWM`), "
+             "`max_memory_allocated` on CUDA. % ceiling = achieved FLOP/s (FlopCounterMode FLOPs / median) over "
+             "a square matmul in the same dtype timed in the same run.\n"]
+    if ceilings:
+        parts.append(_table(["device", "precision", "matmul n", "GFLOP/s (median)", "GFLOP/s (best)"],
+                            [[d, p, str(c["n"]), _f(c["tflops_median"] * 1e3), _f(c["tflops_best"] * 1e3)]
+                             for (d, p), c in sorted(ceilings.items())], "llrrr"))
+    rows = []
+    for r in sorted(ok, key=lambda r: (r["role"], r["model"], r["size"], r["batch"], _variant(r))):
+        lat = r["latency"]
+        rows.append([r["model"] + (" (peer)" if r["role"] == "peer" else ""), r["device"], _size(r["size"]),
+                     str(r["batch"]), r["precision"], r["memory_format"], "on" if r["compile"] else "off",
+                     _f(lat["median_s"] * 1e3), _f(lat["iqr_s"] * 1e3), _f(r["images_per_s"], 2),
+                     _f(r.get("gflops")), _f(r.get("achieved_tflops", 0) * 1e3) if r.get("achieved_tflops") else "–",
+                     _f(100 * r["ceiling_fraction"]) if r.get("ceiling_fraction") is not None else "–",
+                     _mib(r["memory"].get("peak_bytes"))])
+    parts.append("\n" + _table(["model", "device", "size", "batch", "precision", "memory format", "compile",
+                                "median ms", "IQR ms", "images/s", "GFLOPs", "GFLOP/s", "% ceiling",
+                                "peak MiB"], rows, "llrrlllrrrrrrr"))
+    parts.append(_speedups(ok))
+    if other:
+        reasons: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for r in other:
+            what = r.get("reason") or r.get("error") or "?"
+            reasons[(r.get("status", "?"), what)].append(
+                " ".join(str(x) for x in (r.get("model"), r.get("precision"), r.get("memory_format"),
+                                          "compile" if r.get("compile") else "") if x))
+        parts.append("\nNot measured:\n\n" + _table(
+            ["status", "reason", "points"],
+            [[s, w, f"{len(v)} ({'; '.join(sorted(set(v))[:4])}{' …' if len(set(v)) > 4 else ''})"]
+             for (s, w), v in sorted(reasons.items())]))
+    ratios = [x for _, rec in groups.get("inference", []) for x in rec.get("peer_ratios", [])]
+    if ratios:
+        parts.append("\nPeers (latency peer / ours; > 1 means ours is faster):\n\n" + _table(
+            ["peer", "ours", "size", "batch", "variant", "latency ratio", "peak memory ratio", "FLOPs ratio"],
+            [[x["peer"], x["ours"], _size(x["size"]), str(x["batch"]), _variant(x),
+              _f(x["latency_peer_over_ours"], 2), _f(x["peak_memory_peer_over_ours"], 2),
+              _f(x["flops_peer_over_ours"], 2)] for x in ratios], "lllrlrrr"))
+    plots += _plot_inference(ok, out)
+    return "\n".join(parts)
+
+
+def _speedups(ok: list[dict]) -> str:
+    """bf16-over-fp32 and channels_last-over-contiguous speed ratios at equal other settings."""
+    index = {(r["device"], r["model"], tuple(r["size"]), r["batch"], r["precision"], r["memory_format"],
+              r["compile"]): r["latency"]["median_s"] for r in ok}
+    rows = []
+    for (dev, model, size, batch, prec, fmt, comp), t in sorted(index.items()):
+        if prec != "fp32" or fmt != "contiguous":
+            continue
+        bf16 = index.get((dev, model, size, batch, "bf16", fmt, comp))
+        cl = index.get((dev, model, size, batch, prec, "channels_last", comp))
+        best = min(v for k, v in index.items() if k[:4] == (dev, model, size, batch) and k[6] == comp)
+        rows.append([model, dev, _size(list(size)), str(batch), "on" if comp else "off",
+                     _f(t / bf16, 2) if bf16 else "–", _f(t / cl, 2) if cl else "–", _f(t / best, 2)])
+    if not rows:
+        return ""
+    return "\nSpeed-ups over fp32 contiguous (ratio of medians; > 1 is faster):\n\n" + _table(
+        ["model", "device", "size", "batch", "compile", "bf16", "channels_last", "best variant"], rows, "lllrlrrr")
+
+
+def _plot_inference(ok: list[dict], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    models = sorted({(r["model"], r["device"]) for r in ok})
+    # latency vs input size, one panel per model
+    cols = min(3, len(models))
+    rows = math.ceil(len(models) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    for ax, (model, dev) in zip(axes.flat, models):
+        series: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+        for r in ok:
+            if r["model"] == model and r["device"] == dev and r["batch"] == min(x["batch"] for x in ok):
+                mp = r["size"][0] * r["size"][1] / 1e6
+                lat = r["latency"]
+                series[_variant(r)].append((mp, lat["median_s"] * 1e3, lat["iqr_s"] * 1e3))
+        for name, pts in sorted(series.items()):
+            pts.sort()
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] / 2 for p in pts], marker="o",
+                        capsize=3, label=name)
+        ticks = sorted({(r["size"][0] * r["size"][1] / 1e6, _size(r["size"])) for r in ok if r["model"] == model})
+        ax.set_xticks([t[0] for t in ticks], [t[1] for t in ticks], fontsize=8)
+        ax.set_title(f"{model} ({dev})", fontsize=9)
+        ax.set_xlabel(f"input size (x axis linear in pixels; batch {min(x['batch'] for x in ok)})")
+        ax.set_ylabel("median latency, ms")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(models):]:
+        ax.axis("off")
+    fig.suptitle("Inference latency vs input size (error bar: IQR)")
+    fig.tight_layout()
+    fig.savefig(out / "inference_latency_vs_size.png", dpi=110)
+    plt.close(fig)
+    written.append("inference_latency_vs_size.png")
+
+    # throughput vs batch, when more than one batch size was measured
+    if len({r["batch"] for r in ok}) > 1:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        series2: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for r in ok:
+            series2[f"{r['model']} {_size(r['size'])} {_variant(r)}"].append((r["batch"], r["images_per_s"]))
+        for name, pts in sorted(series2.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("images/s")
+        ax.set_title("Inference throughput vs batch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "inference_throughput_vs_batch.png", dpi=110)
+        plt.close(fig)
+        written.append("inference_throughput_vs_batch.png")
+
+    # fraction of the ceiling
+    pts = [r for r in ok if r.get("ceiling_fraction") is not None]
+    if pts:
+        pts.sort(key=lambda r: (r["model"], r["size"], r["batch"], _variant(r)))
+        fig, ax = plt.subplots(figsize=(8, 0.28 * len(pts) + 1.5))
+        labels = [f"{r['model']} {_size(r['size'])} b{r['batch']} {_variant(r)}" for r in pts]
+        colors = ["tab:orange" if r["precision"] != "fp32" else "tab:blue" for r in pts]
+        ax.barh(range(len(pts)), [100 * r["ceiling_fraction"] for r in pts], color=colors)
+        ax.set_yticks(range(len(pts)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("% of the same-dtype matmul ceiling (blue fp32, orange bf16/fp16)")
+        ax.set_title("Achieved fraction of the measured ceiling")
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "inference_ceiling_fraction.png", dpi=110)
+        plt.close(fig)
+        written.append("inference_ceiling_fraction.png")
+    return written
+
+
+# ---- train ---------------------------------------------------------------------------------------------------------
+
+
+def train_section(groups, out: Path, plots: list[str]) -> str:
+    recs = groups.get("train", [])
+    if not recs:
+        return ""
+    parts = ["## Training step\n"]
+    rows, ok = [], []
+    for _, rec in recs:
+        parts.append(f"- step: {rec.get('step_source', '–')}\n- optimizer: {rec.get('optimizer', '–')}\n")
+        for r in rec["results"]:
+            if r.get("status") == "ok":
+                ok.append(r)
+                rows.append([r["config"], r["model"], str(r["crop"]), str(r["batch"]), "on" if r["amp"] else "off",
+                             r["memory_format"], _f(r["latency"]["median_s"] * 1e3), _f(r["latency"]["iqr_s"] * 1e3),
+                             _f(r["images_per_s"], 2), _mib(r["memory"].get("peak_bytes")), r.get("loss_source", "–")])
+            else:
+                rows.append([r.get("config", "–"), r.get("model", "–"), str(r.get("crop", "–")),
+                             str(r.get("batch", "–")), str(r.get("amp", "–")), r.get("memory_format", "–"),
+                             r.get("status", "?"), "", "", "", r.get("reason") or r.get("error", "")])
+    parts.append(_table(["config", "model", "crop", "batch", "AMP", "memory format", "median ms/step", "IQR ms",
+                         "images/s", "peak MiB", "loss"], rows, "llrrllrrrrl"))
+    if ok:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(ok) + 1.5))
+        ax.barh(range(len(ok)), [r["images_per_s"] for r in ok],
+                color=["tab:orange" if r["amp"] else "tab:blue" for r in ok])
+        ax.set_yticks(range(len(ok)), [f"{r['config']} b{r['batch']} {'AMP ' if r['amp'] else ''}{r['memory_format']}"
+                                       for r in ok], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("images/s (forward + loss + backward + SGD step)")
+        ax.set_title("Training step throughput (orange: AMP)")
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "train_throughput.png", dpi=110)
+        plt.close(fig)
+        plots.append("train_throughput.png")
+    return "\n".join(parts)
+
+
+# ---- convert -------------------------------------------------------------------------------------------------------
+
+
+def convert_section(groups, out: Path, plots: list[str]) -> str:
+    recs = groups.get("convert", [])
+    if not recs:
+        return ""
+    parts = ["## Conversion\n", "Each path in its own process: wall seconds of the whole process (interpreter "
+             "and imports included) and its own peak RSS (`ru_maxrss` via `os.wait4`). `baseline` is "
+             "`import torch` alone.\n"]
+    bars: list[tuple[str, str, float, float]] = []
+    for _, rec in recs:
+        for fmt in ("caffe", "tf"):
+            part = rec.get(fmt) or {}
+            if part.get("status") == "skipped":
+                parts.append(f"- {fmt}: skipped — {part.get('reason')}\n")
+                continue
+            if "results" not in part:
+                continue
+            f = part["file"]
+            name = f.get("synth_arch") or f.get("release")
+            parts.append(f"**{fmt}**: `{name}`, {f['size_mib']} MiB ({rec.get('mode', part.get('mode', '–'))})\n")
+            rows = []
+            for run, r in part["results"].items():
+                rows.append([run, _f(r["seconds"], 2), _f(r["peak_rss_mib"]), _f(r["rss_over_file_size"], 2)])
+                bars.append((fmt, run, r["seconds"], r["peak_rss_mib"]))
+            parts.append(_table(["path", "seconds", "peak RSS MiB", "RSS / file size"], rows, "lrrr"))
+            ratio = part.get("naive_over_ours")
+            if ratio:
+                parts.append(f"\nnaive / ours: {ratio['seconds']}x time, {ratio['peak_rss']}x peak RSS\n")
+            req = part.get("requirement")
+            if req:
+                parts.append(f"\nrequirement peak RSS < {req['limit_ratio']}x file size: "
+                             f"{'met' if req['met'] else 'NOT met'} ({req['ours_rss_over_file_size']}x"
+                             f"{'' if req['applies'] else ', stated for the full 3-scale file'})\n")
+    if bars:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 0.4 * len(bars) + 1.8))
+        labels = [f"{fmt}: {run}" for fmt, run, _, _ in bars]
+        colors = ["tab:green" if run == "ours" else "tab:red" if run == "naive" else "tab:gray"
+                  for _, run, _, _ in bars]
+        a1.barh(range(len(bars)), [b[2] for b in bars], color=colors)
+        a2.barh(range(len(bars)), [b[3] for b in bars], color=colors)
+        for ax, label in ((a1, "wall seconds (whole process)"), (a2, "peak RSS, MiB")):
+            ax.set_yticks(range(len(bars)), labels, fontsize=8)
+            ax.invert_yaxis()
+            ax.set_xlabel(label)
+            ax.grid(axis="x", alpha=0.3)
+        fig.suptitle("Conversion: ours (green) vs naive reference (red), import-torch baseline (gray)")
+        fig.tight_layout()
+        fig.savefig(out / "convert_time_memory.png", dpi=110)
+        plt.close(fig)
+        plots.append("convert_time_memory.png")
+    return "\n".join(parts)
+
+
+# ---- eval ----------------------------------------------------------------------------------------------------------
+
+
+def eval_section(groups, out: Path, plots: list[str]) -> str:
+    recs = groups.get("eval", [])
+    if not recs:
+        return ""
+    parts = ["## Evaluation\n", "Confusion-matrix accumulation (megapixels/s of `update`, data already on the "
+             "device):\n"]
+    rows, crf = [], []
+    for _, rec in recs:
+        for r in rec["confusion_matrix"]:
+            if r.get("status") == "ok":
+                extra = "" if "equals_ours" not in r else f" (matrix equal to ours: {r['equals_ours']})"
+                rows.append([r["implementation"] + extra, r["device"], f"{r['batch']}x{r['size']}²",
+                             _f(r["latency"]["median_s"] * 1e3, 2), _f(r["megapixels_per_s"])])
+            else:
+                rows.append([r.get("implementation", "–"), r.get("device", "–"), "", r.get("status", "?"),
+                             r.get("reason") or r.get("error", "")])
+        crf += rec.get("crf", [])
+    parts.append(_table(["implementation", "device", "batch", "median ms", "Mpixel/s"], rows, "lllrr"))
+    ok = [c for c in crf if c.get("status") == "ok"]
+    if ok:
+        parts.append("\nDense CRF (`reproduce.crf.CRFPool`, DeepLab v2 ResNet-101 settings; workers 0 = in "
+                     "process; pool start-up excluded from the rate):\n")
+        parts.append(_table(["workers", "images", "size", "seconds", "images/s", "start-up s", "same labels"],
+                            [[str(c["workers"]), str(c["images"]), str(c["size"]), _f(c["seconds"], 2),
+                              _f(c["images_per_s"], 2), _f(c["startup_seconds"], 2), str(c["same_labels_as_first"])]
+                             for c in ok], "rrrrrrl"))
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        ax.plot([c["workers"] for c in ok], [c["images_per_s"] for c in ok], marker="o")
+        ax.set_xticks([c["workers"] for c in ok])
+        ax.set_xlabel("worker processes (0 = in process)")
+        ax.set_ylabel("images/s")
+        ax.set_title(f"Dense CRF scaling ({ok[0]['size']}x{ok[0]['size']}, {ok[0]['num_classes']} classes)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "crf_scaling.png", dpi=110)
+        plt.close(fig)
+        plots.append("crf_scaling.png")
+    for c in crf:
+        if c.get("status") != "ok":
+            parts.append(f"\n- dense CRF {c.get('status')}: {c.get('reason') or c.get('error')}\n")
+    return "\n".join(parts)
+
+
+# ---- reproduction --------------------------------------------------------------------------------------------------
+
+_ROW_ID = re.compile(r"^(?P<table>[\w.-]+)\[(?P<index>\d+)\]$")
+
+
+def reproduction_section(groups) -> str:
+    recs = groups.get("reproduction", [])
+    if not recs:
+        return ""
+    from reproduce.tables import METRICS, load_tables, render_comparison
+
+    tables = load_tables()
+    parts = ["## Reproduction: our mIoU beside the published numbers\n"]
+    for path, rec in recs:
+        run = rec.get("run", {})
+        model = (run.get("model") or {}).get("name", "?")
+        dataset = run.get("dataset") or {}
+        parts.append(f"**{model}** on {dataset.get('name', '?')} {dataset.get('split', '')} "
+                     f"(`{path.name}`: {run.get('images', '?')} images, protocol {run.get('protocol', '?')}, "
+                     f"scales {run.get('scales', '?')}, flip {run.get('flip', '?')})\n")
+        entries = []
+        for c in rec.get("comparison", []):
+            m = _ROW_ID.match(str(c.get("row", "")))
+            table = tables.get(m["table"]) if m else None
+            if table is None or int(m["index"]) >= len(table.rows):
+                continue
+            measured = (rec.get("results") or {}).get(c.get("compared_with", "plain"))
+            entries.append((table.rows[int(m["index"])], measured))
+        if entries:
+            metrics = [k for k in METRICS if any(k in row.metrics for row, _ in entries)] or ["miou"]
+            parts.append(render_comparison(entries, metrics))
+        else:
+            results = rec.get("results") or {}
+            parts.append(_table(["variant", "mIoU %"], [[k, _f(100 * v["miou"], 2)] for k, v in results.items()
+                                                        if v], "lr") + "\n(no published row to compare with)\n")
+    return "\n".join(parts)
+
+
+# ---- main ----------------------------------------------------------------------------------------------------------
+
+
+def render(paths: list[Path], out: Path, title: str | None = None) -> Path:
+    """Write ``out/README.md`` and the PNGs from ``paths``; return the Markdown path."""
+    from converters.io import write_atomic
+
+    groups = load_inputs(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    plots: list[str] = []
+    sections = [environment_section(groups), inference_section(groups, out, plots),
+                train_section(groups, out, plots), convert_section(groups, out, plots),
+                eval_section(groups, out, plots), reproduction_section(groups)]
+    text = f"# {title or 'Benchmark report'}\n\nGenerated by `python -m benchmarks.report` from " + \
+        ", ".join(f"`{p.name}`" for p in paths) + ".\n\n" + "\n".join(s for s in sections if s)
+    if plots:
+        text += "\n## Plots\n\n" + "\n\n".join(f"![{p}]({p})" for p in plots) + "\n"
+    md = out / "README.md"
+    write_atomic(md, lambda p: p.write_text(text, encoding="utf-8"))
+    return md
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
+    p.add_argument("results", nargs="+", type=Path, help="suite JSONs and/or reproduction result.json files")
+    p.add_argument("--out", type=Path, required=True, help="output directory (README.md + PNGs)")
+    p.add_argument("--title", help="report title (default: 'Benchmark report')")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        md = render(args.results, args.out, args.title)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

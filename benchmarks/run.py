@@ -1,0 +1,233 @@
+"""Run one benchmark suite and write its JSON (named by the environment) for ``benchmarks.report``.
+
+Suites::
+
+    python -m benchmarks.run --suite inference [--models A,B] [--sizes 321,513,1025] [--batch 1,4]
+                             [--precision fp32,bf16,fp16] [--memory-format contiguous,channels_last]
+                             [--compile off,on] [--peers auto|none|NAME,...] [--quick]
+    python -m benchmarks.run --suite train [--configs NAME,...] [--batch N] [--sizes CROP]
+                             [--amp off,on] [--memory-format ...] [--quick]
+    python -m benchmarks.run --suite convert [--quick] [--workdir DIR]
+    python -m benchmarks.run --suite eval [--quick]
+
+Every suite takes ``--device auto|cpu|cuda`` (GPU-only points are recorded as skipped
+with the reason on CPU), ``--threads N``, ``--out FILE`` or ``--out-dir DIR`` (default
+``results/benchmarks/``). Exit status: 0 written, 1 a suite failed, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks._common import (
+    DEFAULT_RESULTS_DIR,
+    MEMORY_FORMATS,
+    PRECISIONS,
+    REPO,
+    SCHEMA_VERSION,
+    environment,
+    parse_list,
+    parse_sizes,
+    resolve_device,
+    skipped,
+    write_result,
+)
+from benchmarks.inference import PEERS, Grid, Timing
+
+SUITES = ("inference", "train", "convert", "eval")
+FULL_TIMING = Timing(warmup=2, repeats=10, min_seconds=2.0, max_seconds=60.0)
+QUICK_TIMING = Timing(warmup=1, repeats=3, min_seconds=0.0, max_seconds=5.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (hyphenated flags; lists are comma-separated)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="See the module docstrings of benchmarks/{inference,training,evaluation,"
+                                       "convert}.py for what each number means.")
+    p.add_argument("--suite", required=True, choices=SUITES, help="which benchmark to run")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: CUDA when available, else CPU (default)")
+    p.add_argument("--quick", action="store_true",
+                   help="CI mode: a tiny default grid (one small model, small sizes) and few repeats")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, default=None, help="result JSON path (default: --out-dir/<env name>.json)")
+    p.add_argument("--out-dir", type=Path, default=DEFAULT_RESULTS_DIR,
+                   help=f"directory for the result JSON (default: {DEFAULT_RESULTS_DIR.relative_to(REPO)})")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    g = p.add_argument_group("grid (inference, train)")
+    g.add_argument("--models", help="registered model names (inference; default: every registered model)")
+    g.add_argument("--sizes", help="input sizes N or HxW (inference default 321,513,1025; train: the crop)")
+    g.add_argument("--batch", help="batch sizes (inference default 1; train: overrides each config's batch)")
+    g.add_argument("--precision", help=f"{','.join(PRECISIONS)} (default: all; fp16 is CUDA-only)")
+    g.add_argument("--memory-format", help=f"{','.join(MEMORY_FORMATS)} (default: both)")
+    g.add_argument("--compile", help="off,on (torch.compile; default: both, quick: off)")
+    g.add_argument("--peers", default="auto",
+                   help="peer implementations: auto (those whose counterpart is in --models), none, or names "
+                        f"({', '.join(PEERS)})")
+    g.add_argument("--configs", help="train configs: the built-in published setups and reproduce/configs/*.yaml "
+                                     "names (default: all but tiny ones; quick: a tiny MobileNet-v2 one)")
+    g.add_argument("--amp", help="train: off,on (default: both)")
+    g.add_argument("--num-classes", type=int, default=21, help="output classes (default: 21, VOC)")
+    t = p.add_argument_group("timing")
+    t.add_argument("--warmup", type=int, default=None, help="untimed calls per point (default 2, quick 1)")
+    t.add_argument("--repeats", type=int, default=None, help="minimum timed calls per point (default 10, quick 3)")
+    t.add_argument("--min-seconds", type=float, default=None, help="minimum timed seconds per point (default 2)")
+    t.add_argument("--max-seconds", type=float, default=None,
+                   help="stop timing a point after this many seconds, >= 3 samples (default 60, quick 5)")
+    c = p.add_argument_group("convert / eval")
+    c.add_argument("--workdir", type=Path, default=REPO / "data" / "benchmarks",
+                   help="convert: where generated model files go (default: data/benchmarks)")
+    c.add_argument("--crf-workers", type=int, default=0, help="eval: CRF worker processes up to N (default: CPUs)")
+    return p
+
+
+def _timing(args: argparse.Namespace) -> Timing:
+    base = QUICK_TIMING if args.quick else FULL_TIMING
+    return Timing(warmup=base.warmup if args.warmup is None else args.warmup,
+                  repeats=base.repeats if args.repeats is None else args.repeats,
+                  min_seconds=base.min_seconds if args.min_seconds is None else args.min_seconds,
+                  max_seconds=base.max_seconds if args.max_seconds is None else args.max_seconds)
+
+
+def _ints(text: str | None, default: list[int]) -> list[int]:
+    items = parse_list(text)
+    try:
+        return [int(i) for i in items] if items else default
+    except ValueError:
+        raise ValueError(f"expected integers, got {text!r}") from None
+
+
+def _switch(text: str | None, default: list[bool], what: str) -> list[bool]:
+    items = parse_list(text, choices=("off", "on"), what=what)
+    return [i == "on" for i in items] if items else default
+
+
+def suite_inference(args: argparse.Namespace, device: torch.device, log) -> dict[str, Any]:
+    from benchmarks.inference import run_inference
+    from reference_models import list_models
+
+    registered = list_models()
+    models = parse_list(args.models, choices=registered, what="model") or (
+        ["deeplabv3_mobilenetv2"] if args.quick else registered)
+    grid = Grid(
+        models=tuple(models),
+        sizes=tuple(parse_sizes(args.sizes or ("65,97" if args.quick else "321,513,1025"))),
+        batches=tuple(_ints(args.batch, [1])),
+        precisions=tuple(parse_list(args.precision, choices=PRECISIONS, what="precision") or
+                         (["fp32", "bf16"] if args.quick else list(PRECISIONS))),
+        memory_formats=tuple(parse_list(args.memory_format, choices=MEMORY_FORMATS, what="memory format") or
+                             list(MEMORY_FORMATS)),
+        compiles=tuple(_switch(args.compile, [False] if args.quick else [False, True], "compile")),
+        num_classes=args.num_classes,
+    )
+    if args.peers == "auto":
+        peers = [name for name, peer in PEERS.items() if peer.ours in grid.models]
+    elif args.peers == "none":
+        peers = []
+    else:
+        peers = parse_list(args.peers, choices=PEERS, what="peer") or []
+    return run_inference(grid, _timing(args), device, peers=peers, quick=args.quick, log=log)
+
+
+def suite_train(args: argparse.Namespace, device: torch.device, log) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from benchmarks.training import QUICK_CONFIG, TRAIN_CONFIGS, project_configs, run_train
+
+    known = {**TRAIN_CONFIGS, **project_configs()}  # the project's reproduce/configs/*.yaml win on a name clash
+    names = parse_list(args.configs, choices=known, what="train config")
+    quick = [QUICK_CONFIG] if args.quick else None
+    configs = [known[n] for n in names] if names else (quick or [c for n, c in known.items()
+                                                                if "tiny" not in c.model])
+    batches = _ints(args.batch, [])
+    sizes = parse_sizes(args.sizes) if args.sizes else []
+    if len(batches) > 1 or len(sizes) > 1:
+        raise ValueError("train: --batch and --sizes take one value (they override every config's batch/crop)")
+    if batches:
+        configs = [replace(c, batch=batches[0]) for c in configs]
+    if sizes:
+        if sizes[0][0] != sizes[0][1]:
+            raise ValueError("train: the crop is square; give --sizes N")
+        configs = [replace(c, crop=sizes[0][0]) for c in configs]
+    amps = _switch(args.amp, [False, True], "amp")
+    formats = parse_list(args.memory_format, choices=MEMORY_FORMATS, what="memory format") or list(MEMORY_FORMATS)
+    body = run_train(configs, amps, formats, device, _timing(args), num_classes=args.num_classes, log=log)
+    body["overrides"] = {"batch": batches[0] if batches else None, "crop": sizes[0][0] if sizes else None}
+    return body
+
+
+def suite_convert(args: argparse.Namespace, device: torch.device, log) -> dict[str, Any]:
+    from benchmarks import convert
+
+    argv = ["--workdir", str(args.workdir)] + (["--quick"] if args.quick else [])
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    log("caffe: " + ("single-scale ResNet-101 (--quick)" if args.quick else "3-scale ResNet-101 (full size)"))
+    caffe = convert.run_benchmark(convert.build_parser().parse_args(argv))
+    log(convert.format_table(caffe))
+    tf_converter = REPO / "converters" / "tf2torch.py"
+    if tf_converter.is_file():
+        from benchmarks.convert_tf import run_tf_benchmark
+
+        tf = run_tf_benchmark(args.workdir, quick=args.quick, threads=args.threads, log=log)
+    else:
+        tf = skipped("converters/tf2torch.py is not in this checkout (the TF checkpoint converter is not merged yet)")
+        log(f"tf: skipped ({tf['reason']})")
+    return {"caffe": caffe, "tf": tf, "note": "each path runs in its own process; seconds are whole-process wall "
+                                              "time, peak RSS the child's own ru_maxrss (benchmarks/_measure.py)"}
+
+
+def suite_eval(args: argparse.Namespace, device: torch.device, log) -> dict[str, Any]:
+    from benchmarks.evaluation import run_eval
+
+    devices = [torch.device("cpu"), torch.device("cuda")]
+    size, batch = (129, 2) if args.quick else (513, 8)
+    body = run_eval(devices, _timing(args), batch=batch, size=size, num_classes=args.num_classes,
+                    crf_images=4 if args.quick else 16, crf_size=size, crf_workers=args.crf_workers, log=log)
+    if device.type == "cpu" and torch.cuda.is_available():
+        body["note"] = "--device cpu: the CUDA confusion-matrix figure is measured anyway when a GPU is present"
+    return body
+
+
+SUITE_FUNCS = {"inference": suite_inference, "train": suite_train, "convert": suite_convert, "eval": suite_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run the suite, write the JSON atomically; 0 ok, 1 the suite failed, 2 bad arguments."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))  # exits 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    env = environment(device)
+    log(f"{args.suite} on {env['device_name']} ({device.type}), torch {env['torch']}, {env['torch_threads']} threads")
+    t0 = time.perf_counter()
+    try:
+        body = SUITE_FUNCS[args.suite](args, device, log)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"error: {args.suite} failed: {exc}", file=sys.stderr)
+        return 1
+    record = {"schema": SCHEMA_VERSION, "suite": args.suite, "mode": "quick" if args.quick else "full",
+              "argv": sys.argv[1:] if argv is None else list(argv), "environment": env, **body,
+              "total_seconds": round(time.perf_counter() - t0, 1)}
+    path = write_result(record, args.out, args.out_dir, quick=args.quick)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
