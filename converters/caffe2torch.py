@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> Path:
     if out.suffix not in WEIGHT_SUFFIXES:
         raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
 
-    converted = convert_caffemodel(src, arch=arch, num_classes=num_classes)
+    converted = convert_caffemodel(src, arch=arch, num_classes=num_classes, progress=not args.quiet)
     from reference_models.preprocessing import CAFFE_DEEPLAB_V2
 
     preprocessing = release.preprocessing if release else CAFFE_DEEPLAB_V2

@@ -24,11 +24,13 @@ model, ``keras.models.load_model``), written atomically.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "KERAS_SUFFIXES",
     "PARAM",
+    "convert_via_state_dict",
     "keras_arrays",
     "keras_provenance_path",
     "keras_suffix",
@@ -190,3 +193,88 @@ def save_keras(model: keras.Model, target: str | os.PathLike) -> Path:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(tmp_dir)
     return target
+
+
+# --------------------------------------------------------------------------- the Keras command lines
+def set_help(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
+    """Reword one option's help (the Keras CLIs reuse the PyTorch CLIs' parsers: same releases and flags)."""
+    for action in parser._actions:
+        if action.dest == dest:
+            action.help = text
+            return
+    raise KeyError(dest)
+
+
+def check_keras_output(out: Path) -> None:
+    if keras_suffix(out) is None:
+        raise ConversionError(out, f"output must end in {' or '.join(KERAS_SUFFIXES)}")
+
+
+def build_from_record(record: Mapping[str, Any]) -> keras.Model:
+    """The Keras twin a provenance record describes (backbone or model, classes, output stride)."""
+    from reference_models.keras import build_keras_backbone, build_keras_model
+
+    arch = record["architecture"]
+    if record.get("kind") == "backbone":
+        return build_keras_backbone(arch, output_stride=record["output_stride"])
+    kwargs = {"output_stride": record["output_stride"]} if record.get("output_stride") else {}
+    return build_keras_model(arch, num_classes=record["num_classes"], **kwargs)
+
+
+def _load_with(record: Mapping[str, Any], out: Path) -> str:
+    if keras_suffix(out) == ".keras":
+        return f"import reference_models.keras; keras.models.load_model({out.name!r})"
+    arch = record["architecture"]
+    if record.get("kind") == "backbone":
+        build = f"build_keras_backbone({arch!r}, output_stride={record['output_stride']})"
+    else:
+        stride = f", output_stride={record['output_stride']}" if record.get("output_stride") else ""
+        build = f"build_keras_model({arch!r}, num_classes={record['num_classes']}{stride})"
+    return f"reference_models.keras.{build}.load_weights({out.name!r})"
+
+
+def convert_via_state_dict(torch_run: Callable[[argparse.Namespace], Path], args: argparse.Namespace, out: Path,
+                           *, tool: str) -> Path:
+    """Run a PyTorch converter's ``run(args)`` into a temporary canonical state dict (with all its checks
+    and its provenance record), then write that state dict as Keras weights to ``out`` plus a provenance
+    JSON beside it. Nothing is left at ``out`` on failure.
+    """
+    from converters.io import load_state_dict, provenance_path, sha256_file, write_json_atomic
+
+    check_keras_output(out)
+    with tempfile.TemporaryDirectory(prefix="deeplab-repro-keras-") as tmp:
+        canonical = Path(tmp) / "canonical.safetensors"
+        inner = argparse.Namespace(**{**vars(args), "out": canonical, "quiet": True})
+        torch_run(inner)
+        import keras  # only now: bad input fails fast, without loading TensorFlow
+        import tensorflow as tf
+
+        record = json.loads(provenance_path(canonical).read_text(encoding="utf-8"))
+        state_dict = load_state_dict(canonical)
+        model = build_from_record(record)
+        load_state_dict_into_keras(model, state_dict, path=canonical)
+        inner_converter = record["converter"]
+        record["load_with"] = _load_with(record, out)
+        record["converter"] = {
+            "tool": tool,
+            "version": inner_converter.get("version"),
+            "canonical_state_dict": {"tool": inner_converter.get("tool"), "tensors": len(state_dict),
+                                     "sha256": record["weights"].get("sha256")},
+            "steps": [*inner_converter.get("steps", []), "keras_layout"],
+            "torch": inner_converter.get("torch"),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        }
+        record["weights"] = {"file": out.name, "format": keras_suffix(out), "variables": len(model.weights),
+                             "layout": "NHWC; kernels HWIO, depthwise (H, W, C, M)"}
+        save_keras(model, out)
+    try:
+        record["weights"]["sha256"] = sha256_file(out)
+        write_json_atomic(keras_provenance_path(out), record)
+    except BaseException:
+        out.unlink(missing_ok=True)  # never leave weights without their provenance
+        raise
+    if not getattr(args, "quiet", False):
+        print(f"wrote {out} ({len(model.weights)} Keras variables, {record['architecture']}) and "
+              f"{keras_provenance_path(out)}")
+    return out

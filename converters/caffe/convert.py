@@ -62,12 +62,13 @@ def _expected_layer(arch: str, num_classes: int) -> dict[str, str]:
     return out
 
 
-def convert_caffemodel(path: str | os.PathLike, *, arch: str, num_classes: int | None = None) -> Converted:
+def convert_caffemodel(path: str | os.PathLike, *, arch: str, num_classes: int | None = None,
+                       progress: bool = False) -> Converted:
     """Convert ``path`` into the weights of the registered model ``arch``.
 
     ``num_classes=None`` takes the class count from the file's classifier.
     Every problem raises :class:`ConversionError` naming the file and, where one
-    exists, the Caffe layer.
+    exists, the Caffe layer. ``progress`` shows a tqdm bar over the file's bytes.
     """
     if arch not in ARCH_TOPOLOGY:
         raise ValueError(f"no Caffe conversion for '{arch}'; supported: {', '.join(SUPPORTED_ARCHS)}")
@@ -79,7 +80,18 @@ def convert_caffemodel(path: str | os.PathLike, *, arch: str, num_classes: int |
             counter["layers"] += 1
             yield layer
 
-    named = passes.layer_arrays(passes.drop_msc_copies(counted(iter_layers(path)), path), path)
+    bar = None
+    if progress and path.is_file():
+        from tqdm import tqdm
+
+        bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"reading {path.name}", leave=False,
+                   disable=None)  # None: only on a terminal, so errors stay one line in logs
+    try:
+        layers = iter_layers(path, progress=bar.update if bar is not None else None)
+        named = passes.layer_arrays(passes.drop_msc_copies(counted(layers), path), path)
+    finally:
+        if bar is not None:
+            bar.close()
     renamed, reverse = rules.rename(named.arrays, arch, path=path)
 
     if num_classes is None:

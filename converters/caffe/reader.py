@@ -11,7 +11,7 @@ twice and a truncated or foreign file is reported by name.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -135,11 +135,13 @@ def _read_varint(fh: BinaryIO) -> int | None:
             raise ValueError("varint longer than 10 bytes")
 
 
-def iter_layers(path: str | os.PathLike) -> Iterator[CaffeLayer]:
+def iter_layers(path: str | os.PathLike, *, progress: Callable[[int], object] | None = None) -> Iterator[CaffeLayer]:
     """Yield the layers of a binary ``.caffemodel`` in file order, one at a time.
 
     Raises :class:`ConversionError` naming ``path`` for a missing, truncated or
     non-Caffe file. Fields of ``NetParameter`` other than layers are skipped.
+    ``progress(n)`` is called with the number of bytes consumed by each record
+    (e.g. ``tqdm.update``).
     """
     pb = caffe_pb()
     path = Path(path)
@@ -180,6 +182,8 @@ def iter_layers(path: str | os.PathLike) -> Iterator[CaffeLayer]:
                 raise ConversionError(
                     path, f"truncated file: record at byte {offset} needs {length} bytes, only {size - fh.tell()} remain"
                 )
+            if progress is not None:
+                progress(fh.tell() + length - offset)
             if field_no not in (_LAYER_FIELD, _V1_LAYER_FIELD):
                 fh.seek(length, os.SEEK_CUR)
                 continue
