@@ -1,0 +1,418 @@
+"""Evaluate converted DeepLab weights on a dataset split, the official way, and compare with the paper.
+
+Examples (from the repository root)::
+
+  # DeepLab v2 ResNet-101 (MSC) on VOC 2012 val, padded to 513 as the Caffe test net; with and without CRF
+  python -m reproduce.evaluate --weights weights/deeplabv2_resnet101_msc_voc12.pth \\
+      --dataset voc12 --root data/VOCdevkit --split val --crf --crf-workers 2 \\
+      --compare-to 'deeplab_v2_resnet101_voc12_val[5]' --compare-to 'deeplab_v2_resnet101_voc12_val[6]' \\
+      --out results/voc_v2
+
+  # DeepLab v3+ Xception-65, OS 8, scales 0.5:0.25:1.75 + flip
+  python -m reproduce.evaluate --model deeplabv3plus_xception65 --weights weights/xception65_voc.pth \\
+      --output-stride 8 --scales 0.5:0.25:1.75 --flip --dataset voc12 --root data/VOCdevkit --split val \\
+      --compare-to 'deeplab_v3plus_xception65_voc12_val[3]' --out results/voc_v3plus_os8_ms_flip
+
+  # COCO-Stuff 10k, images and labels pre-warped to 513x513 (the official ResNet-101 protocol)
+  python -m reproduce.evaluate --weights cocostuff10k.pth --dataset cocostuff10k --root data/cocostuff-10k-v1.1 \\
+      --split test --protocol warp --compare-to 'deeplab_v2_cocostuff10k[0]' --out results/cocostuff10k
+
+Protocols (``--protocol``): ``pad`` (default; bottom/right pad to ``--crop-size`` 513 with the mean,
+label pixels outside the image ignored, i.e. cropped back), ``whole`` (the image as it is), and
+``warp`` (COCO-Stuff 10k: images and labels resized to 513x513 before anything else). See
+:mod:`reproduce.inference` for scales, flips and resizing.
+
+Metrics come from one confusion matrix accumulated over the whole split
+(:class:`reproduce.metrics.ConfusionMatrix`); with ``--crf`` the same pass fills a second matrix
+from the CRF output, so both rows are reported from one inference run. Results: ``<out>/result.json``
+(everything, including the confusion matrices) and ``<out>/result.md`` (published vs ours vs the
+difference). A ``--compare-to`` row whose settings say ``crf: true`` is compared with the CRF
+result, any other row with the plain one.
+
+Exit codes: 0 done, 1 bad input (one line on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reproduce.inference import (
+    PROTOCOLS,
+    InferenceConfig,
+    InferenceError,
+    LoadedModel,
+    load_model,
+    parse_scales,
+    predict_probs,
+    prepare_input,
+)
+
+__all__ = ["EvalOptions", "evaluate", "resolve_rows", "write_results", "main"]
+
+ALL_PROTOCOLS = (*PROTOCOLS, "warp")
+
+
+@dataclass(frozen=True)
+class _Prepare:
+    """DataLoader transform (runs in the workers): decode -> preprocess -> pad. Picklable."""
+
+    preprocessing: Any
+    config: InferenceConfig
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, meta: dict) -> dict[str, Any]:
+        return {"input": prepare_input(image, self.preprocessing, self.config), "image": image, "label": label,
+                "meta": meta}
+
+
+def _first(batch: list) -> Any:
+    return batch[0]
+
+
+@dataclass
+class EvalOptions:
+    """Everything :func:`evaluate` needs besides the model and the dataset."""
+
+    config: InferenceConfig
+    crf: bool = False
+    crf_workers: int = 0
+    workers: int = 0
+    classes: str = "present_in_gt"
+    limit: int | None = None
+    progress: bool = True
+
+
+def build_eval_dataset(name: str, root: str | Path, split: str, protocol: str, crop_size: int) -> Any:
+    """The reader for ``name``; ``protocol="warp"`` turns on COCO-Stuff 10k's pre-warp."""
+    from reproduce.datasets import build_dataset
+
+    kwargs: dict[str, Any] = {}
+    if protocol == "warp":
+        if name != "cocostuff10k":
+            raise InferenceError(f"--protocol warp is the COCO-Stuff 10k protocol; dataset {name!r} has no pre-warp")
+        kwargs["warp_size"] = crop_size
+    return build_dataset(name, root=root, split=split, **kwargs)
+
+
+def evaluate(lm: LoadedModel, dataset: Any, options: EvalOptions) -> dict[str, Any]:
+    """Run ``lm`` over ``dataset``; return ``{"plain": ConfusionMatrix, "crf": ConfusionMatrix | None, ...}``.
+
+    ``dataset`` yields ``(image, label, meta)`` (the :mod:`reproduce.datasets` contract).
+    Predictions and labels are compared at the label's size; nothing is averaged per image.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    from reproduce.metrics import ConfusionMatrix
+
+    if dataset.num_classes != lm.num_classes:
+        raise InferenceError(
+            f"the model predicts {lm.num_classes} classes but {dataset.name} has {dataset.num_classes}"
+        )
+    # Inference sees "whole" after the warp: the warped image is the crop size already.
+    config = options.config
+    dataset.transform = _Prepare(lm.preprocessing, config)
+    data = Subset(dataset, range(min(options.limit, len(dataset)))) if options.limit else dataset
+    loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=options.workers, collate_fn=_first,
+                        pin_memory=lm.device.type == "cuda", persistent_workers=False)
+    plain = ConfusionMatrix(lm.num_classes, dataset.ignore_index)
+    refined = ConfusionMatrix(lm.num_classes, dataset.ignore_index) if options.crf else None
+    pool = None
+    if options.crf:
+        from reproduce.crf import CRFPool
+
+        pool = CRFPool(options.crf_workers)
+    waiting: deque[np.ndarray] = deque()  # ground truth of images queued in the CRF pool, in order
+    iterator: Any = loader
+    if options.progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(loader, desc=f"eval {dataset.name} {dataset.split}", unit="img", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    count, oversize = 0, 0
+    try:
+        for sample in iterator:
+            label = sample["label"]
+            h, w = label.shape
+            if config.protocol == "pad" and max(h, w) > config.crop_size:
+                oversize += 1
+            probs = predict_probs(lm, sample["input"], config, (h, w))[0]
+            plain.update(probs.argmax(0).to(torch.uint8), torch.from_numpy(label).to(probs.device))
+            if pool is not None:
+                pool.submit(sample["image"], probs.cpu().numpy())
+                waiting.append(label)
+                for crf_label in pool.results():
+                    refined.update(crf_label, waiting.popleft())
+            count += 1
+        if pool is not None:
+            for crf_label in pool.drain():
+                refined.update(crf_label, waiting.popleft())
+    finally:
+        if pool is not None:
+            pool.close()
+    return {"plain": plain, "crf": refined, "images": count, "oversize_images": oversize,
+            "seconds": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------------------------------- comparison
+_ROW_ID = re.compile(r"^(?P<table>[\w.-]+)\[(?P<index>\d+)\]$")
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def resolve_rows(specs: Sequence[str]) -> list[Any]:
+    """``TABLE[INDEX]`` (the id the tables print) or ``TABLE:key=value,key=value`` -> published rows."""
+    from reproduce.tables import find_row, load_tables
+
+    rows = []
+    for spec in specs:
+        m = _ROW_ID.match(spec.strip())
+        if m:
+            table = load_tables().get(m["table"])
+            if table is None:
+                raise InferenceError(f"unknown table {m['table']!r}; tables: {', '.join(sorted(load_tables()))}")
+            index = int(m["index"])
+            if index >= len(table.rows):
+                raise InferenceError(f"{spec}: table {table.name} has rows 0..{len(table.rows) - 1}")
+            rows.append(table.rows[index])
+            continue
+        name, _, query = spec.partition(":")
+        settings = {}
+        for part in filter(None, query.split(",")):
+            key, eq, value = part.partition("=")
+            if not eq:
+                raise InferenceError(f"--compare-to {spec!r}: expected key=value, got {part!r}")
+            settings[key.strip()] = _parse_value(value.strip())
+        try:
+            rows.append(find_row(name.strip(), **settings))
+        except (KeyError, LookupError) as e:
+            raise InferenceError(str(e).strip("'\"")) from None
+    return rows
+
+
+def _scores(cm: Any, classes: str) -> dict[str, Any]:
+    s = cm.compute(classes=classes)
+    return {
+        **{k: s[k] for k in ("pixel_acc", "mean_acc", "miou", "fwiou")},
+        "percent": {k: round(100.0 * s[k], 4) if not math.isnan(s[k]) else None
+                    for k in ("pixel_acc", "mean_acc", "miou", "fwiou")},
+        "iou": s["iou"],
+        "acc": s["acc"],
+        "classes": s["classes"],
+        "num_classes_used": s["num_classes_used"],
+        "num_pixels": s["num_pixels"],
+        "confusion_matrix": cm.matrix.tolist(),
+    }
+
+
+def comparison(rows: Sequence[Any], results: dict[str, dict[str, Any] | None]) -> tuple[list[dict], str]:
+    """Pair each row with the plain or CRF result (by the row's ``crf`` setting); JSON records + Markdown."""
+    from reproduce.tables import METRICS, render_comparison
+
+    entries, records = [], []
+    for row in rows:
+        variant = "crf" if row.settings.get("crf") is True else "plain"
+        measured = results.get(variant)
+        entries.append((row, measured))
+        record = {"row": row.id, "setting": row.describe(), "source": row.source, "compared_with": variant}
+        for m in METRICS:
+            if m in row.metrics:
+                ours = None if measured is None else 100.0 * measured[m]
+                record[m] = {"paper": row.metrics[m], "ours": ours,
+                             "delta": None if ours is None else round(ours - row.metrics[m], 4)}
+        records.append(record)
+    metrics = [m for m in METRICS if any(m in r.metrics for r in rows)] or ["miou"]
+    return records, render_comparison(entries, metrics) if entries else ""
+
+
+def _markdown(result: dict[str, Any], table: str) -> str:
+    run = result["run"]
+    lines = [
+        f"# {run['model']['name']} on {run['dataset']['name']} {run['dataset']['split']}",
+        "",
+        f"- weights: `{Path(run['model']['weights']).name}` ({run['model']['preprocessing_source']})",
+        f"- protocol: {run['protocol']} (crop {run['crop_size']}), scales {list(run['scales'])}, "
+        f"flip {run['flip']}, output stride {run['model']['build_kwargs'].get('output_stride', 'default')}",
+        f"- images: {run['images']}, classes averaged: {run['classes']}, device: {run['device']}, "
+        f"{run['seconds']:.1f} s",
+        "",
+        "| variant | pixel acc | mean acc | mIoU | FWIoU |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for variant in ("plain", "crf"):
+        res = result["results"].get(variant)
+        if res is None:
+            continue
+        p = res["percent"]
+        cells = [f"{p[k]:.2f}" if p[k] is not None else "–" for k in ("pixel_acc", "mean_acc", "miou", "fwiou")]
+        lines.append(f"| {'+ dense CRF' if variant == 'crf' else 'no CRF'} | " + " | ".join(cells) + " |")
+    if table:
+        lines += ["", "Published vs ours (Δ = ours − published, percentage points):", "", table.rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, result: dict[str, Any], table: str) -> tuple[Path, Path]:
+    """Write ``result.json`` and ``result.md`` atomically into ``out``."""
+    from converters.io import write_atomic, write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = write_json_atomic(out / "result.json", result)
+    text = _markdown(result, table)
+    md_path = write_atomic(out / "result.md", lambda p: p.write_text(text, encoding="utf-8"))
+    return json_path, md_path
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InferenceError("--device cuda: no CUDA device is available to torch (use --device cpu)")
+    return name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from reproduce.datasets import DATASETS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.evaluate",
+        description="Evaluate DeepLab weights on a dataset split (official protocols) and compare with the paper.",
+        epilog=__doc__.split("Examples (from the repository root)::", 1)[1].split("Protocols", 1)[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", help="registered model name (default: the architecture in the weights' provenance JSON)")
+    g.add_argument("--weights", type=Path, required=True, help="converted weights (.pth / .safetensors)")
+    g.add_argument("--num-classes", type=int, help="classes (default: from the provenance or the weights)")
+    g.add_argument("--output-stride", type=int, choices=(8, 16), help="v3/v3+ output stride (default 16)")
+    d = parser.add_argument_group("data")
+    d.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="dataset reader")
+    d.add_argument("--root", type=Path, required=True, help="dataset folder (e.g. data/VOCdevkit)")
+    d.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    d.add_argument("--limit", type=int, help="evaluate only the first N images (debugging)")
+    p = parser.add_argument_group("protocol")
+    p.add_argument("--protocol", choices=ALL_PROTOCOLS, default="pad",
+                   help="pad: bottom/right pad to --crop-size (official VOC); whole: as is; "
+                        "warp: COCO-Stuff 10k resized to --crop-size (default: pad)")
+    p.add_argument("--crop-size", type=int, default=513, help="pad/warp size (default: 513)")
+    p.add_argument("--scales", default="1.0",
+                   help="v3/v3+ test scales, START:STEP:STOP or a comma list (default 1.0; v2's MSC is in the model)")
+    p.add_argument("--flip", action="store_true", help="also run the left-right flipped image (probabilities averaged)")
+    p.add_argument("--crf", action="store_true", help="also report the dense-CRF result (needs pydensecrf2)")
+    p.add_argument("--crf-workers", type=int, default=0, help="CRF worker processes (default 0: in this process)")
+    p.add_argument("--classes", choices=("present_in_gt", "present_in_union", "all"), default="present_in_gt",
+                   help="classes averaged into mIoU (see reproduce/metrics.py; default present_in_gt)")
+    r = parser.add_argument_group("run")
+    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    r.add_argument("--amp", action="store_true", help="float16 autocast on CUDA (ignored on CPU)")
+    r.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    r.add_argument("--compare-to", action="append", default=[], metavar="ROW",
+                   help="published row: TABLE[INDEX] or TABLE:key=value,... (repeatable; see reproduce/tables)")
+    r.add_argument("--out", type=Path, default=Path("results") / "eval", help="output folder (default results/eval)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate as ``args`` say, write the outputs, return the result record."""
+    from reproduce.datasets import DatasetError
+
+    if args.workers < 0 or args.crf_workers < 0:
+        raise InferenceError("--workers and --crf-workers must be >= 0")
+    rows = resolve_rows(args.compare_to)  # before any heavy work: a typo should fail fast
+    if args.crf:
+        from reproduce.crf import require_pydensecrf
+
+        require_pydensecrf()
+    config = InferenceConfig(
+        protocol="whole" if args.protocol == "warp" else args.protocol,
+        crop_size=args.crop_size,
+        scales=parse_scales(args.scales),
+        flip=args.flip,
+        amp=args.amp,
+    )
+    device = _device(args.device)
+    try:
+        dataset = build_eval_dataset(args.dataset, args.root, args.split, args.protocol, args.crop_size)
+    except DatasetError as e:
+        raise InferenceError(f"dataset {args.dataset}: {e}") from None
+    if len(dataset) == 0:
+        raise InferenceError(f"{args.root}: split {args.split!r} of {args.dataset} has no images")
+    lm = load_model(args.model, args.weights, num_classes=args.num_classes, output_stride=args.output_stride,
+                    device=device)
+    if lm.family == "deeplab_v2" and config.scales != (1.0,):
+        raise InferenceError("--scales is for DeepLab v3/v3+; DeepLab v2's MSC (1, 0.75, 0.5, max) is the "
+                             "deeplabv2_resnet101_msc model itself")
+    options = EvalOptions(config=config, crf=args.crf, crf_workers=args.crf_workers, workers=args.workers,
+                          classes=args.classes, limit=args.limit, progress=not args.quiet)
+    try:
+        out = evaluate(lm, dataset, options)
+    except DatasetError as e:
+        raise InferenceError(str(e)) from None
+    results = {"plain": _scores(out["plain"], args.classes),
+               "crf": _scores(out["crf"], args.classes) if out["crf"] is not None else None}
+    records, table = comparison(rows, results)
+    from reproduce.crf import RESNET101
+
+    result = {
+        "format": "deeplab-repro evaluation v1",
+        "run": {
+            "model": lm.describe(),
+            "dataset": {"name": args.dataset, "root": str(args.root), "split": args.split,
+                        "class_names": list(dataset.class_names) if dataset.class_names else None},
+            "protocol": args.protocol,
+            "crop_size": args.crop_size,
+            "scales": list(config.scales),
+            "flip": config.flip,
+            "crf": RESNET101.to_dict() if args.crf else None,
+            "classes": args.classes,
+            "images": out["images"],
+            "oversize_images": out["oversize_images"],
+            "device": device,
+            "amp": bool(args.amp and device.startswith("cuda")),
+            "seconds": round(out["seconds"], 2),
+            "torch": torch.__version__,
+            "command": " ".join(sys.argv) if sys.argv else None,
+        },
+        "results": results,
+        "comparison": records,
+    }
+    json_path, md_path = write_results(args.out, result, table)
+    if not args.quiet:
+        print(_markdown(result, table))
+        print(f"wrote {json_path} and {md_path}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from reproduce.crf import CRFUnavailable
+
+    try:
+        run(args)
+    except (InferenceError, CRFUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
