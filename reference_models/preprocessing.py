@@ -52,3 +52,62 @@ class Preprocessing:
 
 # DeepLab v2 Caffe releases: BGR, mean 104.008/116.669/122.675 subtracted, no scaling.
 CAFFE_DEEPLAB_V2 = Preprocessing(channel_order="BGR", mean=(104.008, 116.669, 122.675))
+
+
+# ----------------------------------------------------------------------------- TensorFlow releases
+# Sources: slim ``preprocessing_factory.py`` / ``vgg_preprocessing.py`` / ``inception_preprocessing.py``
+# and DeepLab-TF ``core/feature_extractor.py`` (``_MEAN_RGB``, ``mean_pixel``) and ``input_preprocess.py``.
+# ``(x - 127.5) / 127.5`` is DeepLab's ``_preprocess_zero_mean_unit_range`` ``2/255 * x - 1``; the mean
+# is also DeepLab's ``mean_pixel`` (the image pad value), so padded pixels are 0 after preprocessing.
+
+_DEEPLAB_PAD = "bottom/right to the crop size; image with mean_pixel {pad} (0 after preprocessing), label with 255"
+_DEEPLAB_CROP = "random position in training, bottom/right padding only at test time (DeepLab input_preprocess)"
+_DEEPLAB_RESIZE = "bilinear for images, nearest for labels; logits resized with align_corners=True"
+
+# Slim ImageNet resnet_v1_* (and vgg): vgg_preprocessing, RGB minus the ImageNet means, no scaling.
+TF_SLIM_VGG = Preprocessing(
+    channel_order="RGB",
+    mean=(123.68, 116.78, 103.94),
+    train_crop=224,
+    test_crop=224,
+    pad="none (ImageNet classification)",
+    crop="training: smaller side resized to a random value in [256, 512], random 224 crop, random flip; "
+    "test: smaller side resized to 256, central 224 crop (vgg_preprocessing)",
+    resize="bilinear, aspect ratio kept",
+)
+
+# Slim ImageNet resnet_v2_* (and inception, mobilenet): inception_preprocessing, [-1, 1], 299 crop.
+TF_SLIM_INCEPTION = Preprocessing(
+    channel_order="RGB",
+    mean=(127.5, 127.5, 127.5),
+    std=(127.5, 127.5, 127.5),
+    train_crop=299,
+    test_crop=299,
+    pad="none (ImageNet classification)",
+    crop="training: random distorted bounding box, colour distortion, flip; test: central 87.5% crop "
+    "(inception_preprocessing)",
+    resize="bilinear to 299x299 (aspect ratio not kept)",
+)
+
+# DeepLab-TF with resnet_v1_50 / resnet_v1_101 (non-beta): _preprocess_subtract_imagenet_mean.
+DEEPLAB_TF_RESNET_V1_MEAN = Preprocessing(
+    channel_order="RGB",
+    mean=(123.15, 115.90, 103.06),
+    train_crop=513,
+    test_crop=513,
+    pad=_DEEPLAB_PAD.format(pad="(123.15, 115.90, 103.06)"),
+    crop=_DEEPLAB_CROP,
+    resize=_DEEPLAB_RESIZE,
+)
+
+# DeepLab-TF with resnet_v1_*_beta, xception_*, mobilenet_v2: _preprocess_zero_mean_unit_range.
+DEEPLAB_TF_UNIT_RANGE = Preprocessing(
+    channel_order="RGB",
+    mean=(127.5, 127.5, 127.5),
+    std=(127.5, 127.5, 127.5),
+    train_crop=513,
+    test_crop=513,
+    pad=_DEEPLAB_PAD.format(pad="(127.5, 127.5, 127.5)"),
+    crop=_DEEPLAB_CROP,
+    resize=_DEEPLAB_RESIZE,
+)
