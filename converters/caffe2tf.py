@@ -1,0 +1,85 @@
+"""Convert the official DeepLab v2 caffemodels into Keras 3 weights for ``reference_models.keras``.
+
+Examples (from the repository root):
+
+  python converters/caffe2tf.py --dataset coco_init
+  python converters/caffe2tf.py --dataset voc12 --out weights/deeplabv2_voc12.weights.h5
+  python converters/caffe2tf.py --dataset voc12 --out weights/deeplabv2_voc12.keras
+  python converters/caffe2tf.py --caffemodel my.caffemodel --arch deeplabv2_resnet101 --num-classes 21 \\
+      --out my.weights.h5
+
+Same releases, flags and checks as ``caffe2torch.py`` (it is the same pipeline: caffemodel ->
+named arrays -> the canonical PyTorch-named state dict), then the Keras writer
+(``converters/keras_writer.py``: layouts only, no second rename table). Output:
+
+* ``.weights.h5``: ``m = reference_models.keras.build_keras_model(arch, num_classes=N)``;
+  ``m.load_weights(path)``;
+* ``.keras``: the whole model, ``keras.models.load_model(path)`` after ``import reference_models.keras``;
+
+plus a provenance JSON beside it (``x.weights.h5`` -> ``x.json``: source sha256, release,
+architecture, steps, TensorFlow/Keras versions, preprocessing contract). The Keras models take NHWC
+input preprocessed as the release says (BGR, mean 104.008/116.669/122.675 subtracted).
+Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from converters import caffe2torch  # noqa: E402
+from converters.errors import ConversionError  # noqa: E402
+from converters.keras_writer import KERAS_SUFFIXES, check_keras_output, convert_via_state_dict, set_help  # noqa: E402
+from converters.releases import CAFFE_RELEASES  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = caffe2torch.build_parser()
+    parser.prog = "caffe2tf.py"
+    parser.description = ("Convert an official DeepLab v2 caffemodel into Keras 3 weights for "
+                          "reference_models.keras (no Caffe needed).")
+    set_help(parser, "out", f"output, one of {', '.join(KERAS_SUFFIXES)} (weights, or the whole model) "
+             "(default: <release folder>/<arch>_<release>.weights.h5, or beside the caffemodel)")
+    return parser
+
+
+def default_output(args: argparse.Namespace) -> Path:
+    release = CAFFE_RELEASES.get(args.dataset) if args.dataset else None
+    if args.out is not None:
+        return args.out
+    # caffe2torch's defaults with the Keras suffix
+    return (release.default_output if release else args.caffemodel).with_suffix(".weights.h5")
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Convert as ``args`` say; return the Keras output path. Raises ConversionError for bad input."""
+    out = default_output(args)
+    check_keras_output(out)
+    return convert_via_state_dict(caffe2torch.run, args, out, tool="converters/caffe2tf.py")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dataset is None and (args.caffemodel is None or args.arch is None):
+        parser.error("give --dataset NAME, or --caffemodel PATH with --arch NAME")
+    try:
+        run(args)
+    except ConversionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; no output written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
