@@ -171,6 +171,18 @@ def test_caffe_interp_sizes() -> None:
         assert got == expected, n
 
 
+@pytest.mark.parametrize(("src", "dst"), [((5, 7), (17, 25)), ((1, 1), (9, 9)), ((13, 12), (7, 5))])
+def test_resize_like_is_align_corners(src: tuple[int, int], dst: tuple[int, int]) -> None:
+    from reference_models.keras.layers import ResizeLike
+
+    x = np.random.default_rng(4).standard_normal((1, *src, 3)).astype(np.float32)
+    ours = ResizeLike()([x, np.zeros((1, *dst, 1), np.float32)])
+    ref = torch.nn.functional.interpolate(_torch(x), size=dst, mode="bilinear", align_corners=True)
+    assert rel(ours, ref) <= 1e-6
+    if src != (1, 1):  # Keras' / TF2's own bilinear resize (half-pixel centres) is a different op
+        assert rel(keras.layers.Resizing(*dst, interpolation="bilinear")(x), ref) > 1e-2
+
+
 def test_msc_caffe_output_size() -> None:
     model = build_keras_model("deeplabv2_resnet101_msc", num_classes=3, input_shape=(321, 321, 3))
     assert tuple(model.output.shape) == (None, 41, 41, 3)

@@ -1,0 +1,98 @@
+"""Convert official TensorFlow (TF-slim / DeepLab-TF) checkpoints into Keras 3 weights for ``reference_models.keras``.
+
+Examples (from the repository root):
+
+  python converters/tf2keras.py --dataset deeplabv3_pascal_train_aug_2018_01_04
+  python converters/tf2keras.py --dataset resnet_v1_101_2016_08_28 --out weights/r101.weights.h5
+  python converters/tf2keras.py --checkpoint my/model.ckpt --arch deeplabv3plus_xception65 --out my.keras
+
+Same releases, flags and checks as ``tf2torch.py`` (the same pipeline: checkpoint -> named arrays
+-> the canonical PyTorch-named state dict, release manifests checked), then the Keras writer
+(``converters/keras_writer.py``: layouts only, no second rename table). Output:
+
+* ``.weights.h5``: ``reference_models.keras.build_keras_model(arch, num_classes=N, output_stride=S)``
+  (a DeepLab release) or ``build_keras_backbone(arch, output_stride=S)`` (an ImageNet release), then
+  ``.load_weights(path)``; the weights load at any output stride the architecture allows;
+* ``.keras``: the whole model at ``--output-stride``, ``keras.models.load_model(path)`` after
+  ``import reference_models.keras``;
+
+plus a provenance JSON beside it (``x.weights.h5`` -> ``x.json``). Why not read the checkpoint
+with TensorFlow into a Keras model directly: the TF-free reader and the rename table are the ones
+the PyTorch weights are proven with, so both frameworks get identical numbers from one path.
+Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from converters import tf2torch  # noqa: E402
+from converters.errors import ConversionError  # noqa: E402
+from converters.keras_writer import KERAS_SUFFIXES, check_keras_output, convert_via_state_dict, set_help  # noqa: E402
+from converters.releases import TF_RELEASES  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = tf2torch.build_parser()
+    parser.prog = "tf2keras.py"
+    parser.description = ("Convert an official TensorFlow DeepLab / TF-slim checkpoint into Keras 3 weights "
+                          "for reference_models.keras.")
+    set_help(parser, "out", f"output, one of {', '.join(KERAS_SUFFIXES)} (weights, or the whole model) "
+             "(default: data/models/<folder>/<arch>_<release>.weights.h5, or beside the checkpoint)")
+    set_help(parser, "output_stride", "output stride of the checked model and of a .keras output (default 16; "
+             ".weights.h5 files load at any stride the architecture allows)")
+    return parser
+
+
+def default_output(args: argparse.Namespace) -> Path:
+    if args.out is not None:
+        return args.out
+    release = TF_RELEASES.get(args.dataset) if args.dataset else None
+    if release is not None:
+        return release.default_output.with_suffix(".weights.h5")
+    prefix = tf2torch.resolve_prefix(args.checkpoint) or args.checkpoint
+    return prefix.with_name(f"{prefix.name}_{args.arch}.weights.h5")  # tf2torch's default, Keras suffix
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Convert as ``args`` say; return the Keras output path. Raises ConversionError for bad input."""
+    out = default_output(args)
+    check_keras_output(out)
+    return convert_via_state_dict(tf2torch.run, args, out, tool="converters/tf2keras.py")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # the same usage rules as tf2torch.py
+    if args.dataset is None and (args.checkpoint is None or args.arch is None):
+        parser.error("give --dataset NAME, or --checkpoint PREFIX with --arch NAME")
+    if args.num_classes is not None and args.num_classes < 1:
+        parser.error("--num-classes must be positive")
+    arch = args.arch or TF_RELEASES[args.dataset].arch
+    backbones, _ = tf2torch.tf_archs()
+    if arch in backbones and args.num_classes is not None:
+        parser.error(f"--num-classes applies to models, not to the backbone {arch}")
+    if arch not in backbones and args.output_stride == 32:
+        parser.error(f"{arch} supports --output-stride 8 or 16")
+    try:
+        run(args)
+    except ConversionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; no output written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
