@@ -14,7 +14,7 @@ named arrays -> the canonical PyTorch-named state dict), then the Keras writer
 
 * ``.weights.h5``: ``m = reference_models.keras.build_keras_model(arch, num_classes=N)``;
   ``m.load_weights(path)``;
-* ``.keras``: the whole model, ``keras.models.load_model(path)`` after ``import reference_models.keras``;
+* ``.keras``: the whole model, ``reference_models.keras.load_keras_model(path)``;
 
 plus a provenance JSON beside it (``x.weights.h5`` -> ``x.json``: source sha256, release,
 architecture, steps, TensorFlow/Keras versions, preprocessing contract). The Keras models take NHWC

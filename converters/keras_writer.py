@@ -19,7 +19,7 @@ moving_variance               ``.running_*``  takes it from the same PyTorch mod
 Checks (as for PyTorch): every Keras variable filled, shapes equal, nothing left over; failures
 raise :class:`ConversionError` naming the state-dict key (and, given a reverse map, the source layer).
 Output: ``.weights.h5`` (``model.load_weights`` into ``build_keras_model(...)``) or ``.keras`` (whole
-model, ``keras.models.load_model``), written atomically.
+model, ``reference_models.keras.load_keras_model``), written atomically.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def build_from_record(record: Mapping[str, Any]) -> keras.Model:
 
 def _load_with(record: Mapping[str, Any], out: Path) -> str:
     if keras_suffix(out) == ".keras":
-        return f"import reference_models.keras; keras.models.load_model({out.name!r})"
+        return f"reference_models.keras.load_keras_model({out.name!r})"
     arch = record["architecture"]
     if record.get("kind") == "backbone":
         build = f"build_keras_backbone({arch!r}, output_stride={record['output_stride']})"

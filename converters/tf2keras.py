@@ -13,8 +13,7 @@ Same releases, flags and checks as ``tf2torch.py`` (the same pipeline: checkpoin
 * ``.weights.h5``: ``reference_models.keras.build_keras_model(arch, num_classes=N, output_stride=S)``
   (a DeepLab release) or ``build_keras_backbone(arch, output_stride=S)`` (an ImageNet release), then
   ``.load_weights(path)``; the weights load at any output stride the architecture allows;
-* ``.keras``: the whole model at ``--output-stride``, ``keras.models.load_model(path)`` after
-  ``import reference_models.keras``;
+* ``.keras``: the whole model at ``--output-stride``, ``reference_models.keras.load_keras_model(path)``;
 
 plus a provenance JSON beside it (``x.weights.h5`` -> ``x.json``). Why not read the checkpoint
 with TensorFlow into a Keras model directly: the TF-free reader and the rename table are the ones

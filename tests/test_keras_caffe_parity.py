@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from converters.caffe import parity, topology  # noqa: E402
 from converters.caffe.convert import convert_caffemodel  # noqa: E402
 from converters.keras_writer import load_state_dict_into_keras  # noqa: E402
 from reference_models.keras import build_keras_model  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -99,6 +102,9 @@ def test_caffe2tf_outputs_and_errors(caffemodels, tmp_path, capsys):
     assert record["preprocessing"]["channel_order"] == "BGR"
     assert len(record["weights"]["sha256"]) == 64 and record["weights"]["format"] == ".keras"
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["lfov.json", "lfov.keras"]  # no temporaries
+    code = ("import sys; from reference_models.keras import load_keras_model; "
+            f"m = load_keras_model({str(out)!r}); assert m.name == 'deeplabv2_vgg16_largefov'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)  # a fresh process: no custom layers loaded
     model = keras.models.load_model(out)
     x = parity.random_input(65, 66, seed=1)
     assert run_keras(model, x).shape == (1, 21, 9, 10)  # Caffe's ceil pooling: 66 -> 34 -> 18 -> 10

@@ -4,7 +4,7 @@
 model ``name`` (same keyword arguments, e.g. ``output_stride=8``, plus ``input_shape=(H, W, 3)`` to
 fix the input size; the default accepts any size). ``build_keras_backbone(name, *, output_stride)``
 does the same for a backbone (outputs ``{"out", "low_level"}``). ``list_keras_models()`` /
-``list_keras_backbones()`` name them.
+``list_keras_backbones()`` name them; ``load_keras_model(path)`` reloads a saved ``.keras`` file.
 
 The Keras models are derived from the PyTorch ones (see :mod:`reference_models.keras.mirror`):
 same widths, strides, rates, epsilons, and one Keras layer per PyTorch module, named by its
@@ -20,13 +20,14 @@ and ``list_keras_models()`` never need it.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
 __all__ = ["build_keras_backbone", "build_keras_model", "custom_objects", "list_keras_backbones",
-           "list_keras_models"]
+           "list_keras_models", "load_keras_model"]
 
 
 def list_keras_models() -> list[str]:
@@ -70,3 +71,10 @@ def custom_objects() -> dict[str, type]:
     from .layers import CaffeInterp, CaffeMaxPool, ResizeLike
 
     return {"CaffeInterp": CaffeInterp, "CaffeMaxPool": CaffeMaxPool, "ResizeLike": ResizeLike}
+
+
+def load_keras_model(path: str | os.PathLike) -> keras.Model:
+    """``keras.models.load_model(path)`` for a ``.keras`` file of these models (registers the custom layers first)."""
+    import keras
+
+    return keras.models.load_model(path, custom_objects=custom_objects())
