@@ -548,7 +548,8 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> Path:
         scaler.load_state_dict(ckpt["scaler"])
         init_record = ckpt.get("init", {})
         start = int(ckpt["iteration"])
-        set_rng_state(ckpt["rng"][d.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+        states = ckpt["rng"]
+        set_rng_state(states[d.rank % len(states)])  # a different process count resumes, though not bit-exactly
     net: nn.Module = model
     if d.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -628,8 +629,8 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> Path:
             _save(run_dir, done, model, optimizer, scaler, cfg, init_record, d, keep=int(cfg.get("keep_checkpoints", 2)))
     logger.close()
     final = run_dir / "final.pth"
+    _save(run_dir, max_iter, model, optimizer, scaler, cfg, init_record, d, keep=int(cfg.get("keep_checkpoints", 2)))
     if d.main:
-        _save(run_dir, max_iter, model, optimizer, scaler, cfg, init_record, d, keep=int(cfg.get("keep_checkpoints", 2)))
         state = {k: v for k, v in _unwrap(model).state_dict().items()}
         save_state_dict(state, final)
         m = cfg["model"]
@@ -719,12 +720,20 @@ def write_smoke_inputs(cfg: Mapping[str, Any], smoke_dir: Path) -> None:
     else:
         raise ConfigError(f"smoke.data must be voc_aug, cocostuff10k or cocostuff164k, got {kind!r}")
     source = smoke.get("source") or {}
+    target = smoke_dir / "weights" / source.get("file", "")
     if source.get("caffe"):
         from converters.caffe import synth
 
-        target = smoke_dir / "weights" / source["file"]
         if not target.is_file():
             synth.official_caffemodel(source["caffe"], target, num_classes=int(source["num_classes"]))
+    elif source.get("tf"):
+        from ._smoke import CheckError, make_tf_checkpoint  # writes a TF checkpoint of the release's variables
+
+        if not target.with_name(target.name + ".index").is_file():
+            try:
+                make_tf_checkpoint(source["tf"], target)
+            except CheckError as e:
+                raise ConfigError(str(e)) from None
 
 
 # ============================================================================ CLI
