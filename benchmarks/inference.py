@@ -9,7 +9,9 @@ benchmark does) with random weights in eval mode. Precision ``bf16``/``fp16`` me
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on one fp32 forward
 (convolutions and matmuls only; BN, ReLU and interpolation are not counted). The
 *ceiling* is a square ``n x n`` matmul in the precision's dtype, timed in the same run
-with the same timer; ``ceiling_fraction`` = (FLOPs / median latency) / ceiling FLOP/s.
+with the same timer, at the start and again at the end of the run (the faster is kept, a
+shared machine can slow one of them); ``ceiling_fraction`` = (FLOPs / median latency) /
+ceiling FLOP/s.
 Points that cannot run on the device (fp16 on CPU, ...) are recorded as skipped with
 the reason; points that raise are recorded with the error.
 """
@@ -270,6 +272,26 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+def _remeasure_ceilings(ceilings: dict[str, dict[str, Any]], device: torch.device, n: int, timing: Timing,
+                        results: list[dict], log: Callable[[str], None]) -> None:
+    """Time the ceiling matmul again after the grid and keep the faster measurement per precision.
+
+    On a shared machine a single measurement can fall in a busy moment and make the ceiling too
+    low (fractions above 1); the best of the two is the closer estimate of what the device can do.
+    ``ceiling_fraction`` of every point is recomputed against the kept ceiling.
+    """
+    for precision, first in list(ceilings.items()):
+        log(f"ceiling again: {n}x{n} matmul, {precision}")
+        again = measure_ceiling(device, precision, n, timing)
+        kept = again if again["tflops_median"] > first["tflops_median"] else first
+        kept = {**kept, "measurements_tflops_median": [first["tflops_median"], again["tflops_median"]],
+                "kept": "end of run" if kept is again else "start of run"}
+        ceilings[precision] = kept
+    for r in results:
+        if r.get("status") == "ok" and r.get("achieved_tflops") and r["precision"] in ceilings:
+            r["ceiling_fraction"] = r["achieved_tflops"] / ceilings[r["precision"]]["tflops_median"]
+
+
 def run_inference(grid: Grid, timing: Timing, device: torch.device, *, peers: list[str], quick: bool,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the grid (ours, then the peers) and return the suite's JSON body (without the environment)."""
@@ -309,6 +331,7 @@ def run_inference(grid: Grid, timing: Timing, device: torch.device, *, peers: li
             r["peer_note"] = peer.note
         results += recs
     results += peer_records
+    _remeasure_ceilings(ceilings, device, n, timing, results, log)
     grid_record = asdict(grid)
     grid_record["sizes"] = [list(s) for s in grid.sizes]
     return {"grid": grid_record, "timing": asdict(timing), "ceilings": ceilings,

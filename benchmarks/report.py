@@ -150,6 +150,19 @@ def inference_section(groups, out: Path, plots: list[str]) -> str:
     parts.append("\n" + _table(["model", "device", "size", "batch", "precision", "memory format", "compile",
                                 "median ms", "IQR ms", "images/s", "GFLOPs", "GFLOP/s", "% ceiling",
                                 "peak MiB"], rows, "llrrlllrrrrrrr"))
+    over = [r for r in ok if (r.get("ceiling_fraction") or 0) > 1.0]
+    if over:
+        parts.append(f"\n**Warning:** {len(over)} point(s) exceed 100 % of the measured ceiling: the matmul ran "
+                     "slower than the model's convolutions, so the ceiling is an underestimate (measured while "
+                     "other processes used the cores, or `torch.mm` is not this device's fastest kernel in that "
+                     "dtype). Treat the % ceiling column of such a run as invalid.\n")
+    loads = [max(rec["environment"].get("loadavg_at_start") or [0])
+             for _, rec in groups.get("inference", [])]
+    threads = [rec["environment"].get("torch_threads") or 1 for _, rec in groups.get("inference", [])]
+    if any(load > t for load, t in zip(loads, threads)):
+        parts.append("\n**Warning:** the load average exceeded the thread count when this run started: other "
+                     "processes competed for the cores, and points measured at different moments are not "
+                     "comparable (large IQRs and non-monotonic latencies are the symptom).\n")
     parts.append(_speedups(ok))
     if other:
         reasons: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -257,6 +270,7 @@ def _plot_inference(ok: list[dict], out: Path) -> list[str]:
         labels = [f"{r['model']} {_size(r['size'])} b{r['batch']} {_variant(r)}" for r in pts]
         colors = ["tab:orange" if r["precision"] != "fp32" else "tab:blue" for r in pts]
         ax.barh(range(len(pts)), [100 * r["ceiling_fraction"] for r in pts], color=colors)
+        ax.axvline(100, color="black", linestyle="--", linewidth=1)  # above it the ceiling was underestimated
         ax.set_yticks(range(len(pts)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("% of the same-dtype matmul ceiling (blue fp32, orange bf16/fp16)")
