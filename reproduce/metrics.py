@@ -52,8 +52,8 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
 class ConfusionMatrix:
     """A streaming ``(num_classes, num_classes)`` confusion matrix; rows = ground truth, columns = prediction.
 
-    ``update`` runs a single ``torch.bincount`` on the device of its inputs (CPU or CUDA); the
-    matrix lives on that device as int64 (no overflow before 2**63 pixels) until ``compute``.
+    ``update`` runs a single bincount on the device of its inputs (numpy's on the CPU, torch's on
+    CUDA); the matrix lives on that device as int64 (no overflow before 2**63 pixels) until ``compute``.
     """
 
     def __init__(
@@ -73,6 +73,7 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.out_of_range = out_of_range
         self._mat: torch.Tensor | None = None  # allocated on the first update's device
+        self._torch_bincount_on_cpu = False  # the CUDA code path, forced on the CPU (tests)
 
     # ------------------------------------------------------------------ accumulation
     def update(self, pred: Any, label: Any) -> None:
@@ -89,26 +90,43 @@ class ConfusionMatrix:
             raise ValueError(f"pred shape {tuple(pred_t.shape)} != label shape {tuple(label_t.shape)}")
         if pred_t.device != label_t.device:
             pred_t = pred_t.to(label_t.device)
-        # int64 before arithmetic: uint8 would wrap in label * C + pred.
-        label_t = label_t.reshape(-1).long()
-        pred_t = pred_t.reshape(-1).long()
         c = self.num_classes
-        keep = torch.ones_like(label_t, dtype=torch.bool) if self.ignore_index is None else label_t != self.ignore_index
-        bad_label = keep & ((label_t < 0) | (label_t >= c))
+        # Ignored (and, with out_of_range="ignore", out-of-range) pixels go to one extra bin that is
+        # dropped afterwards: cheaper than gathering the kept pixels. On the CPU numpy's bincount is
+        # ~10x faster than torch's; tensors there are viewed as numpy arrays without a copy.
+        xp_is_np = label_t.device.type == "cpu" and not self._torch_bincount_on_cpu
+        lab = label_t.reshape(-1).numpy() if xp_is_np else label_t.reshape(-1)
+        prd = pred_t.reshape(-1).numpy() if xp_is_np else pred_t.reshape(-1)
+        ignored = (lab == self.ignore_index) if self.ignore_index is not None else None
+        bad_label = (lab >= c) | (lab < 0)
+        if ignored is not None:
+            bad_label &= ~ignored
         if bool(bad_label.any()):
             if self.out_of_range == "error":
-                values = torch.unique(label_t[bad_label])[:5].tolist()
+                values = sorted({int(v) for v in (lab[bad_label][:100000]).tolist()})[:5]
                 raise ValueError(
                     f"label value(s) {values} outside [0, {c}) and not ignore_index={self.ignore_index} "
                     "(pass out_of_range='ignore' to drop such pixels, as the COCO-Stuff evaluation does)"
                 )
-            keep &= ~bad_label
-        label_t = label_t[keep]
-        pred_t = pred_t[keep]
-        if pred_t.numel() and (int(pred_t.min()) < 0 or int(pred_t.max()) >= c):
-            bad = torch.unique(pred_t[(pred_t < 0) | (pred_t >= c)])[:5].tolist()
-            raise ValueError(f"prediction value(s) {bad} outside [0, {c})")
-        counts = torch.bincount(label_t * c + pred_t, minlength=c * c).reshape(c, c)
+            ignored = bad_label if ignored is None else (ignored | bad_label)
+        if prd.shape[0] and (int(prd.min()) < 0 or int(prd.max()) >= c):
+            bad_pred = (prd < 0) | (prd >= c)
+            if ignored is not None:
+                bad_pred &= ~ignored
+            if bool(bad_pred.any()):
+                values = sorted({int(v) for v in prd[bad_pred][:100000].tolist()})[:5]
+                raise ValueError(f"prediction value(s) {values} outside [0, {c})")
+        # int64 before arithmetic: uint8 would wrap in label * C + pred.
+        if xp_is_np:
+            idx = lab.astype(np.int64) * c + prd
+            if ignored is not None:
+                idx[ignored] = c * c
+            counts = torch.from_numpy(np.bincount(idx, minlength=c * c + 1)[: c * c].reshape(c, c))
+        else:
+            idx = lab.long() * c + prd.long()
+            if ignored is not None:
+                idx = idx.masked_fill(ignored, c * c)
+            counts = torch.bincount(idx, minlength=c * c + 1)[: c * c].reshape(c, c)
         if self._mat is None:
             self._mat = counts
         else:

@@ -312,3 +312,22 @@ def test_render_comparison_markdown() -> None:
     with pytest.raises(ValueError, match="measured_unit='percent'"):
         render_comparison([(row, {"miou": 76.1})])
     assert "| 76.10 | -0.25 |" in render_comparison([(row, {"miou": 76.1})], measured_unit="percent")
+
+
+def test_torch_bincount_path_equals_numpy_path():
+    """The torch code path (used on CUDA) gives the matrix of the numpy path (used on the CPU)."""
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 5, (2, 33, 31)).astype(np.uint8)
+    label[:, :4] = 255
+    label[0, 5, 5] = 9  # out of range, dropped with out_of_range="ignore"
+    pred = rng.integers(0, 5, (2, 33, 31))
+    a = ConfusionMatrix(5, out_of_range="ignore")
+    b = ConfusionMatrix(5, out_of_range="ignore")
+    b._torch_bincount_on_cpu = True
+    a.update(pred, label)
+    b.update(torch.from_numpy(pred), torch.from_numpy(label))
+    assert torch.equal(torch.as_tensor(a.matrix), torch.as_tensor(b.matrix))
+    with pytest.raises(ValueError, match=r"label value\(s\) \[9\]"):
+        b2 = ConfusionMatrix(5)
+        b2._torch_bincount_on_cpu = True
+        b2.update(torch.from_numpy(pred), torch.from_numpy(label))
