@@ -94,19 +94,24 @@ class Conv2dTF(nn.Conv2d):
         # slim puts no bias on a conv followed by BatchNorm (beta plays its role).
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps) if bn_eps is not None else None
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+    def _pad_amounts(self, x: torch.Tensor) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) for this input size."""
         k, s, d = self.kernel_size[0], self.stride[0], self.dilation[0]
         if self.tf_padding == "explicit" and s > 1:
             top, bottom = left, right = fixed_pad_amounts(k, d)
         else:
             top, bottom = same_pad_amounts(x.shape[-2], k, s, d)
             left, right = same_pad_amounts(x.shape[-1], k, s, d)
-        if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom))
-        return x
+        return top, bottom, left, right
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(self._pad(x), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        top, bottom, left, right = self._pad_amounts(x)
+        if top == bottom and left == right:
+            # symmetric (every stride-1 conv): the conv's own zero padding, no padded copy of x
+            x = F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
+        else:
+            x = F.pad(x, (left, right, top, bottom))
+            x = F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
         if self.bn is not None:
             x = self.bn(x)
         return _activate(x, self.activation)

@@ -826,8 +826,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         if dist.is_initialized():
-            dist.destroy_process_group()
+            shutdown_distributed()
     return 0
+
+
+def shutdown_distributed(timeout: float = 60.0) -> None:
+    """Destroy the process group so that no rank exits while another is still closing its gloo pairs.
+
+    A rank that exits first resets the sockets of a slower rank's gloo threads, which then abort
+    the process ("terminate called without an active exception") after the work is done. After
+    the destroy, every rank counts itself in on the launcher's store and waits for the others.
+    """
+    store = dist.distributed_c10d._get_default_store()  # private, but the one store every rank shares
+    world = dist.get_world_size()
+    dist.barrier()
+    dist.destroy_process_group()
+    key = "deeplab_repro/shutdown"
+    store.add(key, 1)
+    deadline = time.monotonic() + timeout
+    while store.add(key, 0) < world and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":
