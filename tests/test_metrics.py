@@ -331,3 +331,14 @@ def test_torch_bincount_path_equals_numpy_path():
         b2 = ConfusionMatrix(5)
         b2._torch_bincount_on_cpu = True
         b2.update(torch.from_numpy(pred), torch.from_numpy(label))
+
+
+def test_readme_published_tables_are_generated_from_the_data():
+    """Each published number is typed once (published.yaml); the README section is generated from it."""
+    from reproduce.tables import render_published, sync_readme
+
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    assert sync_readme(readme, check=True), "README is stale: run python -m reproduce.tables --readme README.md"
+    text = render_published()
+    assert "| `[5]` | msc coco aug head=aspp_l | 76.35 |" in text
+    assert "82.20" in text and "34.40" in text
