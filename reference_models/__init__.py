@@ -23,5 +23,11 @@ __all__ = [
     "register_backbone",
     "register_model",
 ]
-from . import deeplab_v3, mobilenet_v2, resnet_tf, tf_ops, xception  # noqa: E402,F401  (TF-ported v3/v3+)
-from . import tiny  # noqa: E402,F401  (tiny models for tests and smoke runs)
+from . import (  # noqa: E402,F401  (TF-ported v3/v3+)
+    deeplab_v3,
+    mobilenet_v2,
+    resnet_tf,
+    tf_ops,
+    tiny,  # noqa: E402,F401  (tiny models for tests and smoke runs)
+    xception,
+)
