@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from converters import caffe2torch  # noqa: E402
-from converters.errors import ConversionError  # noqa: E402
+from converters.cli import run_cli  # noqa: E402
 from converters.keras_writer import KERAS_SUFFIXES, check_keras_output, convert_via_state_dict, set_help  # noqa: E402
 from converters.releases import CAFFE_RELEASES  # noqa: E402
 
@@ -68,17 +68,8 @@ def run(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.dataset is None and (args.caffemodel is None or args.arch is None):
-        parser.error("give --dataset NAME, or --caffemodel PATH with --arch NAME")
-    try:
-        run(args)
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; no output written", file=sys.stderr)
-        return 130
-    return 0
+    caffe2torch.check_usage(parser, args)
+    return run_cli(run, args)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converters import __version__  # noqa: E402
+from converters.cli import run_cli, write_weights  # noqa: E402
 from converters.errors import ConversionError  # noqa: E402
-from converters.io import WEIGHT_SUFFIXES, provenance_path, save_state_dict, sha256_file, write_json_atomic  # noqa: E402
+from converters.io import WEIGHT_SUFFIXES, provenance_path, sha256_file  # noqa: E402
 from converters.releases import CAFFE_RELEASES, Release  # noqa: E402
 
 
@@ -105,33 +106,24 @@ def run(args: argparse.Namespace) -> Path:
         "weights": {"file": out.name, "tensors": len(converted.state_dict)},
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    save_state_dict(converted.state_dict, out)
-    try:
-        record["weights"]["sha256"] = sha256_file(out)
-        write_json_atomic(provenance_path(out), record)
-    except BaseException:
-        out.unlink(missing_ok=True)  # never leave weights without their provenance
-        raise
+    write_weights(converted.state_dict, out, record)
     if not args.quiet:
         print(f"wrote {out} ({len(converted.state_dict)} tensors, {arch}, {converted.num_classes} classes) "
               f"and {provenance_path(out)}")
     return out
 
 
+def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage rules (exit 2 through ``parser.error``); shared with caffe2tf.py."""
+    if args.dataset is None and (args.caffemodel is None or args.arch is None):
+        parser.error("give --dataset NAME, or --caffemodel PATH with --arch NAME")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.dataset is None and (args.caffemodel is None or args.arch is None):
-        parser.error("give --dataset NAME, or --caffemodel PATH with --arch NAME")
-    try:
-        run(args)
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; no output written", file=sys.stderr)
-        return 130
-    return 0
+    check_usage(parser, args)
+    return run_cli(run, args)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from converters import tf2torch  # noqa: E402
-from converters.errors import ConversionError  # noqa: E402
+from converters.cli import run_cli  # noqa: E402
 from converters.keras_writer import KERAS_SUFFIXES, check_keras_output, convert_via_state_dict, set_help  # noqa: E402
 from converters.releases import TF_RELEASES  # noqa: E402
 
@@ -71,26 +71,8 @@ def run(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # the same usage rules as tf2torch.py
-    if args.dataset is None and (args.checkpoint is None or args.arch is None):
-        parser.error("give --dataset NAME, or --checkpoint PREFIX with --arch NAME")
-    if args.num_classes is not None and args.num_classes < 1:
-        parser.error("--num-classes must be positive")
-    arch = args.arch or TF_RELEASES[args.dataset].arch
-    backbones, _ = tf2torch.tf_archs()
-    if arch in backbones and args.num_classes is not None:
-        parser.error(f"--num-classes applies to models, not to the backbone {arch}")
-    if arch not in backbones and args.output_stride == 32:
-        parser.error(f"{arch} supports --output-stride 8 or 16")
-    try:
-        run(args)
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; no output written", file=sys.stderr)
-        return 130
-    return 0
+    tf2torch.check_usage(parser, args)
+    return run_cli(run, args)
 
 
 if __name__ == "__main__":

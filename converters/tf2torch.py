@@ -34,8 +34,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converters import __version__  # noqa: E402
+from converters.cli import run_cli, write_weights  # noqa: E402
 from converters.errors import ConversionError  # noqa: E402
-from converters.io import WEIGHT_SUFFIXES, provenance_path, save_state_dict, sha256_file, write_json_atomic  # noqa: E402
+from converters.io import WEIGHT_SUFFIXES, provenance_path, sha256_file  # noqa: E402
 from converters.releases import TF_RELEASES, TFRelease  # noqa: E402
 
 # The named conversion steps, in order (recorded in every provenance file).
@@ -297,22 +298,15 @@ def run(args: argparse.Namespace) -> Path:
         "weights": {"file": out.name, "tensors": len(state_dict)},
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    save_state_dict(state_dict, out)
-    try:
-        record["weights"]["sha256"] = sha256_file(out)
-        write_json_atomic(provenance_path(out), record)
-    except BaseException:
-        out.unlink(missing_ok=True)  # never leave weights without their provenance
-        raise
+    write_weights(state_dict, out, record)
     if not args.quiet:
         classes = f", {num_classes} classes" if num_classes else ""
         print(f"wrote {out} ({len(state_dict)} tensors, {arch}{classes}) and {provenance_path(out)}")
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage rules (exit 2 through ``parser.error``); shared with tf2keras.py."""
     if args.dataset is None and (args.checkpoint is None or args.arch is None):
         parser.error("give --dataset NAME, or --checkpoint PREFIX with --arch NAME")
     if args.num_classes is not None and args.num_classes < 1:
@@ -323,15 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--num-classes applies to models, not to the backbone {arch}")
     if arch not in backbones and args.output_stride == 32:
         parser.error(f"{arch} supports --output-stride 8 or 16")
-    try:
-        run(args)
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; no output written", file=sys.stderr)
-        return 130
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_usage(parser, args)
+    return run_cli(run, args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import converters.cli
 from converters import caffe2torch
 from converters.caffe import synth, topology
 from reference_models import build_model
@@ -175,7 +176,7 @@ def test_interrupted_write_leaves_no_output(caffemodels, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     # a failure after the weights are written (the provenance record) removes them too
     monkeypatch.undo()
-    monkeypatch.setattr(caffe2torch, "write_json_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(converters.cli, "write_json_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         caffe2torch.main(["--caffemodel", str(path), "--arch", "deeplabv2_vgg16_largefov", "--out", str(out)])
     assert list(tmp_path.iterdir()) == []

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+import converters.cli
 from converters import tf2torch
 from converters.releases import TF_RELEASES
 from converters.tf_rules import ignore_reason, map_tf_names
@@ -384,7 +385,7 @@ def test_interrupted_write_leaves_no_output(release_ckpt, tmp_path: Path, monkey
     assert tf2torch.main(["--dataset", SMALL, "--checkpoint", str(prefix), "--out", str(out), "--quiet"]) == 130
     assert only_outputs(out.parent) == []
     monkeypatch.undo()
-    monkeypatch.setattr(tf2torch, "write_json_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(converters.cli, "write_json_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         tf2torch.main(["--dataset", SMALL, "--checkpoint", str(prefix), "--out", str(out), "--quiet"])
     assert only_outputs(out.parent) == []
