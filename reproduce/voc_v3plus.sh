@@ -3,139 +3,23 @@
 # Train from the published recipe (reproduce/configs/deeplabv3plus_resnet101-os16-vocaug-513-30k.yaml), then evaluate and compare with the
 # paper: 78.85 (OS 16), 79.35 (OS 8), 80.57 (OS 8, multi-scale + flip) mIoU (DeepLab v3+, Table 3).
 # Steps: check inputs -> convert the init weights -> [build train_aug] -> train (resumes) -> evaluate -> report.
-# Rerun the same command after an interruption: finished steps are skipped and training resumes from
-# its last checkpoint. The work is done in Python (reproduce.train, reproduce.evaluate, the converters).
+# The steps are shared with the other recipes: reproduce/lib/recipe.sh.
 set -euo pipefail
+# shellcheck source=lib/recipe.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib/recipe.sh"
 
-usage() {
-  cat <<'EOF'
-Usage: reproduce/voc_v3plus.sh [--data-root DIR] [--models-dir DIR] [--out DIR] [options]
+RECIPE_TITLE="DeepLab v3+ ResNet-101 (ImageNet init) trained on VOC 2012 train_aug at OS 16, evaluated on val"
+RECIPE_PUBLISHED="78.85 (OS 16), 79.35 (OS 8), 80.57 (OS 8, multi-scale + flip) mIoU (DeepLab v3+, Table 3)."
+RECIPE_CONFIG=deeplabv3plus_resnet101-os16-vocaug-513-30k
+RECIPE_INIT=resnet_v1_101_2018_05_04
+RECIPE_DATA_HELP="VOCdevkit/VOC2012 and benchmark_RELEASE"
+RECIPE_DATA_DIR=VOCdevkit
+RECIPE_PREPARE=voc_aug
+RECIPE_DATASET=voc12 RECIPE_SPLIT=val RECIPE_PROTOCOL=pad
+RECIPE_SMOKE_CROP=129
 
-DeepLab v3+ ResNet-101 (ImageNet init) trained on VOC 2012 train_aug at OS 16, evaluated on val
-Published: 78.85 (OS 16), 79.35 (OS 8), 80.57 (OS 8, multi-scale + flip) mIoU (DeepLab v3+, Table 3).
+recipe_eval eval_os16 --output-stride 16 --compare-to 'deeplab_v3plus_resnet101_voc12_val[0]'
+recipe_eval eval_os8 --output-stride 8 --compare-to 'deeplab_v3plus_resnet101_voc12_val[3]'
+recipe_eval eval_os8_ms_flip --output-stride 8 --scales 0.5:0.25:1.75 --flip --compare-to 'deeplab_v3plus_resnet101_voc12_val[5]'
 
-  --data-root DIR     folder holding the dataset (VOCdevkit/VOC2012 and benchmark_RELEASE; default: data)
-  --models-dir DIR    folder holding the official source weights (default: data/models)
-  --out DIR           run + results folder (default: runs/deeplabv3plus_resnet101-os16-vocaug-513-30k)
-  --gpus N            train on N GPUs of this machine with torchrun (default: 1 process)
-  --amp               mixed precision + channels-last memory format (CUDA)
-  --device DEV        cpu or cuda (default: cuda when available)
-  --workers N         DataLoader workers (default: the config's)
-  --smoke             generated miniature data + random-weight official-format source weights,
-                      2 iterations on the CPU, same steps (numbers are meaningless; < 3 minutes)
-  -h, --help          this help
-EOF
-}
-
-DATA_ROOT=data
-MODELS_DIR=data/models
-OUT=""
-GPUS=1
-DEVICE=""
-WORKERS=""
-SMOKE=0
-TRAIN_EXTRA=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --data-root) DATA_ROOT="$2"; shift 2 ;;
-    --models-dir) MODELS_DIR="$2"; shift 2 ;;
-    --out) OUT="$2"; shift 2 ;;
-    --gpus) GPUS="$2"; shift 2 ;;
-    --amp) TRAIN_EXTRA+=(--amp --channels-last); shift ;;
-    --device) DEVICE="$2"; shift 2 ;;
-    --workers) WORKERS="$2"; shift 2 ;;
-    --smoke) SMOKE=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
-  esac
-done
-
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-python}"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-CONFIG="$REPO/reproduce/configs/deeplabv3plus_resnet101-os16-vocaug-513-30k.yaml"
-OUT="${OUT:-runs/deeplabv3plus_resnet101-os16-vocaug-513-30k}"
-EVAL_EXTRA=()
-TITLE_NOTE=""
-STEPS=8
-step() { echo "== [$1/$STEPS] $2 ($(date +%H:%M:%S))"; }
-
-if [[ $SMOKE == 1 ]]; then
-  SMOKE_DIR="$OUT/smoke"
-  echo "== smoke run: miniature data + random-weight official-format source weights in $SMOKE_DIR"
-  "$PYTHON" -m reproduce.train --config "$CONFIG" --smoke "$SMOKE_DIR" --write-smoke-inputs "$SMOKE_DIR"
-  TRAIN_EXTRA+=(--smoke "$SMOKE_DIR")
-  DATA_ROOT="$SMOKE_DIR/data"
-  DEVICE=cpu
-  WORKERS=0
-  GPUS=1
-  EVAL_EXTRA=(--crop-size 129 --quiet)
-  TITLE_NOTE=" (SMOKE RUN: random weights, miniature data; the numbers mean nothing)"
-fi
-[[ -n "$DEVICE" ]] && TRAIN_EXTRA+=(--device "$DEVICE")
-[[ -n "$WORKERS" ]] && TRAIN_EXTRA+=(--workers "$WORKERS")
-EVAL_DEVICE=("--device" "${DEVICE:-auto}")
-EVAL_WORKERS=("--workers" "${WORKERS:-2}")
-
-# ---- init weights: the converted ImageNet checkpoint (resnet_v1_101_2018_05_04)
-if [[ $SMOKE == 1 ]]; then
-  SOURCE="$SMOKE_DIR/weights/resnet_v1_101_2018_05_04/model.ckpt"
-  INIT="$SMOKE_DIR/weights/backbone.pth"
-else
-  SOURCE="$MODELS_DIR/resnet_v1_101/model.ckpt"
-  INIT="$MODELS_DIR/resnet_v1_101/resnet_v1_101_beta_resnet_v1_101_2018_05_04.pth"
-  TRAIN_EXTRA+=(--init-weights "$INIT")
-fi
-step 1 "converting the ImageNet checkpoint ($SOURCE -> $INIT)"
-if [[ ! -f "$INIT" && ! -f "$SOURCE.index" ]]; then
-  echo "error: $SOURCE.index not found. Download the ImageNet checkpoint" >&2
-  echo "       http://download.tensorflow.org/models/resnet_v1_101_2018_05_04.tar.gz and extract it in $MODELS_DIR" >&2
-  echo "       (python converters/tf2torch.py --help lists the releases), or pass --models-dir DIR." >&2
-  exit 1
-fi
-if [[ -f "$INIT" ]]; then
-  echo "   already converted: $INIT"
-else
-  # tf2torch explains where to download the release when it is missing
-  "$PYTHON" "$REPO/converters/tf2torch.py" --dataset resnet_v1_101_2018_05_04 --checkpoint "$SOURCE" --out "$INIT"
-fi
-
-step 2 "VOC 2012 train_aug (SegmentationClassAug from SBD)"
-if [[ -f "$DATA_ROOT/VOCdevkit/VOC2012/ImageSets/SegmentationAug/train_aug.txt" ]]; then
-  echo "   already built"
-elif [[ -d "$DATA_ROOT/VOCdevkit/VOC2012" && -d "$DATA_ROOT/benchmark_RELEASE" ]]; then
-  "$PYTHON" -m reproduce.prepare voc_aug --voc-root "$DATA_ROOT/VOCdevkit" --sbd-root "$DATA_ROOT/benchmark_RELEASE"
-else
-  echo "error: need VOC 2012 at $DATA_ROOT/VOCdevkit/VOC2012 and SBD at $DATA_ROOT/benchmark_RELEASE" >&2
-  echo "       (VOCtrainval_11-May-2012.tar and benchmark.tgz; see README, 'Datasets')" >&2
-  exit 1
-fi
-
-step 3 "checking data and weights"
-"$PYTHON" -m reproduce.train --config "$CONFIG" --data-root "$DATA_ROOT/VOCdevkit" "${TRAIN_EXTRA[@]}" --check
-
-step 4 "training (progress bar shows iterations and time left; rerun to resume)"
-TRAIN_CMD=("$PYTHON" -m reproduce.train)
-if [[ "$GPUS" -gt 1 ]]; then
-  TRAIN_CMD=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$GPUS" -m reproduce.train)
-fi
-"${TRAIN_CMD[@]}" --config "$CONFIG" --data-root "$DATA_ROOT/VOCdevkit" --out "$OUT/train" "${TRAIN_EXTRA[@]}"
-WEIGHTS="$OUT/train/final.pth"
-
-step 5 "evaluating: eval_os16"
-"$PYTHON" -m reproduce.evaluate --weights "$WEIGHTS" --dataset voc12 --root "$DATA_ROOT/VOCdevkit" --split val --protocol pad --output-stride 16 --compare-to 'deeplab_v3plus_resnet101_voc12_val[0]' \
-  "${EVAL_DEVICE[@]}" "${EVAL_WORKERS[@]}" --out "$OUT/eval_os16" "${EVAL_EXTRA[@]}"
-
-step 6 "evaluating: eval_os8"
-"$PYTHON" -m reproduce.evaluate --weights "$WEIGHTS" --dataset voc12 --root "$DATA_ROOT/VOCdevkit" --split val --protocol pad --output-stride 8 --compare-to 'deeplab_v3plus_resnet101_voc12_val[3]' \
-  "${EVAL_DEVICE[@]}" "${EVAL_WORKERS[@]}" --out "$OUT/eval_os8" "${EVAL_EXTRA[@]}"
-
-step 7 "evaluating: eval_os8_ms_flip"
-"$PYTHON" -m reproduce.evaluate --weights "$WEIGHTS" --dataset voc12 --root "$DATA_ROOT/VOCdevkit" --split val --protocol pad --output-stride 8 --scales 0.5:0.25:1.75 --flip \
-  --compare-to 'deeplab_v3plus_resnet101_voc12_val[5]' \
-  "${EVAL_DEVICE[@]}" "${EVAL_WORKERS[@]}" --out "$OUT/eval_os8_ms_flip" "${EVAL_EXTRA[@]}"
-
-step $STEPS "report"
-"$PYTHON" -m reproduce._smoke report --out "$OUT/report.md" --title "DeepLab v3+ ResNet-101 (ImageNet init) trained on VOC 2012 train_aug at OS 16, evaluated on val$TITLE_NOTE" "$OUT/eval_os16" "$OUT/eval_os8" "$OUT/eval_os8_ms_flip"
-echo "== done: $OUT/report.md"
-cat "$OUT/report.md"
+recipe_train "$@"
