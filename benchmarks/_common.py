@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from benchmarks._measure import cpu_model, git_info, proc_status_bytes
 from converters.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,30 +42,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ---- environment ---------------------------------------------------------------------------------------------------
-
-
-def git_info() -> dict[str, Any]:
-    """``{"commit", "dirty"}`` of the repository (``None`` outside a git checkout)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from ``/proc/cpuinfo`` (or what :mod:`platform` knows)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -212,17 +188,6 @@ def summarize(samples: Iterable[float]) -> dict[str, Any]:
 # ---- memory --------------------------------------------------------------------------------------------------------
 
 
-def _status_bytes(key: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def _reset_rss_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
@@ -246,7 +211,7 @@ class PeakMemory:
             self._start = torch.cuda.memory_allocated(self.device)
         else:
             self._reset = _reset_rss_peak()
-            self._start = _status_bytes("VmRSS")
+            self._start = proc_status_bytes("VmRSS")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -256,7 +221,7 @@ class PeakMemory:
             self.record = {"method": "torch.cuda.max_memory_allocated", "peak_bytes": peak,
                            "peak_above_start_bytes": peak - self._start}
         else:
-            peak = _status_bytes("VmHWM")
+            peak = proc_status_bytes("VmHWM")
             method = "VmHWM (whole-process peak RSS, reset via /proc/self/clear_refs)" if self._reset else \
                 "VmHWM (whole-process peak RSS since process start: clear_refs unavailable)"
             self.record = {"method": method, "peak_bytes": peak,

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -137,6 +138,30 @@ def run_measured(command: Sequence[str], *, cwd: str | os.PathLike = REPO, env: 
     return Measurement(command=list(command), returncode=int(code), seconds=float(seconds),
                        peak_rss_bytes=int(maxrss_kib) * 1024, launcher_peak_rss_bytes=int(hwm_kib) * 1024,
                        stdout=stdout, stderr=stderr)
+
+
+def git_info() -> dict[str, Any]:
+    """``{"commit", "dirty"}`` of the repository (``None`` outside a git checkout)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from ``/proc/cpuinfo`` (or what :mod:`platform` knows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def proc_status_bytes(key: str) -> int | None:

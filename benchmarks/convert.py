@@ -32,14 +32,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks._measure import REPO, Measurement, child_env, run_measured
+from benchmarks._measure import REPO, Measurement, child_env, cpu_model, git_info, run_measured
 from converters.io import write_json_atomic
 
 FULL = {"synth_arch": "resnet101_msc", "arch": "deeplabv2_resnet101_msc"}
@@ -106,27 +105,6 @@ def _check(m: Measurement, what: str) -> None:
         raise RuntimeError(f"{what} failed (exit {m.returncode}): {m.stderr.strip()[-1500:]}")
 
 
-def _git_commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(baseline: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     """Where the numbers came from: versions (torch/protobuf from the baseline child), CPU, threads, commit."""
     try:
@@ -141,12 +119,12 @@ def environment(baseline: dict[str, Any], env: dict[str, str]) -> dict[str, Any]
         "numpy": baseline.get("numpy"),
         "protobuf": baseline.get("protobuf"),
         "protobuf_backend": baseline.get("protobuf_backend"),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": affinity,
         "omp_num_threads": env.get("OMP_NUM_THREADS"),
         "torch_threads": baseline.get("torch_threads"),
-        "git": _git_commit(),
+        "git": git_info(),
     }
 
 
