@@ -126,18 +126,24 @@ class CaffeVGG16(nn.Module):
         return {"out": x}
 
 
-class ASPPv2(nn.Module):
-    """ASPP of DeepLab v2 ResNet: parallel 3x3 atrous convs (with bias) to classes, summed."""
+class SummedBranches(nn.Module):
+    """Parallel branches on one input, summed (Caffe's Eltwise SUM): the shape of every v2 head."""
 
-    def __init__(self, in_ch: int, num_classes: int, rates: Sequence[int] = ASPP_RATES) -> None:
-        super().__init__()
-        self.branches = nn.ModuleList(nn.Conv2d(in_ch, num_classes, 3, padding=r, dilation=r) for r in rates)
+    branches: nn.ModuleList
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branches[0](x)
         for branch in self.branches[1:]:
             out = out + branch(x)
         return out
+
+
+class ASPPv2(SummedBranches):
+    """ASPP of DeepLab v2 ResNet: parallel 3x3 atrous convs (with bias) to classes, summed."""
+
+    def __init__(self, in_ch: int, num_classes: int, rates: Sequence[int] = ASPP_RATES) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Conv2d(in_ch, num_classes, 3, padding=r, dilation=r) for r in rates)
 
 
 class VGGBranch(nn.Module):
@@ -156,18 +162,12 @@ class VGGBranch(nn.Module):
         return self.fc8(x)
 
 
-class VGGASPP(nn.Module):
+class VGGASPP(SummedBranches):
     """VGG-16 ASPP: one :class:`VGGBranch` per rate, summed (LargeFOV = the single rate 12)."""
 
     def __init__(self, in_ch: int, num_classes: int, rates: Sequence[int]) -> None:
         super().__init__()
         self.branches = nn.ModuleList(VGGBranch(in_ch, num_classes, r) for r in rates)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.branches[0](x)
-        for branch in self.branches[1:]:
-            out = out + branch(x)
-        return out
 
 
 class DeepLabV2(nn.Module):
