@@ -33,7 +33,9 @@ def test_the_issue_models_are_registered() -> None:
 
 
 @pytest.mark.parametrize("output_stride", [8, 16])
-@pytest.mark.parametrize("name", V3_MODELS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n.endswith("_105") else n for n in V3_MODELS]
+)
 def test_model_shape_finite_and_gradients(name: str, output_stride: int) -> None:
     torch.manual_seed(0)
     model = build_model(name, num_classes=NUM_CLASSES, output_stride=output_stride)

@@ -35,6 +35,7 @@ from reference_models.deeplab_v2 import (
     VGGBranch,
 )
 from reference_models.deeplab_v3 import ASPP, Decoder, DeepLabV3
+from reference_models.drn import DRN, DRNBottleneck
 from reference_models.mobilenet_v2 import ExpandedConv, MobileNetV2TF
 from reference_models.resnet_tf import BottleneckV1, BottleneckV2, ResNetTF
 from reference_models.tf_ops import BatchNormAct, Conv2dTF, fixed_pad_amounts
@@ -180,7 +181,8 @@ class KerasMirror:
             raise NotImplementedError("only Caffe-style (ceil_mode=True) max pooling is mirrored")
         return CaffeMaxPool(k, s, p)(x)
 
-    def caffe_bottleneck(self, m: CaffeBottleneck, x: Tensor) -> Tensor:
+    def caffe_bottleneck(self, m: CaffeBottleneck | DRNBottleneck, x: Tensor) -> Tensor:
+        """A post-activation bottleneck of ``nn.Conv2d``s (each conv carries its own stride and padding)."""
         identity = x if m.downsample is None else self.module(m.downsample, x)
         y = L.ReLU()(self.bn(m.bn1, self.conv(m.conv1, x)))
         y = L.ReLU()(self.bn(m.bn2, self.conv(m.conv2, y)))
@@ -322,6 +324,13 @@ class KerasMirror:
             y = self.decoder(m.decoder, y, features["low_level"])
         return self.conv(m.logits["semantic"], y)
 
+    def drn(self, m: DRN, x: Tensor) -> dict[str, Tensor]:
+        x = self.module(m.layer2, self.module(m.layer1, self.module(m.layer0, x)))
+        low = x = self.module_seq(m.layer3, x)
+        for layer in (m.layer4, m.layer5, m.layer6):
+            x = self.module_seq(layer, x)
+        return {"out": self.module(m.layer8, self.module(m.layer7, x)), "low_level": low}
+
     def tiny(self, m: nn.Module, x: Tensor) -> dict[str, Tensor]:
         low = self.module(m.stage2, self.module(m.stage1, x))
         return {"low_level": low, "out": self.module(m.stage4, self.module(m.stage3, low))}
@@ -329,13 +338,13 @@ class KerasMirror:
     # ------------------------------------------------------------------ dispatch
 
     def block(self, m: nn.Module, x: Tensor) -> Tensor:
-        if isinstance(m, CaffeBottleneck):
+        if isinstance(m, (CaffeBottleneck, DRNBottleneck)):
             return self.caffe_bottleneck(m, x)
         return self.module(m, x)
 
     def backbone(self, m: nn.Module, x: Tensor) -> dict[str, Tensor]:
         for cls, fn in ((CaffeResNet, self.caffe_resnet), (CaffeVGG16, self.caffe_vgg), (ResNetTF, self.resnet_tf),
-                        (XceptionTF, self.xception), (MobileNetV2TF, self.mobilenet_v2), (TinyBackbone, self.tiny)):
+                        (XceptionTF, self.xception), (MobileNetV2TF, self.mobilenet_v2), (DRN, self.drn), (TinyBackbone, self.tiny)):
             if cls is not None and isinstance(m, cls):
                 return fn(m, x)
         raise NotImplementedError(f"backbone {type(m).__name__} has no Keras mirror")
