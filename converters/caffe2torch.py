@@ -94,6 +94,9 @@ def run(args: argparse.Namespace) -> Path:
             "official_url": release.url if release else None,
             "published_sha256": release.sha256 if release else None,
             "caffe_layers": converted.caffe_layers,
+            # how each Scale layer found its BatchNorm: "bottom/top" (the file's own wiring), or, for
+            # weights-only files whose records carry no bottom/top, "official topology" / "layer names"
+            "scale_layers_paired_by": converted.scale_pairing,
         },
         "converter": {
             "tool": "converters/caffe2torch.py",

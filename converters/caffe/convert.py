@@ -48,6 +48,27 @@ class Converted:
     num_classes: int
     source_layer: dict[str, str] = field(default_factory=dict)
     caffe_layers: int = 0
+    scale_pairing: dict[str, int] = field(default_factory=dict)  # how Scale layers found their BatchNorm -> count
+
+
+def scale_to_batchnorm(arch: str) -> dict[str, str]:
+    """Scale layer -> the BatchNorm whose output it reads, in the official topology of ``arch``.
+
+    Used for weights-only caffemodels, whose records carry no bottom/top to follow.
+    """
+    net = topology.build_net(ARCH_TOPOLOGY[arch], num_classes=2)
+    bn_of_blob: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for lp in net.layer:
+        if lp.type == "BatchNorm":
+            for top in lp.top:
+                bn_of_blob[top] = lp.name
+        elif lp.type == "Scale" and lp.bottom and lp.bottom[0] in bn_of_blob:
+            out[lp.name] = bn_of_blob[lp.bottom[0]]
+        else:
+            for top in lp.top:  # a blob rewritten by another layer no longer holds the BN's output
+                bn_of_blob.pop(top, None)
+    return out
 
 
 def _expected_layer(arch: str, num_classes: int) -> dict[str, str]:
@@ -88,7 +109,8 @@ def convert_caffemodel(path: str | os.PathLike, *, arch: str, num_classes: int |
                    disable=None)  # None: only on a terminal, so errors stay one line in logs
     try:
         layers = iter_layers(path, progress=bar.update if bar is not None else None)
-        named = passes.layer_arrays(passes.drop_msc_copies(counted(layers), path), path)
+        named = passes.layer_arrays(passes.drop_msc_copies(counted(layers), path), path,
+                                    scale_to_bn=scale_to_batchnorm(arch))
     finally:
         if bar is not None:
             bar.close()
@@ -99,6 +121,8 @@ def convert_caffemodel(path: str | os.PathLike, *, arch: str, num_classes: int |
         if head is None:
             raise ConversionError(path, f"no classifier layer found for {arch}; pass --num-classes")
         num_classes = int(head.shape[0])
+    if num_classes < 1:
+        raise ConversionError(path, f"the classifier has {num_classes} classes")
     model = build_model(arch, num_classes=num_classes)
     expected = model.state_dict()
     modules = dict(model.named_modules())
@@ -139,4 +163,4 @@ def convert_caffemodel(path: str | os.PathLike, *, arch: str, num_classes: int |
 
     model.load_state_dict(state, strict=True)
     return Converted(state_dict=state, model=model, num_classes=num_classes, source_layer=reverse,
-                     caffe_layers=counter["layers"])
+                     caffe_layers=counter["layers"], scale_pairing=named.pairing_methods())

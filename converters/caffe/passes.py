@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,10 +76,18 @@ def batchnorm_statistics(blobs: list[np.ndarray], *, path: str | os.PathLike, la
     if len(blobs) != 3:
         raise ConversionError(path, f"BatchNorm has {len(blobs)} blobs, expected 3 (mean, variance, factor)",
                               layer=layer)
+    if blobs[2].size != 1:
+        raise ConversionError(path, f"BatchNorm moving-average factor (blob 2) holds {blobs[2].size} values, "
+                              "expected 1", layer=layer)
+    if blobs[0].size != blobs[1].size or blobs[0].size == 0:
+        raise ConversionError(path, f"BatchNorm mean and variance (blobs 0, 1) hold {blobs[0].size} and "
+                              f"{blobs[1].size} values, expected one per channel", layer=layer)
     factor = float(np.asarray(blobs[2]).reshape(-1)[0])
     if factor == 0.0:
         raise ConversionError(path, "BatchNorm moving-average factor (blob 2) is zero: no statistics were stored",
                               layer=layer)
+    if not np.isfinite(factor):
+        raise ConversionError(path, f"BatchNorm moving-average factor (blob 2) is {factor}", layer=layer)
     mean = (blobs[0].astype(np.float64) / factor).astype(np.float32).reshape(-1)
     var = (blobs[1].astype(np.float64) / factor).astype(np.float32).reshape(-1)
     return {"running_mean": mean, "running_var": var}
@@ -97,37 +105,81 @@ def fold_scale(blobs: list[np.ndarray], channels: int, *, path: str | os.PathLik
 
 
 def convolution_params(blobs: list[np.ndarray], *, path: str | os.PathLike, layer: str) -> dict[str, np.ndarray]:
-    """``weight`` (OIHW, as Caffe stores it) and, when present, ``bias``."""
-    if len(blobs) not in (1, 2) or blobs[0].ndim != 4:
+    """``weight`` (OIHW, as Caffe stores it) and, when present, ``bias`` (one value per output channel)."""
+    if len(blobs) not in (1, 2) or blobs[0].ndim != 4 or (len(blobs) == 2 and blobs[1].size != blobs[0].shape[0]):
         raise ConversionError(path, f"Convolution has {len(blobs)} blobs of shapes "
-                              f"{[list(b.shape) for b in blobs]}, expected a 4-D weight and an optional bias",
-                              layer=layer)
+                              f"{[list(b.shape) for b in blobs]}, expected a 4-D weight and an optional bias "
+                              "of one value per output channel", layer=layer)
     out = {"weight": blobs[0]}
     if len(blobs) == 2:
         out["bias"] = blobs[1].reshape(-1)
     return out
 
 
+def inner_product_params(blobs: list[np.ndarray], *, path: str | os.PathLike, layer: str) -> dict[str, np.ndarray]:
+    """An InnerProduct's ``[out, in]`` weight (any leading ones) as a 1x1 convolution's OIHW weight."""
+    if not 1 <= len(blobs) <= 2 or blobs[0].ndim < 2 or any(d != 1 for d in blobs[0].shape[:-2]):
+        raise ConversionError(path, f"InnerProduct has {len(blobs)} blobs of shapes "
+                              f"{[list(b.shape) for b in blobs]}, expected an [out, in] weight and an optional bias",
+                              layer=layer)
+    weight = blobs[0].reshape(blobs[0].shape[-2], blobs[0].shape[-1], 1, 1)
+    return convolution_params([weight, *blobs[1:]], path=path, layer=layer)
+
+
 @dataclass
 class NamedArrays:
-    """Arrays named ``<caffe layer>.<tensor>`` plus per-layer metadata (type, BN eps)."""
+    """Arrays named ``<caffe layer>.<tensor>`` plus per-layer metadata (type, BN eps, Scale pairing).
+
+    ``scale_pairing[scale] = (batchnorm, how)``: which BatchNorm each Scale layer was folded
+    into and how that was decided (``"bottom/top"``: the Scale reads the BatchNorm's top blob;
+    ``"official topology"`` or ``"layer names"``: the file's records carry no bottom/top).
+    """
 
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     layer_type: dict[str, str] = field(default_factory=dict)
     bn_eps: dict[str, float] = field(default_factory=dict)
+    scale_pairing: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def layer_of(self, key: str) -> str:
         return key.rsplit(".", 1)[0]
 
+    def pairing_methods(self) -> dict[str, int]:
+        """How many Scale layers were paired each way (for the provenance record)."""
+        counts: dict[str, int] = {}
+        for _, how in self.scale_pairing.values():
+            counts[how] = counts.get(how, 0) + 1
+        return counts
 
-def layer_arrays(layers: Iterable[CaffeLayer], path: str | os.PathLike) -> NamedArrays:
+
+_SCALE_PREFIX = re.compile(r"^scale_?")
+
+
+def bn_by_name(scale: str) -> str:
+    """The BatchNorm a Scale layer belongs to by the MSRA naming habit: ``scale_conv1`` -> ``bn_conv1``,
+    ``scale2a_branch1`` -> ``bn2a_branch1``; other names map onto ``bn_<name>``."""
+    m = _SCALE_PREFIX.match(scale)
+    if m is None:
+        return f"bn_{scale}"
+    return ("bn_" if m.group(0) == "scale_" else "bn") + scale[m.end():]
+
+
+def layer_arrays(layers: Iterable[CaffeLayer], path: str | os.PathLike, *,
+                 scale_to_bn: Mapping[str, str] | None = None) -> NamedArrays:
     """Apply the BatchNorm, Scale and Convolution passes to every weighted layer.
 
     Layers without blobs are skipped. A weighted layer of another type is an error
     naming it: the DeepLab releases contain only these.
+
+    A Scale layer is folded into the BatchNorm whose top blob it reads. Files written by
+    tools that strip ``bottom``/``top`` from the records (weights-only caffemodels) leave
+    no blobs to follow: there the Scale is paired through ``scale_to_bn`` (Scale layer ->
+    BatchNorm layer, from the official topology of the architecture being converted) or,
+    for a Scale it does not list, through the layer names (:func:`bn_by_name`). The
+    BatchNorm must come before its Scale in the file either way.
     """
     out = NamedArrays()
     bn_by_blob: dict[str, str] = {}  # top blob name -> BN layer name, to find the Scale that follows
+    bn_layers: set[str] = set()
     for layer in layers:
         name = layer.name
         if layer.type == "BatchNorm":
@@ -140,23 +192,37 @@ def layer_arrays(layers: Iterable[CaffeLayer], path: str | os.PathLike) -> Named
                 out.arrays[f"{name}.bias"] = np.zeros(c, np.float32)
                 out.layer_type[name] = "BatchNorm"
                 out.bn_eps[name] = float(layer.param.batch_norm_param.eps)
+                bn_layers.add(name)
                 for top in layer.tops:
                     bn_by_blob[top] = name
             continue
         if not layer.blobs:
             continue
         if layer.type == "Scale":
-            bn = bn_by_blob.get(layer.bottoms[0]) if layer.bottoms else None
-            if bn is None:
-                raise ConversionError(path, "Scale layer does not follow a BatchNorm", layer=name)
+            if layer.bottoms:
+                bn, how = bn_by_blob.get(layer.bottoms[0]), "bottom/top"
+                if bn is None:
+                    raise ConversionError(path, "Scale layer does not follow a BatchNorm", layer=name)
+            elif scale_to_bn is not None and name in scale_to_bn:
+                bn, how = scale_to_bn[name], "official topology"
+            else:
+                bn, how = bn_by_name(name), "layer names"
+            if bn not in bn_layers:
+                raise ConversionError(path, f"Scale layer has no bottom blob and its BatchNorm '{bn}' ({how}) "
+                                      "does not come before it in the file", layer=name)
+            if bn in {b for b, _ in out.scale_pairing.values()}:
+                raise ConversionError(path, f"a second Scale layer for BatchNorm '{bn}'", layer=name)
             channels = out.arrays[f"{bn}.running_mean"].size
             out.arrays.update({f"{bn}.{k}": v for k, v in fold_scale(layer.blobs, channels, path=path,
                                                                      layer=name).items()})
-        elif layer.type in ("Convolution", "InnerProduct"):
-            blobs = layer.blobs
-            if layer.type == "InnerProduct":
-                blobs = [blobs[0].reshape(blobs[0].shape[-2], blobs[0].shape[-1], 1, 1), *blobs[1:]]
-            out.arrays.update({f"{name}.{k}": v for k, v in convolution_params(blobs, path=path, layer=name).items()})
+            out.scale_pairing[name] = (bn, how)
+        elif layer.type == "Convolution":
+            out.arrays.update({f"{name}.{k}": v for k, v in convolution_params(layer.blobs, path=path,
+                                                                               layer=name).items()})
+            out.layer_type[name] = layer.type
+        elif layer.type == "InnerProduct":
+            out.arrays.update({f"{name}.{k}": v for k, v in inner_product_params(layer.blobs, path=path,
+                                                                                 layer=name).items()})
             out.layer_type[name] = layer.type
         else:
             raise ConversionError(path, f"weighted layer of unsupported type '{layer.type}'", layer=name)

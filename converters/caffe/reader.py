@@ -10,6 +10,7 @@ twice and a truncated or foreign file is reported by name.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from converters.proto import load_messages
 _LAYER_FIELD = 100  # NetParameter.layer (LayerParameter)
 _V1_LAYER_FIELD = 2  # NetParameter.layers (V1LayerParameter)
 _MAX_RECORD = 1 << 31  # protobuf's own 2 GiB message limit
+MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes: a blob shape with more axes is not something Caffe wrote
 
 
 def caffe_pb() -> Any:
@@ -85,36 +87,61 @@ def blob_to_array(blob: Any, *, path: str | os.PathLike, layer: str, index: int)
 
     Uses ``shape.dim`` when present, else the legacy num/channels/height/width
     (kept 4-D, as Caffe does). ``double_data`` is used when ``data`` is empty.
+    The declared shape is checked (at most 32 axes, no negative sizes, its
+    element count equal to the values stored) before anything is reshaped.
     """
     if blob.HasField("shape"):
         shape = tuple(int(d) for d in blob.shape.dim)
     else:
         shape = (blob.num, blob.channels, blob.height, blob.width)
+    if len(shape) > MAX_BLOB_AXES:
+        raise ConversionError(path, f"blob {index} declares {len(shape)} axes, Caffe allows at most {MAX_BLOB_AXES}",
+                              layer=layer)
+    if any(d < 0 for d in shape):
+        raise ConversionError(path, f"blob {index} declares a negative size in its shape {list(shape)}", layer=layer)
+    expected = math.prod(shape)  # Python integers: a huge declared shape cannot overflow into a match
+    stored = len(blob.data) or len(blob.double_data)
+    if stored != expected:
+        raise ConversionError(
+            path, f"blob {index} holds {stored} values but its shape {_shape_text(shape)} needs {expected}",
+            layer=layer,
+        )
     if len(blob.data):
         values = np.array(blob.data, dtype=np.float32)
     elif len(blob.double_data):
         values = np.array(blob.double_data, dtype=np.float64).astype(np.float32)
     else:
         values = np.zeros(0, dtype=np.float32)
-    expected = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if values.size != expected:
-        raise ConversionError(
-            path, f"blob {index} holds {values.size} values but its shape {list(shape)} needs {expected}", layer=layer
-        )
     return values.reshape(shape)
 
 
-def _layer_from_message(msg: Any, *, v1: bool, path: str | os.PathLike) -> CaffeLayer:
-    name = msg.name
+def _shape_text(shape: tuple[int, ...]) -> str:
+    text = str(list(shape))
+    return text if len(text) <= 80 else text[:77] + "...]"
+
+
+def _text(value: Any, what: str, *, path: str | os.PathLike, record: int, layer: str | None = None) -> str:
+    """A string field of a layer record; protobuf hands back ``bytes`` when they are not valid UTF-8."""
+    if isinstance(value, str):
+        return value
+    shown = bytes(value)[:40].decode("utf-8", errors="backslashreplace")
+    where = f"layer record {record}" + (f" ('{layer}')" if layer else "")
+    raise ConversionError(path, f"{where}: {what} is not valid UTF-8 text ({shown!r}); not a caffemodel Caffe wrote")
+
+
+def _layer_from_message(msg: Any, *, v1: bool, path: str | os.PathLike, record: int = 0) -> CaffeLayer:
+    name = _text(msg.name, "layer name", path=path, record=record)
     if v1:
         enum_name = msg.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number.get(msg.type)
         raw = enum_name.name if enum_name is not None else f"V1_{msg.type}"
         ltype = _V1_TYPES.get(raw, raw.title().replace("_", ""))
     else:
-        ltype = msg.type
+        ltype = _text(msg.type, "layer type", path=path, record=record, layer=name)
+    bottoms = tuple(_text(b, "a bottom blob name", path=path, record=record, layer=name) for b in msg.bottom)
+    tops = tuple(_text(t, "a top blob name", path=path, record=record, layer=name) for t in msg.top)
     blobs = [blob_to_array(b, path=path, layer=name, index=i) for i, b in enumerate(msg.blobs)]
     del msg.blobs[:]
-    return CaffeLayer(name=name, type=ltype, bottoms=tuple(msg.bottom), tops=tuple(msg.top), blobs=blobs, param=msg)
+    return CaffeLayer(name=name, type=ltype, bottoms=bottoms, tops=tops, blobs=blobs, param=msg)
 
 
 def _read_varint(fh: BinaryIO) -> int | None:
@@ -197,7 +224,7 @@ def iter_layers(path: str | os.PathLike, *, progress: Callable[[int], object] | 
                 ) from None
             del data
             count += 1
-            yield _layer_from_message(msg, v1=v1, path=path)
+            yield _layer_from_message(msg, v1=v1, path=path, record=count - 1)
     if count == 0:
         raise ConversionError(path, "not a caffemodel (no layers found)")
 
@@ -231,8 +258,8 @@ def parse_prototxt_text(text: str, *, path: str | os.PathLike | None = None) -> 
 
 def net_layers(net: Any, *, path: str | os.PathLike | None = None) -> list[CaffeLayer]:
     """The layers of an in-memory ``NetParameter`` as :class:`CaffeLayer` objects."""
-    out = [_layer_from_message(_copy(m), v1=False, path=path or "<net>") for m in net.layer]
-    out += [_layer_from_message(_copy(m), v1=True, path=path or "<net>") for m in net.layers]
+    out = [_layer_from_message(_copy(m), v1=False, path=path or "<net>", record=i) for i, m in enumerate(net.layer)]
+    out += [_layer_from_message(_copy(m), v1=True, path=path or "<net>", record=i) for i, m in enumerate(net.layers)]
     return out
 
 
