@@ -5,8 +5,11 @@
 
 Every output file is written to a temporary file and renamed into place, so an interrupted run
 leaves only complete files; rerunning the same command skips them and finishes the rest, and a
-run with nothing left to do writes nothing. Bad input stops the run with one line naming the
-file and exit code 1 (2 for usage errors).
+run with nothing left to do writes nothing. A bad source file (corrupt, or one that crashes
+scipy's ``.mat`` reader, which runs in a helper process for that reason) is reported with one
+line naming it, gets no output file, and does not stop the others: the run writes every good
+file, then ends with exit code 1 (2 for usage errors), and the train_aug list is only written
+once every mask of it exists.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from PIL import Image
 
 from converters.io import atomic_path
 
-from .datasets.base import DatasetError, check_label, read_index_png, read_split_file
+from .datasets.base import _PIL_ERRORS, DatasetError, check_label, read_index_png, read_split_file
 from .datasets.deepfashion2 import SPLIT_ALIASES, load_annotation, rasterize_annotation
 from .datasets.voc import find_sbd, find_voc2012, read_sbd_mat
 
-__all__ = ["PrepareReport", "build_voc_aug", "build_deepfashion2_masks", "train_aug_ids", "main"]
+__all__ = ["PrepareReport", "PrepareFailed", "build_voc_aug", "build_deepfashion2_masks", "train_aug_ids", "main"]
 
 OFFICIAL_TRAIN_AUG_SIZE = 10_582  # VOC 2012 train + SBD train + SBD val - VOC 2012 val, on the real releases
 
@@ -42,6 +45,16 @@ class PrepareReport:
     list_file: Path | None = None
     list_size: int = 0
     list_changed: bool = False
+    failed: list[str] | None = None  # one line per bad source file (no output was written for it)
+
+
+class PrepareFailed(DatasetError):
+    """Some source files were bad: every good file was written, ``failures`` lists the bad ones."""
+
+    def __init__(self, failures: list[str], report: PrepareReport) -> None:
+        self.failures = failures
+        self.report = report
+        super().__init__(None, f"{len(failures)} bad source file(s); first: {failures[0]}")
 
 
 def train_aug_ids(
@@ -63,7 +76,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         return h, w
     except FileNotFoundError:
         raise DatasetError(path, "image file not found") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except _PIL_ERRORS as e:
         raise DatasetError(path, f"cannot read image header ({type(e).__name__}: {e})") from None
 
 
@@ -126,6 +139,7 @@ def build_voc_aug(
     label_dir = out_dir / "SegmentationClassAug"
     _remove_stale_temps(label_dir)
     written = kept = 0
+    failed: list[str] = []
     for sample_id in _progress(ids, "SegmentationClassAug", progress):
         target = label_dir / f"{sample_id}.png"
         if target.is_file() and not force:
@@ -133,16 +147,23 @@ def build_voc_aug(
             continue
         use_voc = sample_id in in_voc and (prefer == "voc" or sample_id not in in_sbd)
         source = voc / "SegmentationClass" / f"{sample_id}.png" if use_voc else sbd / "cls" / f"{sample_id}.mat"
-        raw = read_index_png(source) if use_voc else read_sbd_mat(source)
-        label = check_label(raw, source, num_classes=21)
-        image = voc / "JPEGImages" / f"{sample_id}.jpg"
-        h, w = _image_size(image)
-        if (h, w) != label.shape:
-            raise DatasetError(source, f"label is {label.shape[1]}x{label.shape[0]} but {image.name} is {w}x{h} (WxH)")
+        try:
+            raw = read_index_png(source) if use_voc else read_sbd_mat(source)
+            label = check_label(raw, source, num_classes=21)
+            image = voc / "JPEGImages" / f"{sample_id}.jpg"
+            h, w = _image_size(image)
+            if (h, w) != label.shape:
+                raise DatasetError(source,
+                                   f"label is {label.shape[1]}x{label.shape[0]} but {image.name} is {w}x{h} (WxH)")
+        except DatasetError as e:
+            failed.append(str(e))
+            continue
         _write_png(target, label)
         written += 1
 
     list_file = out_dir / "ImageSets" / "SegmentationAug" / "train_aug.txt"
+    if failed:  # the list would name masks that do not exist: written by the rerun that completes them
+        raise PrepareFailed(failed, PrepareReport(written, kept, label_dir, list_file, len(ids), False, failed))
     changed = _write_text_if_changed(list_file, "".join(f"{i}\n" for i in ids))
     return PrepareReport(written, kept, label_dir, list_file, len(ids), changed)
 
@@ -160,6 +181,7 @@ def build_deepfashion2_masks(
     """
     root = Path(root)
     written = kept = 0
+    failed: list[str] = []
     for split in splits:
         split = SPLIT_ALIASES.get(split, split)
         annos = root / split / "annos"
@@ -174,10 +196,16 @@ def build_deepfashion2_masks(
                 kept += 1
                 continue
             anno_path = annos / f"{name}.json"
-            h, w = _image_size(root / split / "image" / f"{name}.jpg")
-            mask = rasterize_annotation(load_annotation(anno_path), h, w, path=anno_path)
+            try:
+                h, w = _image_size(root / split / "image" / f"{name}.jpg")
+                mask = rasterize_annotation(load_annotation(anno_path), h, w, path=anno_path)
+            except DatasetError as e:
+                failed.append(str(e))
+                continue
             _write_png(target, mask)
             written += 1
+    if failed:
+        raise PrepareFailed(failed, PrepareReport(written, kept, root, failed=failed))
     return PrepareReport(written, kept, root)
 
 
@@ -250,6 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             rep = build_deepfashion2_masks(args.root, args.splits, force=args.force, progress=not args.no_progress)
             print(f"DeepFashion2 masks: wrote {rep.written}, kept {rep.kept} existing under {rep.output}")
+    except PrepareFailed as e:
+        for line in e.failures:
+            print(f"error: {line}", file=sys.stderr)
+        print(f"wrote {e.report.written}, kept {e.report.kept} existing; {len(e.failures)} bad source file(s) "
+              "listed above got no output (fix or remove them, then rerun the same command)")
+        return 1
     except (DatasetError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -25,6 +25,8 @@ multi-process DataLoader, the lazily found skips are counted in the worker proce
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +50,10 @@ __all__ = [
 OnError = Literal["error", "skip"]
 Transform = Callable[[np.ndarray, np.ndarray, dict], Any]
 
-# Errors PIL raises for truncated, corrupt or non-image files.
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
+# Errors PIL raises for truncated, corrupt or non-image files. Its decoders also check some
+# structure with ``assert`` (a palette PNG without PLTE) and index or unpack bytes they trust.
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, AssertionError,
+               IndexError, KeyError, TypeError, EOFError, struct.error, zlib.error)
 
 
 class DatasetError(ValueError):

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from .base import DatasetError, OnError, SampleRef, SegmentationDataset, Transform, read_split_file, resize_pair
+from .matfile import MatProblem, read_label
 
 __all__ = ["CocoStuff10k", "CocoStuff164k", "read_cocostuff10k_mat", "COCOSTUFF_NUM_CLASSES"]
 
 COCOSTUFF_NUM_CLASSES = 182
-_UNLABELED = 255
 
 
 def _class_names(root: Path) -> tuple[str, ...] | None:
@@ -42,29 +42,22 @@ def _class_names(root: Path) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def read_cocostuff10k_mat(path: str | os.PathLike) -> np.ndarray:
+def read_cocostuff10k_mat(path: str | os.PathLike, *, contained: bool = True) -> np.ndarray:
     """Read variable ``S`` of a COCO-Stuff 10k annotation and map it to the DeepLab convention.
 
     ``S`` 1..182 -> 0..181 and 0 (unlabeled) -> 255, as ``convertAnnotationsDeeplab.m`` does.
     The arithmetic is done in int64, so it does not depend on the stored dtype (the ``-1`` trick
     used elsewhere relies on a signed or wrapping dtype). Values > 182 are kept out of range
-    (shifted, > 181) so the caller's range check reports them.
+    (shifted, > 181) so the caller's range check reports them. The file is parsed in a helper
+    process unless ``contained=False`` (see :mod:`reproduce.datasets.matfile`), so a file that
+    crashes scipy's reader is a :class:`DatasetError` naming it.
     """
-    import scipy.io
-
     try:
-        mat = scipy.io.loadmat(str(path), variable_names=["S"])
-    except FileNotFoundError:
-        raise DatasetError(path, "annotation .mat file not found") from None
-    except (ValueError, TypeError, OSError, NotImplementedError) as e:
-        raise DatasetError(path, f"cannot read MATLAB file ({type(e).__name__}: {e})") from None
-    if "S" not in mat:
-        raise DatasetError(path, "no variable 'S' in the annotation file")
-    s = np.asarray(mat["S"])
-    if s.ndim != 2 or s.dtype.kind not in "iuf":
-        raise DatasetError(path, f"S must be a 2-D numeric array, got {s.dtype} {s.shape}")
-    s = s.astype(np.int64)
-    return np.where(s == 0, _UNLABELED, s - 1)
+        return read_label("cocostuff10k", path, contained=contained)
+    except MatProblem as e:
+        if str(e) == "file not found":
+            raise DatasetError(path, "annotation .mat file not found") from None
+        raise DatasetError(path, str(e)) from None
 
 
 class CocoStuff10k(SegmentationDataset):

@@ -35,15 +35,40 @@ _ITEM_KEY = re.compile(r"^item(\d+)$")
 SPLIT_ALIASES = {"val": "validation"}
 
 
+MAX_JSON_DEPTH = 32  # an annotation is 4 levels deep (object -> item -> polygon list -> polygon)
+MAX_JSON_BYTES = 64 << 20  # the largest DeepFashion2 annotation is a few hundred kB
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(text: str) -> int:
+    """Deepest nesting of ``[``/``{`` in JSON ``text`` (brackets inside strings ignored), without recursion."""
+    skeleton = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8", errors="replace"), dtype=np.uint8)
+    steps = np.isin(skeleton, (ord("["), ord("{"))).astype(np.int64) - np.isin(skeleton, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def load_annotation(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse one annotation JSON; a :class:`DatasetError` names the file if it is not valid JSON."""
+    """Parse one annotation JSON; a :class:`DatasetError` names the file if it is not valid JSON.
+
+    Nesting deeper than :data:`MAX_JSON_DEPTH` is refused before parsing (Python's parser recurses).
+    """
     try:
+        size = os.path.getsize(path)
+        if size > MAX_JSON_BYTES:
+            raise DatasetError(path, f"annotation is {size} bytes, more than any DeepFashion2 annotation")
         with open(path, encoding="utf-8") as fh:
-            anno = json.load(fh)
+            text = fh.read()
+        depth = json_depth(text)
+        if depth > MAX_JSON_DEPTH:
+            raise DatasetError(path, f"JSON nested {depth} levels deep (an annotation has 4; at most "
+                               f"{MAX_JSON_DEPTH} are read)")
+        anno = json.loads(text)
     except FileNotFoundError:
         raise DatasetError(path, "annotation file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(path, f"invalid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise DatasetError(path, f"invalid JSON ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise DatasetError(path, f"cannot read annotation ({e.strerror or e})") from None
     if not isinstance(anno, dict):
         raise DatasetError(path, f"expected a JSON object, got {type(anno).__name__}")
     return anno
@@ -57,7 +82,11 @@ def rasterize_annotation(
     Coordinates are pixel positions (x right, y down) rounded to the nearest integer; polygons
     are clipped to the image by the fill. Each polygon is filled on its own so that two
     overlapping polygons of one item never cancel out (cv2's multi-contour fill is even-odd).
+    Coordinates must be finite and within one image size of the image on every side (a point
+    like -1e308 is a corrupt file, and would make the fill overflow or crawl).
     """
+    if height < 1 or width < 1:
+        raise DatasetError(path, f"image size {width}x{height} (WxH) is empty")
     import cv2
 
     items = []
@@ -82,6 +111,12 @@ def rasterize_annotation(
                 raise DatasetError(path, f"{key}: polygon {n} is not a list of numbers") from None
             if pts.ndim != 1 or pts.size < 6 or pts.size % 2 or not np.isfinite(pts).all():
                 raise DatasetError(path, f"{key}: polygon {n} needs >= 3 finite (x, y) pairs, got {pts.size} values")
+            xy = pts.reshape(-1, 2)
+            far = (np.abs(xy[:, 0] - width / 2) > 1.5 * width) | (np.abs(xy[:, 1] - height / 2) > 1.5 * height)
+            if far.any():
+                x, y = xy[np.argmax(far)]
+                raise DatasetError(path, f"{key}: polygon {n} has the point ({x:g}, {y:g}), far outside the "
+                                   f"{width}x{height} image")
             cv2.fillPoly(mask, [np.round(pts).astype(np.int32).reshape(-1, 1, 2)], int(cat))
     return mask
 

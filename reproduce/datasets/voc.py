@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 
 from .base import DatasetError, OnError, SampleRef, SegmentationDataset, Transform, read_split_file
+from .matfile import MatProblem, read_label
 
 __all__ = [
     "VOC_CLASSES",
@@ -58,35 +59,19 @@ def find_sbd(root: str | os.PathLike) -> Path:
     raise DatasetError(root, "no SBD dataset/cls folder here (expected benchmark_RELEASE/dataset/cls)")
 
 
-def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:
+def read_sbd_mat(path: str | os.PathLike, *, contained: bool = True) -> np.ndarray:
     """Read ``GTcls.Segmentation`` from an SBD ``cls/<id>.mat`` file as an ``(H, W)`` uint8 array (0..20).
 
-    Raises :class:`DatasetError` naming the file when it is missing, not a MATLAB file, or lacks
-    the struct/field.
+    Raises :class:`DatasetError` naming the file when it is missing, not a MATLAB file, lacks the
+    struct/field, or crashes scipy's reader (parsed in a helper process unless ``contained=False``;
+    see :mod:`reproduce.datasets.matfile`).
     """
-    import scipy.io
-
     try:
-        mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
-    except FileNotFoundError:
-        raise DatasetError(path, "SBD .mat file not found") from None
-    except (ValueError, TypeError, OSError, NotImplementedError) as e:
-        raise DatasetError(path, f"cannot read MATLAB file ({type(e).__name__}: {e})") from None
-    gt = mat.get("GTcls")
-    if gt is None:
-        raise DatasetError(path, f"no 'GTcls' struct (variables: {sorted(k for k in mat if not k.startswith('__'))})")
-    seg = getattr(gt, "Segmentation", None)
-    if seg is None:
-        raise DatasetError(path, "struct 'GTcls' has no field 'Segmentation'")
-    seg = np.asarray(seg)
-    if seg.ndim != 2 or seg.dtype.kind not in "iuf":
-        raise DatasetError(path, f"GTcls.Segmentation must be a 2-D numeric array, got {seg.dtype} {seg.shape}")
-    if seg.dtype.kind == "f":
-        if not np.array_equal(seg, np.round(seg)):
-            raise DatasetError(path, "GTcls.Segmentation holds non-integer values")
-    if seg.size and (seg.min() < 0 or seg.max() > 255):
-        raise DatasetError(path, f"GTcls.Segmentation values [{seg.min()}, {seg.max()}] do not fit uint8")
-    return seg.astype(np.uint8)
+        return read_label("sbd", path, contained=contained)
+    except MatProblem as e:
+        if str(e) == "file not found":
+            raise DatasetError(path, "SBD .mat file not found") from None
+        raise DatasetError(path, str(e)) from None
 
 
 class VOCSegmentation(SegmentationDataset):
