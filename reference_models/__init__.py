@@ -26,6 +26,7 @@ __all__ = [
 from . import (  # noqa: E402,F401  (TF-ported v3/v3+)
     deeplab_v3,
     drn,
+    mobilenet_v1,
     mobilenet_v2,
     resnet_tf,
     tf_ops,

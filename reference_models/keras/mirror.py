@@ -36,6 +36,7 @@ from reference_models.deeplab_v2 import (
 )
 from reference_models.deeplab_v3 import ASPP, Decoder, DeepLabV3
 from reference_models.drn import DRN, DRNBottleneck
+from reference_models.mobilenet_v1 import LOW_LEVEL_LAYER, MobileNetV1TF
 from reference_models.mobilenet_v2 import ExpandedConv, MobileNetV2TF
 from reference_models.resnet_tf import BottleneckV1, BottleneckV2, ResNetTF
 from reference_models.tf_ops import BatchNormAct, Conv2dTF, fixed_pad_amounts
@@ -288,6 +289,14 @@ class KerasMirror:
                 low = tap
         return {"out": x, "low_level": low}
 
+    def mobilenet_v1(self, m: MobileNetV1TF, x: Tensor) -> dict[str, Tensor]:
+        x = low = self.conv(m.Conv2d_0, x)
+        for name in m._layers:
+            x = self.conv(getattr(m, name), x)
+            if name == f"Conv2d_{LOW_LEVEL_LAYER}_pointwise":
+                low = x
+        return {"out": x, "low_level": low}
+
     def expanded_conv(self, m: ExpandedConv, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.conv(m.expand, x) if m.expand is not None else x
         depthwise = self.conv(m.depthwise, h)
@@ -344,7 +353,8 @@ class KerasMirror:
 
     def backbone(self, m: nn.Module, x: Tensor) -> dict[str, Tensor]:
         for cls, fn in ((CaffeResNet, self.caffe_resnet), (CaffeVGG16, self.caffe_vgg), (ResNetTF, self.resnet_tf),
-                        (XceptionTF, self.xception), (MobileNetV2TF, self.mobilenet_v2), (DRN, self.drn), (TinyBackbone, self.tiny)):
+                        (XceptionTF, self.xception), (MobileNetV2TF, self.mobilenet_v2),
+                        (MobileNetV1TF, self.mobilenet_v1), (DRN, self.drn), (TinyBackbone, self.tiny)):
             if cls is not None and isinstance(m, cls):
                 return fn(m, x)
         raise NotImplementedError(f"backbone {type(m).__name__} has no Keras mirror")
