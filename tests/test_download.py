@@ -1,0 +1,377 @@
+"""``deeplab-download`` against an HTTP server on 127.0.0.1 that the tests start and stop.
+
+The server serves generated archives in the releases' real layouts (the DeepLab v2 zip with its
+caffemodels at the top level, the DeepLab-TF tarball with its checkpoint folder, a slim tarball
+with bare files) and can cut a transfer mid-way, ignore ``Range`` or answer 404. No test touches
+an outside address: every URL goes through ``--mirror http://127.0.0.1:PORT``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import socket
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from converters.releases import ARCHIVES, CAFFE_RELEASES, DATASETS, TF_RELEASES, Archive
+from reproduce import download
+from reproduce.download import DownloadError, Item
+
+
+# ----------------------------------------------------------------------------- the local server
+class Server:
+    """Serves ``files`` (URL path -> bytes) with Range support; behaviour switches for the tests."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.cut_after: dict[str, int] = {}  # path -> bytes sent before the connection is dropped (once)
+        self.ignore_range = False
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                rng = self.headers.get("Range")
+                server.requests.append((self.path, rng))
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404, "Not Found")
+                    return
+                start = 0
+                if rng and not server.ignore_range:
+                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.send_header("Content-Type", "application/octet-stream")
+                self.end_headers()
+                cut = server.cut_after.pop(self.path, None)
+                if cut is not None:
+                    self.wfile.write(body[start:start + cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(body[start:])
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def serve(self, archive: Archive, body: bytes) -> None:
+        self.files[urlsplit(archive.url).path] = body
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    srv.thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+    srv.thread.join(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def lock_file(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "user-config" / "downloads.lock.json"
+    monkeypatch.setenv(download.LOCK_ENV, str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------- archives in the real layouts
+def make_zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def make_tar(members: dict[str, bytes], mode: str = "w:gz", links: dict[str, tuple[bytes, str]] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for name, (kind, target) in (links or {}).items():  # links first: later members may go through them
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = target
+            tf.addfile(info)
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def caffe_resnet_zip() -> bytes:
+    """prototxt_and_model.zip: the three caffemodels and the prototxts at the top level."""
+    names = {r.file_name for r in CAFFE_RELEASES.values() if r.archive.key == "deeplab_aspp_resnet101"}
+    members = {n: hashlib.sha256(n.encode()).digest() * 4096 for n in sorted(names)}  # 128 KiB each
+    members.update({"test.prototxt": b'name: "deeplab"\n', "train.prototxt": b'name: "deeplab"\n'})
+    return make_zip(members)
+
+
+def deeplab_tf_tarball() -> bytes:
+    """deeplabv3_pascal_train_aug_2018_01_04.tar.gz: one folder with the checkpoint and the frozen graph."""
+    return make_tar({"deeplabv3_pascal_train_aug/model.ckpt.index": b"index" * 100,
+                     "deeplabv3_pascal_train_aug/model.ckpt.data-00000-of-00001": bytes(range(256)) * 400,
+                     "deeplabv3_pascal_train_aug/frozen_inference_graph.pb": b"graph" * 100})
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = download.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_lines(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith("error:")]
+
+
+# ----------------------------------------------------------------------------- the tests
+def test_clean_download_then_second_run_does_nothing(server, tmp_path, capsys, lock_file):
+    body = caffe_resnet_zip()
+    server.serve(ARCHIVES["deeplab_aspp_resnet101"], body)
+    models = tmp_path / "models"
+    code, out, err = run(["voc12", "coco_init", "--models-dir", str(models), "--mirror", server.url, "--quiet"], capsys)
+    assert code == 0, err
+    assert len(server.requests) == 1  # one archive for two releases
+    for name in ("voc12", "coco_init", "voc12_trainval"):
+        release = CAFFE_RELEASES[name]
+        assert release.source_path(models).is_file()  # where caffe2torch --dataset looks
+    assert (models / "deeplabv2_resnet101" / "test.prototxt").is_file()
+    assert "caffe2torch.py --dataset voc12" in out
+    sha = hashlib.sha256(body).hexdigest()
+    lock = json.loads(lock_file.read_text())
+    assert lock["deeplab_aspp_resnet101"]["sha256"] == sha and lock["deeplab_aspp_resnet101"]["size"] == len(body)
+    assert "no checksum is published" in err and str(lock_file) in err
+
+    code, out, err = run(["voc12", "--models-dir", str(models), "--mirror", server.url, "--quiet"], capsys)
+    assert code == 0 and "already in place" in out and "nothing to do" in out
+    assert len(server.requests) == 1  # no network on the second run
+
+
+def test_tf_tarballs_unpack_where_tf2torch_looks(server, tmp_path, capsys):
+    server.serve(ARCHIVES["deeplabv3_pascal_train_aug_2018_01_04"], deeplab_tf_tarball())
+    slim = TF_RELEASES["resnet_v1_50_2016_08_28"]
+    server.serve(slim.archive, make_tar({slim.file_name: b"v1 checkpoint" * 50}))  # bare files
+    models = tmp_path / "models"
+    code, _, err = run(["deeplabv3_pascal_train_aug_2018_01_04", slim.name, "--models-dir", str(models),
+                        "--mirror", server.url, "--quiet"], capsys)
+    assert code == 0, err
+    v3plus = TF_RELEASES["deeplabv3_pascal_train_aug_2018_01_04"]
+    assert Path(f"{v3plus.source_path(models)}.index").is_file()
+    assert slim.source_path(models).is_file()
+
+
+def test_transfer_cut_midway_is_resumed_with_range(server, tmp_path, capsys):
+    body = caffe_resnet_zip()
+    archive = ARCHIVES["deeplab_aspp_resnet101"]
+    server.serve(archive, body)
+    server.cut_after[urlsplit(archive.url).path] = len(body) // 3
+    code, _, err = run(["voc12", "--models-dir", str(tmp_path), "--mirror", server.url, "--quiet"], capsys)
+    assert code == 0, err
+    assert [r for _, r in server.requests] == [None, f"bytes={len(body) // 3}-"]
+    assert "transfer interrupted" in err and "resuming" in err
+    assert CAFFE_RELEASES["voc12"].source_path(tmp_path).read_bytes() == zipfile.ZipFile(io.BytesIO(body)).read(
+        "train_iter_20000.caffemodel")
+
+
+def test_interrupted_run_keeps_the_partial_file_and_the_next_run_resumes(server, tmp_path, capsys):
+    body = deeplab_tf_tarball()
+    archive = ARCHIVES["deeplabv3_pascal_train_aug_2018_01_04"]
+    server.serve(archive, body)
+    server.cut_after[urlsplit(archive.url).path] = 1000
+    argv = [archive.key, "--models-dir", str(tmp_path), "--mirror", server.url, "--quiet"]
+    code, _, err = run([*argv, "--retries", "0"], capsys)
+    assert code == 1 and len(error_lines(err)) == 1
+    assert "interrupted at 1,000 of" in err and "rerun the same command to resume" in err
+    part = tmp_path / "downloads" / archive.key / (archive.file_name + ".part")
+    assert part.stat().st_size == 1000
+    assert not (tmp_path / "deeplabv3_pascal_train_aug").exists()  # nothing unpacked
+
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    assert server.requests[-1][1] == "bytes=1000-" and "resuming" in err
+    assert not part.exists()
+
+
+def test_server_that_ignores_range_restarts_from_zero(server, tmp_path, capsys):
+    body = deeplab_tf_tarball()
+    archive = ARCHIVES["deeplabv3_pascal_train_aug_2018_01_04"]
+    server.serve(archive, body)
+    server.ignore_range = True
+    part = tmp_path / "downloads" / archive.key / (archive.file_name + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"garbage from an earlier attempt")  # must not end up in the file
+    code, _, err = run([archive.key, "--models-dir", str(tmp_path), "--mirror", server.url, "--quiet"], capsys)
+    assert code == 0, err
+    assert "ignored the resume request" in err
+    assert (tmp_path / "downloads" / archive.key / archive.file_name).read_bytes() == body
+
+
+def test_wrong_checksum_unpacks_nothing_and_removes_the_file(server, tmp_path):
+    body = caffe_resnet_zip()
+    base = ARCHIVES["deeplab_aspp_resnet101"]
+    for algo in ("sha256", "md5"):
+        archive = Archive(**{**base.__dict__, "key": f"wrong_{algo}", algo: "0" * (64 if algo == "sha256" else 32)})
+        server.serve(archive, body)
+        item = Item(archive, tmp_path, download.mirror_url(archive.url, server.url), ("voc12",))
+        with pytest.raises(DownloadError) as info:
+            download.process(item, lock={}, retries=0, timeout=10, quiet=True, say=lambda _: None)
+        msg = str(info.value)
+        assert "\n" not in msg and f"{algo} {getattr(hashlib, algo)(body).hexdigest()}" in msg
+        assert "does not match the published" in msg and "removed it, nothing unpacked" in msg
+        assert not item.download_path.exists() and not item.destination.exists()
+
+
+def test_published_checksum_verifies(server, tmp_path):
+    body = caffe_resnet_zip()
+    archive = Archive(**{**ARCHIVES["deeplab_aspp_resnet101"].__dict__, "key": "good", "size": len(body),
+                         "md5": hashlib.md5(body).hexdigest()})
+    server.serve(archive, body)
+    said: list[str] = []
+    item = Item(archive, tmp_path, download.mirror_url(archive.url, server.url), ("voc12",))
+    summary = download.process(item, lock={}, retries=0, timeout=10, quiet=True, say=said.append)
+    assert "verified and unpacked" in summary and any("md5 verified" in s for s in said)
+    assert CAFFE_RELEASES["voc12"].source_path(tmp_path).is_file()
+
+
+def test_size_differs_from_the_published_one(server, tmp_path, capsys):
+    voc = ARCHIVES["VOCtrainval_11-May-2012"]
+    server.serve(voc, make_tar({"VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt": b"2007_000033\n"}, "w"))
+    code, _, err = run(["voc2012", "--data-root", str(tmp_path), "--mirror", server.url, "--quiet"], capsys)
+    assert code == 1 and len(error_lines(err)) == 1
+    assert f"{voc.size:,} bytes" in err and "wrong URL or mirror" in err
+    assert not (tmp_path / "VOCdevkit").exists()
+
+
+def test_404(server, tmp_path, capsys):
+    code, _, err = run(["voc12", "--models-dir", str(tmp_path), "--mirror", server.url, "--quiet"], capsys)
+    assert code == 1 and len(error_lines(err)) == 1 and "Traceback" not in err
+    assert "HTTP 404" in err and "by hand" in err and str(tmp_path / "downloads") in err
+
+
+def test_truncated_archive_is_refused_and_not_locked(server, tmp_path, capsys, lock_file):
+    body = deeplab_tf_tarball()
+    server.serve(ARCHIVES["deeplabv3_pascal_train_aug_2018_01_04"], body[: len(body) // 2])
+    code, _, err = run(["deeplabv3_pascal_train_aug_2018_01_04", "--models-dir", str(tmp_path), "--mirror",
+                        server.url, "--quiet"], capsys)
+    assert code == 1 and len(error_lines(err)) == 1
+    assert "not a complete tar archive" in err and "nothing unpacked" in err
+    assert not (tmp_path / "deeplabv3_pascal_train_aug").exists() and not lock_file.exists()
+
+
+def test_truncated_plain_tar_and_zip_are_refused(tmp_path):
+    tar = make_tar({"VOCdevkit/VOC2012/a.jpg": b"x" * 5000}, "w")
+    (tmp_path / "t.tar").write_bytes(tar[:3000])
+    with pytest.raises(DownloadError, match="truncated tar archive|not a complete tar"):
+        download.check_tar(tmp_path / "t.tar")
+    (tmp_path / "z.zip").write_bytes(caffe_resnet_zip()[:-100])
+    with pytest.raises(DownloadError, match="not a complete zip archive"):
+        download.check_zip(tmp_path / "z.zip", full=True)
+
+
+def test_lock_file_catches_a_changed_file(server, tmp_path, capsys):
+    archive = ARCHIVES["deeplabv3_pascal_train_aug_2018_01_04"]
+    server.serve(archive, deeplab_tf_tarball())
+    argv = [archive.key, "--models-dir", str(tmp_path), "--mirror", server.url, "--quiet"]
+    assert run(argv, capsys)[0] == 0
+    other = tmp_path / "other"
+    server.serve(archive, make_tar({"deeplabv3_pascal_train_aug/model.ckpt.index": b"something else"}))
+    code, _, err = run([archive.key, "--models-dir", str(other), "--mirror", server.url, "--quiet"], capsys)
+    assert code == 1 and len(error_lines(err)) == 1
+    assert "differs from the" in err and "recorded in" in err
+    assert not (other / "deeplabv3_pascal_train_aug").exists()
+
+
+@pytest.mark.parametrize("kind", ["dotdot_zip", "absolute_tar", "symlink_out_tar", "through_link_tar", "symlink_zip"])
+def test_unsafe_archives_are_refused(tmp_path, kind):
+    path = tmp_path / ("a.zip" if kind.endswith("zip") else "a.tar.gz")
+    if kind == "dotdot_zip":
+        path.write_bytes(make_zip({"../evil.txt": b"x"}))
+    elif kind == "symlink_zip":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            info = zipfile.ZipInfo("link")
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, "/etc/passwd")
+        path.write_bytes(buf.getvalue())
+    elif kind == "absolute_tar":
+        path.write_bytes(make_tar({"/tmp/evil.txt": b"x"}))
+    elif kind == "symlink_out_tar":
+        path.write_bytes(make_tar({}, links={"deeplabv3/link": (tarfile.SYMTYPE, "../../outside")}))
+    else:
+        path.write_bytes(make_tar({"d/x": b"x"}, links={"d": (tarfile.SYMTYPE, "sub")}))  # d/x written via d
+    with pytest.raises(DownloadError, match="refusing to unpack"):
+        download.check_zip(path, full=True) if kind.endswith("zip") else download.check_tar(path)
+
+
+def test_no_network_says_what_to_download_and_where(tmp_path, capsys):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, _, err = run(["voc12", "--models-dir", str(tmp_path), "--mirror", f"http://127.0.0.1:{port}", "--quiet",
+                        "--timeout", "5"], capsys)
+    assert code == 1 and len(error_lines(err)) == 1 and len(err.strip().splitlines()) <= 2
+    archive = ARCHIVES["deeplab_aspp_resnet101"]
+    assert "cannot reach 127.0.0.1" in err and archive.url in err
+    assert str(tmp_path / "downloads" / archive.key / archive.file_name) in err
+
+
+def test_dry_run_prints_the_plan_without_network(tmp_path, capsys, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("--dry-run opened a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    code, out, err = run(["--dry-run", "voc12", "voc2012", "cocostuff164k", "deepfashion2", "--data-root",
+                          str(tmp_path / "data")], capsys)
+    assert code == 0, err
+    voc12 = CAFFE_RELEASES["voc12"]
+    assert voc12.url in out and "prototxt_and_model.zip" in out and "none published" in out
+    assert str(voc12.source_path(download.MODELS_DIR)) in out
+    voc = ARCHIVES["VOCtrainval_11-May-2012"]
+    assert voc.url in out and voc.sha256 in out and f"{voc.size:,} bytes" in out
+    for key in ("train2017", "val2017", "stuffthingmaps_trainval2017"):
+        assert ARCHIVES[key].url in out
+    assert "no direct download" in out and DATASETS["deepfashion2"].page in out
+    assert not (tmp_path / "data").exists()
+
+
+def test_unknown_name_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        download.main(["voc_12"])
+    assert info.value.code == 2 and "did you mean 'voc12'" in capsys.readouterr().err
+
+
+def test_manual_dataset_in_place_and_missing(tmp_path, capsys):
+    code, _, err = run(["deepfashion2", "--data-root", str(tmp_path)], capsys)
+    assert code == 1 and len(error_lines(err)) == 1 and "licence" in err
+    for split in ("train", "validation"):
+        (tmp_path / "deepfashion2" / split / "annos").mkdir(parents=True)
+    code, out, _ = run(["deepfashion2", "--data-root", str(tmp_path)], capsys)
+    assert code == 0 and "already in place" in out
+
+
+def test_mirror_keeps_the_original_path():
+    assert download.mirror_url("http://host/a/b/c.zip", "http://127.0.0.1:8/m/") == "http://127.0.0.1:8/m/a/b/c.zip"
+    assert download.mirror_url("http://host/a.zip", None) == "http://host/a.zip"
