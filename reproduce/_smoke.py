@@ -25,11 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-V2_FILE = "train_iter_20000.caffemodel"
-V2_FOLDER = "deeplabv2_resnet101"  # converters.releases: data/models/deeplabv2_resnet101/
-V3PLUS_RELEASE = "deeplabv3_pascal_train_aug_2018_01_04"
-V3PLUS_FOLDER = "deeplabv3_pascal_train_aug"  # what the tarball unpacks to (local_test.sh)
-V3PLUS_PREFIX = "model.ckpt"
+from converters.releases import CAFFE_RELEASES, DATASETS, TF_RELEASES
+
+_V2 = CAFFE_RELEASES["voc12"]
+V2_FILE = _V2.file_name
+V2_FOLDER = _V2.folder  # data/models/<folder>/ after deeplab-download
+_V3PLUS = TF_RELEASES["deeplabv3_pascal_train_aug_2018_01_04"]
+V3PLUS_RELEASE = _V3PLUS.name
+V3PLUS_FOLDER = _V3PLUS.folder  # what the tarball unpacks to
+V3PLUS_PREFIX = _V3PLUS.file_name
+_VOC = DATASETS["voc2012"].archives[0]
 REPO = Path(__file__).resolve().parent.parent
 
 SMOKE_VAL_IDS = ("2007_000033", "2007_000042", "2007_000061")
@@ -52,8 +57,8 @@ def check_voc(data_root: Path) -> Path:
         raise CheckError(
             f"PASCAL VOC 2012 not found under --data-root {data_root}. Expected {data_root}/VOCdevkit/VOC2012/"
             "{JPEGImages,SegmentationClass,ImageSets/Segmentation/val.txt}. Get it with:\n"
-            "  wget http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar\n"
-            f"  tar xf VOCtrainval_11-May-2012.tar -C {data_root}"
+            f"  python -m reproduce.download voc2012 --data-root {data_root}\n"
+            f"(or download {_VOC.url} and run: {_VOC.unpack_command(data_root)})"
         ) from None
     split = voc / "ImageSets" / "Segmentation" / "val.txt"
     if not split.is_file():
@@ -63,7 +68,7 @@ def check_voc(data_root: Path) -> Path:
                or not (voc / "JPEGImages" / f"{i}.jpg").is_file()]
     if missing:
         raise CheckError(f"{len(missing)} of {len(ids)} val images or labels are missing under {voc} "
-                         f"(first: {missing[0]}); re-extract VOCtrainval_11-May-2012.tar")
+                         f"(first: {missing[0]}); re-extract {_VOC.file_name}")
     return voc
 
 
@@ -71,13 +76,10 @@ def check_v2_weights(weights_dir: Path) -> Path:
     for cand in (weights_dir / V2_FILE, weights_dir / V2_FOLDER / V2_FILE):
         if cand.is_file():
             return cand
-    from converters.releases import CAFFE_RELEASES
-
-    rel = CAFFE_RELEASES["voc12"]
     raise CheckError(
         f"{V2_FILE} not found in --weights-dir {weights_dir} (looked at {weights_dir / V2_FILE} and "
-        f"{weights_dir / V2_FOLDER / V2_FILE}). It is the DeepLab v2 ResNet-101 VOC model in\n  {rel.url}\n"
-        f"(see {rel.page}); unzip it and put {V2_FILE} in {weights_dir}."
+        f"{weights_dir / V2_FOLDER / V2_FILE}). It is the DeepLab v2 ResNet-101 VOC model in\n  {_V2.url}\n"
+        f"(see {_V2.page}); get it with: python -m reproduce.download {_V2.name} --models-dir {weights_dir}"
     )
 
 
@@ -92,8 +94,8 @@ def check_v3plus_weights(weights_dir: Path) -> Path:
     raise CheckError(
         f"TF checkpoint {V3PLUS_FOLDER}/{V3PLUS_PREFIX}.index not found in --weights-dir {weights_dir}. "
         f"It is the DeepLab v3+ Xception-65 VOC model (zoo xception65_coco_voc_trainaug):\n"
-        f"  wget http://download.tensorflow.org/models/{V3PLUS_RELEASE}.tar.gz\n"
-        f"  tar xzf {V3PLUS_RELEASE}.tar.gz -C {weights_dir}"
+        f"  python -m reproduce.download {V3PLUS_RELEASE} --models-dir {weights_dir}\n"
+        f"(or download {_V3PLUS.url} and run: {_V3PLUS.archive.unpack_command(weights_dir)})"
     )
 
 
