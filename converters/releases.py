@@ -425,7 +425,7 @@ DATASETS: dict[str, Dataset] = {
                 prepare="python -m reproduce.prepare voc_aug --voc-root {data_root}/VOCdevkit "
                         "--sbd-root {data_root}/benchmark_RELEASE",
                 notes="needs voc2012 too; prepare writes SegmentationClassAug and train_aug.txt into VOC2012/",
-                readers=("voc12",)),
+                readers=("sbd",)),
         Dataset("cocostuff10k", "COCO-Stuff 10k v1.1 (9,000 train, 1,000 test; 182 classes)", "cocostuff-10k-v1.1",
                 "https://github.com/nightrome/cocostuff10k",
                 "cocostuff-10k-v1.1/\n"
