@@ -198,8 +198,7 @@ def manifest(release: TFRelease) -> dict:
     return {
         "format": FORMAT,
         "release": release.name,
-        "url": release.url,
-        "checkpoint": {"prefix": release.file_name, "format": release.checkpoint_format, "folder": release.folder},
+        "checkpoint": {"format": release.checkpoint_format},  # URL, folder and prefix: converters/releases.py
         "architecture": release.arch,
         "kind": release.kind,
         "dtype": "float32",
