@@ -33,3 +33,5 @@ from . import (  # noqa: E402,F401  (TF-ported v3/v3+)
     tiny,  # noqa: E402,F401  (tiny models for tests and smoke runs)
     xception,
 )
+# the peers' flavours: exact computations of other PyTorch ports (converters/peers imports into them)
+from . import kazuto_style  # noqa: E402,F401

@@ -42,6 +42,7 @@ from reference_models.resnet_tf import BottleneckV1, BottleneckV2, ResNetTF
 from reference_models.tf_ops import BatchNormAct, Conv2dTF, fixed_pad_amounts
 from reference_models.xception import XceptionModule, XceptionTF
 
+from . import peer_mirror
 from .layers import CaffeInterp, CaffeMaxPool, ResizeLike
 
 try:  # the tiny test/smoke models (reference_models/tiny.py)
@@ -352,6 +353,8 @@ class KerasMirror:
         return self.module(m, x)
 
     def backbone(self, m: nn.Module, x: Tensor) -> dict[str, Tensor]:
+        if (out := peer_mirror.backbone(self, m, x)) is not None:  # the peers' flavours first
+            return out
         for cls, fn in ((CaffeResNet, self.caffe_resnet), (CaffeVGG16, self.caffe_vgg), (ResNetTF, self.resnet_tf),
                         (XceptionTF, self.xception), (MobileNetV2TF, self.mobilenet_v2),
                         (MobileNetV1TF, self.mobilenet_v1), (DRN, self.drn), (TinyBackbone, self.tiny)):
@@ -360,6 +363,8 @@ class KerasMirror:
         raise NotImplementedError(f"backbone {type(m).__name__} has no Keras mirror")
 
     def model(self, m: nn.Module, x: Tensor) -> Tensor:
+        if (out := peer_mirror.model(self, m, x)) is not None:  # the peers' flavours (some subclass ours) first
+            return out
         if isinstance(m, DeepLabV2):
             return self.deeplab_v2(m, x)
         if isinstance(m, DeepLabV3):
