@@ -26,6 +26,7 @@ __all__ = [
 from . import (  # noqa: E402,F401  (TF-ported v3/v3+)
     deeplab_v3,
     drn,
+    kazuto_style,  # noqa: E402,F401  (a peer's flavour: kazuto1011's MSC fusion, for converters/peers)
     mobilenet_v1,
     mobilenet_v2,
     resnet_tf,
@@ -33,5 +34,3 @@ from . import (  # noqa: E402,F401  (TF-ported v3/v3+)
     tiny,  # noqa: E402,F401  (tiny models for tests and smoke runs)
     xception,
 )
-# the peers' flavours: exact computations of other PyTorch ports (converters/peers imports into them)
-from . import kazuto_style  # noqa: E402,F401
