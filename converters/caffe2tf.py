@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from converters import caffe2torch  # noqa: E402
-from converters.cli import run_cli  # noqa: E402
+from converters.cli import run_main  # noqa: E402
 from converters.keras_writer import KERAS_SUFFIXES, check_keras_output, convert_via_state_dict, set_help  # noqa: E402
 from converters.releases import CAFFE_RELEASES  # noqa: E402
 
@@ -66,10 +66,7 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    caffe2torch.check_usage(parser, args)
-    return run_cli(run, args)
+    return run_main(build_parser(), run, argv, check=caffe2torch.check_usage)
 
 
 if __name__ == "__main__":

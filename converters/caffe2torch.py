@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converters import __version__  # noqa: E402
-from converters.cli import run_cli, write_weights  # noqa: E402
+from converters.cli import run_main, write_weights  # noqa: E402
 from converters.errors import ConversionError  # noqa: E402
 from converters.io import WEIGHT_SUFFIXES, provenance_path, sha256_file  # noqa: E402
 from converters.releases import CAFFE_RELEASES, Release  # noqa: E402
@@ -123,10 +123,7 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_usage(parser, args)
-    return run_cli(run, args)
+    return run_main(build_parser(), run, argv, check=check_usage)
 
 
 if __name__ == "__main__":

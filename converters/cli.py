@@ -1,34 +1,96 @@
-"""What every converter command line shares: exit codes and the weights-plus-provenance write.
+"""The one command-line contract every command follows, and the weights-plus-provenance write.
 
-Exit codes: 0 success, 1 bad input (one line on stderr, no output file), 2 usage error
-(argparse), 130 interrupted (no output file).
+``main(argv=None) -> int`` of every command is ``return run_main(build_parser(), run, argv)``:
+
+* exit 0: success (also ``--help``);
+* exit 1: bad input: a :class:`converters.errors.DeeplabError` (or an ``OSError`` such as a
+  missing file or a full disk), printed as ONE line ``error: <message>`` on stderr, no traceback;
+* exit 2: usage error (argparse, or ``parser.error`` from a ``check`` function);
+* exit 130: interrupted (Ctrl-C), one line on stderr.
+
+Shared flag names: ``--data-root``, ``--models-dir``, ``--out``, ``--device`` (``auto``: cuda when
+torch sees one, else cpu; see :func:`add_device_argument` / :func:`resolve_device`). Help texts are
+written in the parser, never sliced from a module docstring (``python -OO`` strips those).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from converters.errors import ConversionError
+from converters.errors import DeeplabError
 from converters.io import provenance_path, save_state_dict, sha256_file, write_json_atomic
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def run_cli(run: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
-    """Call ``run(args)`` and turn its failures into the converters' exit codes and one-line errors."""
+    """Call ``run(args)`` and turn its failures into the exit codes and one-line errors above."""
     try:
         run(args)
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except DeeplabError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a file the user named cannot be read or written
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("error: interrupted; no output written", file=sys.stderr)
-        return 130
-    return 0
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
+def run_main(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], object],
+    argv: Sequence[str] | None = None,
+    *,
+    check: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None,
+) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), apply ``check(parser, args)`` (usage rules that call
+    ``parser.error``), then ``run(args)``; returns the exit status instead of raising SystemExit."""
+    try:
+        args = parser.parse_args(argv)
+        if check is not None:
+            check(parser, args)
+    except SystemExit as exc:  # --help (0) or a usage error (2, argparse has printed it)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return run_cli(run, args)
+
+
+# --------------------------------------------------------------------------- shared flags
+def add_device_argument(parser: argparse.ArgumentParser | Any, *, default: str = "auto") -> None:
+    """``--device``: cpu, cuda, cuda:N or auto (cuda when available, else cpu)."""
+    parser.add_argument("--device", default=default,
+                        help=f"cpu, cuda, cuda:N or auto (cuda when available, else cpu); default {default}")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; a cuda device without CUDA is bad input."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeeplabError(f"--device {name}: no CUDA device is available to torch (use --device cpu or auto)")
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise DeeplabError(f"--device {name}: not a device (cpu, cuda, cuda:N or auto)") from None
+    return name
+
+
+# --------------------------------------------------------------------------- the converters' output
 def write_weights(state_dict: Mapping[str, Any], out: Path, record: dict[str, Any]) -> None:
     """Save ``state_dict`` at ``out`` and ``record`` (plus the weights' sha256) beside it, atomically.
 

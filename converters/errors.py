@@ -1,7 +1,9 @@
-"""The one exception every converter raises for bad input.
+"""The project's error types: one base that every command reports as a single line.
 
-Command-line tools catch it and print ``str(error)`` as a single line, so its
-message always names the file and, where known, the source layer.
+Command lines (through ``converters.cli.run_main``) catch :class:`DeeplabError` and print
+``error: <message>`` on stderr with exit status 1, so a message names the file and the problem.
+Library code raises a subclass (or ``DeeplabError`` itself) for bad input; anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,8 +11,12 @@ from __future__ import annotations
 from os import PathLike
 
 
-class ConversionError(Exception):
-    """Bad or unexpected input: a one-line, user-facing message."""
+class DeeplabError(Exception):
+    """Bad input or an unmet precondition: a one-line, user-facing message (exit 1 on the command line)."""
+
+
+class ConversionError(DeeplabError):
+    """A weights file that cannot be converted: names the file and, where known, the source layer."""
 
     def __init__(self, path: str | PathLike | None, problem: str, *, layer: str | None = None) -> None:
         self.path = None if path is None else str(path)

@@ -140,7 +140,7 @@ class DeepLabV3(nn.Module):
 
     ``x`` is the preprocessed NCHW image; ``h = ceil(H / logits_stride)`` with ``logits_stride`` 4
     with a decoder, else ``output_stride``. The backbone must return ``{"out", "low_level"}`` and
-    carry ``feature_info`` and ``tf_scope`` (see ``converters/tf_rules.py``).
+    carry ``feature_info`` and ``tf_scope`` (see ``converters/tf/rules.py``).
     """
 
     def __init__(

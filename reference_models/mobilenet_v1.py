@@ -15,7 +15,7 @@ Behaviour of ``mobilenet_v1_base`` and ``mobilenet_v1_arg_scope`` (read, not cop
 
 Module names are the TF scopes (``Conv2d_0``, ``Conv2d_1_depthwise``...), so the release's
 variables ``MobilenetV1/Conv2d_1_depthwise/depthwise_weights`` map by the generic rules of
-``converters/tf_rules.py``. The ImageNet classifier ``MobilenetV1/Logits/...`` is not part of it.
+``converters/tf/rules.py``. The ImageNet classifier ``MobilenetV1/Logits/...`` is not part of it.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ DeepLab's ``core/resnet_v1_beta.py`` (read, not copied):
 * BatchNorm epsilon 1e-5 (``resnet_arg_scope`` default; DeepLab passes the same value).
 
 Module names mirror the TF variable scopes (``block1.unit_1.conv1.weight`` <->
-``resnet_v1_50/block1/unit_1/bottleneck_v1/conv1/weights``) so ``converters/tf_rules.py`` is a
+``resnet_v1_50/block1/unit_1/bottleneck_v1/conv1/weights``) so ``converters/tf/rules.py`` is a
 short list of regex rules.
 """
 

@@ -5,7 +5,7 @@
   ``batch_norm`` center/scale, epsilon 0.001, ReLU6, ``SAME``) and slim's output-stride rule, at
   output strides 8, 16 and 32 on odd and even sizes. Random weights and BatchNorm statistics are
   saved as a real TF checkpoint, read back with our TF-free reader, converted by name with
-  ``converters/tf_rules.py`` and loaded strictly.
+  ``converters/tf/rules.py`` and loaded strictly.
 * ``tf_keras.applications.MobileNet(alpha=1.0, include_top=False)``: the same network, another
   implementation, at output stride 32 on sizes divisible by 32. It pads its stride-2 convs with a
   fixed ``ZeroPadding2D(((0, 1), (0, 1)))`` + ``VALID``, which equals TF ``SAME`` only when the
@@ -32,7 +32,7 @@ legacy_tf_layers = pytest.importorskip("tf_keras.src.legacy_tf_layers")
 sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy_tf_layers)  # tf_slim under TF 2.x
 slim = pytest.importorskip("tf_slim")
 
-from converters.tf_rules import load_tf_arrays, map_tf_names  # noqa: E402
+from converters.tf.rules import load_tf_arrays, map_tf_names  # noqa: E402
 from reference_models import build_backbone, build_model  # noqa: E402
 from tests.test_tf_parity import randomize_variables, read_checkpoint, rel_err  # noqa: E402
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from converters.errors import ConversionError
-from converters.tf_rules import map_tf_names, tf_arrays_to_state_dict
+from converters.tf.rules import map_tf_names, tf_arrays_to_state_dict
 from reference_models import build_backbone, build_model, list_models
 
 V3_MODELS = [name for name in list_models() if name.startswith(("deeplabv3_", "deeplabv3plus_"))]

@@ -24,7 +24,7 @@ import torch
 import converters.cli
 from converters import tf2torch
 from converters.releases import TF_RELEASES
-from converters.tf_rules import ignore_reason, map_tf_names
+from converters.tf.rules import ignore_reason, map_tf_names
 from reference_models import build_backbone, build_model
 from tests.conftest import REPO
 
@@ -371,7 +371,7 @@ def test_checkpoint_not_found(tmp_path: Path) -> None:
                   file=str(tmp_path / "nope.ckpt"), match="checkpoint not found")
 
 
-def test_interrupted_write_leaves_no_output(release_ckpt, tmp_path: Path, monkeypatch) -> None:
+def test_interrupted_write_leaves_no_output(release_ckpt, tmp_path: Path, monkeypatch, capsys) -> None:
     prefix, _ = release_ckpt(SMALL)
     out = tmp_path / "w" / "w.pth"
     out.parent.mkdir()
@@ -386,6 +386,7 @@ def test_interrupted_write_leaves_no_output(release_ckpt, tmp_path: Path, monkey
     assert only_outputs(out.parent) == []
     monkeypatch.undo()
     monkeypatch.setattr(converters.cli, "write_json_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
-        tf2torch.main(["--dataset", SMALL, "--checkpoint", str(prefix), "--out", str(out), "--quiet"])
+    capsys.readouterr()
+    assert tf2torch.main(["--dataset", SMALL, "--checkpoint", str(prefix), "--out", str(out), "--quiet"]) == 1
+    assert capsys.readouterr().err == "error: disk full\n"
     assert only_outputs(out.parent) == []

@@ -1,4 +1,4 @@
-"""converters.tf_checkpoint against checkpoints TensorFlow itself writes.
+"""converters.tf.reader against checkpoints TensorFlow itself writes.
 
 TensorFlow is only a test dependency: every test that needs it asks for the
 ``tf`` fixture (``pytest.importorskip``); the format-level tests run without it.
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters import tf_checkpoint
 from converters.errors import ConversionError
-from converters.tf_checkpoint import crc32c, open_checkpoint
+from converters.tf import reader as tf_checkpoint
+from converters.tf.reader import crc32c, open_checkpoint
 
 
 @pytest.fixture(scope="module")

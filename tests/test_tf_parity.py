@@ -2,7 +2,7 @@
 
 * The slim ResNets (``tf_slim.nets.resnet_v1`` / ``resnet_v2``) with random weights AND random
   BatchNorm statistics are saved as a real TF checkpoint, read back with our TF-free reader,
-  converted with ``converters.tf_rules`` and loaded strictly; outputs must agree at output
+  converted with ``converters.tf.rules`` and loaded strictly; outputs must agree at output
   strides 8, 16 and 32 on odd and even input sizes.
 * MobileNet-v2 against ``tf_keras.applications.MobileNetV2`` (an independent implementation).
 * Each TF quirk in ``reference_models.tf_ops`` against the TF op it reproduces, plus a check
@@ -35,7 +35,7 @@ import tf_slim as slim  # noqa: E402
 from tf_slim.nets import resnet_utils, resnet_v1, resnet_v2  # noqa: E402
 
 from converters.errors import ConversionError  # noqa: E402
-from converters.tf_rules import load_tf_arrays, tf_arrays_to_state_dict  # noqa: E402
+from converters.tf.rules import load_tf_arrays, tf_arrays_to_state_dict  # noqa: E402
 from reference_models import build_backbone  # noqa: E402
 from reference_models.tf_ops import (  # noqa: E402
     Conv2dTF,
@@ -58,7 +58,7 @@ def rel_err(ours: torch.Tensor, ref_nhwc: np.ndarray) -> float:
 def read_checkpoint(prefix: Path) -> dict[str, np.ndarray]:
     """Read every variable with the project's TF-free reader (TF's own reader as a fallback)."""
     try:
-        from converters.tf_checkpoint import open_checkpoint
+        from converters.tf.reader import open_checkpoint
     except ImportError:  # pragma: no cover - only before the reader landed
         reader = tf.train.load_checkpoint(str(prefix))
         return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
@@ -283,7 +283,7 @@ def test_conv_same_and_conv2d_same_padding(size: tuple[int, int], kernel: int, s
 
 
 def test_depthwise_layout_with_multiplier() -> None:
-    from converters.tf_rules import depthwise_to_oihw
+    from converters.tf.rules import depthwise_to_oihw
 
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 9, 8, 3)).astype(np.float32)

@@ -38,7 +38,7 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from converters.releases import MANIFESTS_DIR, TF_RELEASES, TFRelease  # noqa: E402
-from converters.tf_rules import ignore_reason  # noqa: E402
+from converters.tf.rules import ignore_reason  # noqa: E402
 
 FORMAT = "deeplab-repro tf manifest v1"
 _SIZE = 65  # static input size for graph building; variables do not depend on it

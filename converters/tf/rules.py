@@ -1,7 +1,7 @@
 """TF(-slim) variable names -> our state-dict keys, as data, plus the named layout steps.
 
 Knows nothing about files: the input is ``{tf_variable_name: ndarray}`` from any reader
-(``converters.tf_checkpoint.open_checkpoint`` or ``tf.train.load_checkpoint``). The target is a
+(``converters.tf.reader.open_checkpoint`` or ``tf.train.load_checkpoint``). The target is a
 ``reference_models`` backbone (it carries ``tf_scope``, e.g. ``resnet_v1_101``) or a DeepLab
 v3/v3+ model (its ``.backbone`` carries it; head variables live at the top level as in the
 official checkpoints: ``aspp0/...``, ``decoder/...``, ``logits/semantic/...``).

@@ -1,0 +1,6 @@
+"""TensorFlow checkpoints without TensorFlow, the same four rooms as ``converters.caffe``.
+
+``reader`` knows the checkpoint formats (V2 TensorBundle, V1 TensorSlice) and nothing about
+DeepLab; ``rules`` maps TF(-slim) variable names onto the reference models' state dicts (as
+data, with the layout steps); ``convert`` joins them with the release manifests' checks.
+"""
