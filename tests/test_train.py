@@ -192,10 +192,8 @@ def test_shipped_configs_resolve(path):
     from reference_models import list_models
 
     cfg = T.load_config(path)
-    assert cfg["name"] == path.stem
-    assert cfg["model"]["name"] in list_models()
+    assert cfg.name == path.stem
+    assert cfg.model.name in list_models()
     T.build_transform(cfg)
-    T.SegmentationLoss(cfg["loss"]["kind"], num_classes=cfg["model"]["num_classes"],
-                       normalization=cfg["loss"].get("normalization", "per_image"))
-    s = cfg["solver"]
-    assert s["batch_size"] % s.get("accum_steps", 1) == 0
+    T.SegmentationLoss(cfg.loss.kind, num_classes=cfg.model.num_classes, normalization=cfg.loss.normalization)
+    assert cfg.solver.batch_size % cfg.solver.accum_steps == 0

@@ -16,7 +16,7 @@ from tests.test_train import REPO
 @pytest.mark.slow
 def test_tiny_model_learns_shapes(tmp_path):
     cfg = T.load_config(REPO / "reproduce" / "configs" / "deeplabv3plus_tiny-shapes-64.yaml")
-    cfg.update(progress=False, tensorboard=False)
+    cfg = T.apply_overrides(cfg, {"progress": False, "tensorboard": False})
     final = T.train(cfg, tmp_path / "run")
 
     model = T.build_model(cfg)

@@ -1,0 +1,563 @@
+"""Training configs: a typed schema, base-config inheritance, validated ``--set`` overrides, a resume fingerprint.
+
+A config file is YAML whose top-level keys are the fields of :class:`Config` (each section a
+dataclass below). ``base: other.yaml`` (a path relative to the file) loads that config first and
+merges this one over it key by key (mappings merge, everything else replaces), so a row that
+differs from another in three values is written as those three values. Any key the schema does
+not know, in a file or a ``--set`` path, is an error naming it and the closest known key.
+
+The resume check compares :func:`fingerprint` of the saved and the new config: the values that
+change what a run computes. Fields whose metadata says ``affects=False`` (how to run: workers,
+logging, device; documentation: download hints, the recipe and evaluation blocks; where files
+are: data.root, init.weights) may change between sessions of one run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "ConfigError", "Config", "load_config", "parse_config", "apply_overrides", "to_dict", "fingerprint",
+    "changed_keys", "find_release", "init_weights_path", "smoke_config", "CONFIGS_DIR",
+]
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad config, missing data or weights: one line, shown without a traceback (exit 1)."""
+
+
+def _runtime(default: Any = None, **kw: Any) -> Any:
+    """A field that does not change what a run computes (may differ when a run resumes)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"affects": False}, **kw)
+    return field(default=default, metadata={"affects": False}, **kw)
+
+
+def _list(default: list | None = None) -> Any:
+    return field(default_factory=lambda: list(default or []))
+
+
+# ============================================================================ sections
+@dataclass
+class ModelCfg:
+    name: str
+    num_classes: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HeadInitCfg:
+    match: str = ".*"
+    weight_std: float = 0.01
+    bias: float = 0.0
+
+
+@dataclass
+class InitCfg:
+    release: str | None = _runtime()          # converters/releases.py name: where the weights come from
+    weights: str | None = _runtime()          # converted file; default: the release's, below models_dir
+    prefix: str = ""
+    drop: list[str] = _list()
+    require: list[str] = _list()
+    head_init: HeadInitCfg | None = None
+    how_to_get: str | None = _runtime()
+
+
+@dataclass
+class DataCfg:
+    dataset: str
+    root: str | None = _runtime()
+    split: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    how_to_get: str | None = _runtime()
+
+
+@dataclass
+class PreprocessingCfg:
+    channel_order: Literal["RGB", "BGR"]
+    mean: list[float]
+    std: list[float] = _list([1.0, 1.0, 1.0])
+    scale: float = 1.0
+
+
+@dataclass
+class AugmentCfg:
+    crop_size: int | list[int]
+    scales: list[float] | None = None
+    scale_range: list[float] | None = None
+    flip: bool = True
+    resize: Literal["caffe", "tf"] = "caffe"
+
+
+@dataclass
+class LossCfg:
+    kind: str
+    normalization: Literal["per_image", "pixels"] = "per_image"
+    shrink: Any = None
+
+
+@dataclass
+class BnCfg:
+    mode: Literal["frozen", "train"] = "frozen"
+    momentum: float | None = None
+
+
+@dataclass
+class ParamRuleCfg:
+    match: str | None = None
+    max_ndim: int | None = None
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+
+
+@dataclass
+class SolverCfg:
+    iterations: int
+    batch_size: int
+    base_lr: float
+    accum_steps: int = 1
+    optimizer: Literal["sgd", "caffe_sgd"] = "sgd"
+    lr_power: float = 0.9
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    param_rules: list[ParamRuleCfg] = _list()
+
+
+@dataclass
+class EvalVariantCfg:
+    """One evaluation of the trained weights (a ``reproduce.evaluate`` run) and the published rows it meets."""
+
+    name: str
+    output_stride: int | None = None
+    scales: list[float] = _list([1.0])
+    flip: bool = False
+    crf: bool = False
+    compare_to: list[str] = _list()        # reproduce/tables/published.yaml rows, TABLE[INDEX]
+    say: str | None = None
+    smoke_limit: int | None = None         # --smoke: evaluate only the first N images
+
+
+@dataclass
+class EvalCfg:
+    dataset: str | None = None             # default: data.dataset
+    split: str = "val"
+    protocol: Literal["pad", "whole", "warp"] = "pad"
+    crop_size: int = 513
+    root: str | None = None                # default: data.root
+    kwargs: dict[str, Any] = field(default_factory=dict)   # extra reader arguments (the generated shapes)
+    variants: list[EvalVariantCfg] = _list()
+
+
+@dataclass
+class SmokeSourceCfg:
+    caffe: str | None = None               # converters.caffe.synth topology of a random official caffemodel
+    tf: bool = False                       # a random TF checkpoint of the init release's variables
+
+
+@dataclass
+class SmokeCfg:
+    data: Literal["voc_aug", "cocostuff10k", "cocostuff164k"]
+    sizes: list[int] = _list([200, 260])
+    source: SmokeSourceCfg = field(default_factory=SmokeSourceCfg)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    eval_crop: int = 129                   # evaluation crop of a smoke run
+
+
+@dataclass
+class RecipeCfg:
+    """What ``python -m reproduce.recipe NAME`` needs beyond the training config."""
+
+    name: str
+    title: str
+    data_dir: str = ""                     # the dataset folder below --data-root
+    data_help: str = ""                    # what --data-root holds (help text)
+    prepare: Literal["voc_aug"] | None = None
+    paper: str = ""                        # where the compared rows come from (help text)
+
+
+@dataclass
+class Config:
+    model: ModelCfg
+    data: DataCfg
+    preprocessing: PreprocessingCfg
+    augment: AugmentCfg
+    loss: LossCfg
+    solver: SolverCfg
+    name: str = _runtime("config")
+    init: InitCfg = field(default_factory=InitCfg)
+    bn: BnCfg = field(default_factory=BnCfg)
+    seed: int = 0
+    ignore_index: int = 255
+    models_dir: str = _runtime("data/models")   # where init.release's converted weights are looked for
+    workers: int = _runtime(0)
+    log_every: int = _runtime(20)
+    checkpoint_every: int = _runtime(1000)
+    keep_checkpoints: int = _runtime(2)
+    device: str | None = _runtime()
+    amp: bool = _runtime(False)
+    channels_last: bool = _runtime(False)
+    progress: bool = _runtime(True)
+    tensorboard: bool = _runtime(True)
+    on_error: Literal["error", "skip"] = _runtime("error")   # a corrupt training sample: stop, or skip and count
+    eval_every: int = _runtime(0)           # evaluate every N iterations (rank 0), keep best.pth beside last.pth
+    eval_split: str | None = _runtime()     # default: eval.split
+    eval_limit: int | None = _runtime()     # evaluate on the first N images only
+    eval: EvalCfg | None = _runtime()
+    smoke: SmokeCfg | None = _runtime()
+    recipe: RecipeCfg | None = _runtime()
+
+    def get(self, key: str, default: Any = None) -> Any:  # dict-style reads for callers that held dicts
+        return getattr(self, key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+# ============================================================================ parsing
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _closest(key: str, known: Sequence[str]) -> str:
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]}?)" if match else f" (known: {', '.join(known)})"
+
+
+def _unknown(dotted: str, known: Sequence[str], prefix: str) -> ConfigError:
+    leaf = dotted.rsplit(".", 1)[-1]
+    match = difflib.get_close_matches(leaf, list(known), n=1, cutoff=0.5)
+    hint = f"; did you mean {prefix}{match[0]}?" if match else f"; known keys: {', '.join(prefix + k for k in known)}"
+    return ConfigError(f"unknown config key {dotted}{hint}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, dotted: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, dotted)
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"config key {dotted}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key {dotted}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {dotted}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, f"{dotted}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key {dotted}: expected a mapping, got {value!r}")
+        return dict(value)
+    if is_dataclass(tp):
+        return _build(tp, value, dotted + ".")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {dotted}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {dotted}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {dotted}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {dotted}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"schema type {tp} of {dotted} is not supported")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config key {prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = _hints(cls)
+    known = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in hints:
+            raise _unknown(f"{prefix}{key}", known, prefix)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], f"{prefix}{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"config key {prefix}{f.name} is required")
+    return cls(**kwargs)
+
+
+def parse_config(data: Mapping[str, Any] | Config, *, where: str | None = None) -> Config:
+    """Validate a config mapping against the schema (unknown keys, types, required keys)."""
+    if isinstance(data, Config):
+        return data
+    data = {k: v for k, v in data.items() if k != "base"}
+    try:
+        cfg = _build(Config, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+    _check(cfg, where)
+    return cfg
+
+
+def _check(cfg: Config, where: str | None) -> None:
+    def fail(msg: str) -> None:
+        raise ConfigError(f"{where}: {msg}" if where else msg)
+
+    s = cfg.solver
+    if s.iterations < 1 or s.batch_size < 1 or s.accum_steps < 1:
+        fail("solver.iterations, solver.batch_size and solver.accum_steps must be >= 1")
+    if s.batch_size % s.accum_steps:
+        fail(f"solver.batch_size {s.batch_size} is not divisible by solver.accum_steps {s.accum_steps}")
+    if (cfg.augment.scales is None) == (cfg.augment.scale_range is None):
+        fail("give exactly one of augment.scales (a list) or augment.scale_range ([low, high])")
+    if cfg.init.release is not None and find_release(cfg.init.release) is None:
+        fail(f"init.release {cfg.init.release!r} is not in converters/releases.py")
+    if cfg.eval_every < 0:
+        fail("eval_every must be >= 0")
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base``: mappings key by key (``_delete_: true`` replaces instead), else replaced."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and not v.get("_delete_"):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = _strip_delete(copy.deepcopy(v))
+    return out
+
+
+def _strip_delete(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _strip_delete(x) for k, x in v.items() if k != "_delete_"}
+    return v
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: base configs form a cycle ({' -> '.join(p.name for p in (*chain, path))})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config not found (configs live in reproduce/configs/)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config ({e})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return _strip_delete(data)
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a file name, got {base!r}")
+    parent = _read_yaml(path.parent / base, (*chain, path.resolve()))
+    parent.pop("name", None)
+    parent.pop("recipe", None)  # a recipe is one row: never inherited
+    return _merge(parent, data)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read, inherit (``base:``), validate; ``name`` defaults to the file name."""
+    path = Path(path)
+    data = _read_yaml(path)
+    data.setdefault("name", path.stem)
+    return parse_config(data, where=str(path))
+
+
+# ============================================================================ overrides
+def _field_type(cls: Any, parts: list[str], dotted: str) -> None:
+    """Raise unless ``parts`` is a path the schema knows (free-form mappings accept any sub-key)."""
+    prefix = ""
+    tp: Any = cls
+    for i, part in enumerate(parts):
+        tp = _strip_optional(tp)
+        if typing.get_origin(tp) is dict or tp is Any:
+            return
+        if not is_dataclass(tp):
+            raise ConfigError(f"--set {dotted}: {prefix.rstrip('.')} is a value, not a section")
+        hints = _hints(tp)
+        if part not in hints:
+            raise _unknown(dotted, [f.name for f in fields(tp)], prefix)
+        tp = hints[part]
+        prefix += part + "."
+        if i == len(parts) - 1:
+            return
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        dcs = [a for a in args if is_dataclass(a)]
+        return dcs[0] if dcs else (args[0] if len(args) == 1 else Any)
+    return tp
+
+
+def apply_overrides(cfg: Config | Mapping[str, Any], overrides: Mapping[str, Any] | Sequence[str]) -> Config:
+    """A copy of ``cfg`` with ``key.path=value`` strings (values parsed as YAML) or a ``{path: value}`` map.
+
+    Every path must be one the schema knows: ``solver.base_lrr=5`` fails, suggesting ``solver.base_lr``.
+    """
+    data = to_dict(cfg) if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"--set expects key.path=value, got {item!r}")
+            key, value = item.split("=", 1)
+            try:
+                items.append((key.strip(), yaml.safe_load(value)))
+            except yaml.YAMLError:
+                raise ConfigError(f"--set {key.strip()}: {value!r} is not a YAML value") from None
+    for key, value in items:
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {key}: empty key in the path")
+        _field_type(Config, parts, key)
+        node = data
+        for k in parts[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[parts[-1]] = value
+    return parse_config(data)
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> Config:
+    return apply_overrides(cfg, {dotted: value})
+
+
+# ============================================================================ fingerprint
+def to_dict(cfg: Any) -> Any:
+    if is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, list):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def fingerprint(cfg: Any) -> dict[str, Any]:
+    """The flat ``{dotted key: value}`` of everything that changes what a run computes."""
+    out: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        if is_dataclass(obj):
+            for f in fields(obj):
+                if f.metadata.get("affects", True):
+                    walk(getattr(obj, f.name), f"{prefix}{f.name}.")
+        else:
+            out[prefix.rstrip(".")] = to_dict(obj)
+
+    walk(cfg, "")
+    return out
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """``key: old -> new`` for every computation-relevant key that differs."""
+    a, b = fingerprint(old), fingerprint(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+# ============================================================================ releases and smoke
+def find_release(name: str) -> Any:
+    """The record of release ``name`` in converters/releases.py, or None."""
+    from converters import releases
+
+    for table in ("CAFFE_RELEASES", "TF_RELEASES"):
+        rel = getattr(releases, table, {}).get(name)
+        if rel is not None:
+            return rel
+    return None
+
+
+def release_format(rel: Any) -> str:
+    from converters.releases import TFRelease
+
+    return "tf" if isinstance(rel, TFRelease) else "caffe"
+
+
+def init_weights_path(cfg: Config) -> Path | None:
+    """``init.weights``, else the converted file of ``init.release`` below ``models_dir``, else None."""
+    if cfg.init.weights:
+        return Path(cfg.init.weights)
+    if cfg.init.release:
+        rel = find_release(cfg.init.release)
+        return Path(cfg.models_dir) / rel.folder / rel.default_output.name
+    return None
+
+
+def release_source(rel: Any, models_dir: str | os.PathLike) -> Path:
+    """Where the official file of ``rel`` sits below ``models_dir`` (a TF checkpoint's prefix)."""
+    return Path(models_dir) / rel.folder / rel.file_name
+
+
+def weights_hint(cfg: Config) -> str:
+    if cfg.init.how_to_get:
+        return cfg.init.how_to_get
+    if cfg.init.release:
+        rel = find_release(cfg.init.release)
+        tool = "tf2torch" if release_format(rel) == "tf" else "caffe2torch"
+        return (f"It is converted from release {rel.name} ({rel.description}; {rel.url}): put "
+                f"{release_source(rel, cfg.models_dir)} in place and run python converters/{tool}.py "
+                f"--dataset {rel.name}, or use python -m reproduce.recipe")
+    return "convert the official release first (see README)"
+
+
+def smoke_config(cfg: Config, smoke_dir: Path) -> Config:
+    """``cfg`` with its ``smoke.overrides`` applied, ``{smoke}`` replaced by ``smoke_dir``, weights below it."""
+    if cfg.smoke is None:
+        raise ConfigError(f"config {cfg.name} has no smoke section")
+
+    def sub(v: Any) -> Any:
+        if isinstance(v, str):
+            return v.replace("{smoke}", str(smoke_dir))
+        if isinstance(v, dict):
+            return {k: sub(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [sub(x) for x in v]
+        return v
+
+    overrides = {"models_dir": str(smoke_dir / "weights"), **sub(cfg.smoke.overrides),
+                 "name": f"{cfg.name}-smoke"}
+    return apply_overrides(cfg, overrides)

@@ -1,0 +1,401 @@
+"""The training loop: one public :func:`train_step` (what the benchmark times) and :func:`train` (a whole run).
+
+What a run does, in order:
+
+1. Resolve the run folder. If it holds a checkpoint of a config with the same
+   :func:`~reproduce.training.config.fingerprint`, the run resumes from it exactly; a config that
+   computes something else is refused, naming the keys that changed.
+2. Build the model from the registry, load the init weights (checked key by key, with the
+   preprocessing contract of their provenance record), initialise new head layers as the official
+   nets do.
+3. Train with the official solver: poly LR, per-parameter lr/decay multipliers, SGD (Caffe or TF
+   flavour), the configured loss. One iteration = ``solver.batch_size`` images in total, split into
+   ``solver.accum_steps`` micro-batches per process (Caffe's ``iter_size``) and over the processes
+   of ``torchrun``. The result does not depend on that split.
+4. Every ``checkpoint_every`` iterations write a checkpoint (atomically); every ``eval_every``
+   iterations evaluate on ``eval_split`` (rank 0, the config's evaluation protocol), write
+   ``last.pth`` and, when its mIoU is the best so far, ``best.pth`` (each with a ``.json``
+   provenance holding the score and iteration). The evaluation leaves every RNG as it was, so it
+   does not change the training. At the end ``final.pth`` + ``final.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from converters.io import provenance_path, save_state_dict, sha256_file, write_atomic, write_json_atomic
+
+from ..checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..losses import SegmentationLoss
+from ..schedule import build_optimizer, poly_lr, set_lr
+from .config import Config, ConfigError, changed_keys, init_weights_path, parse_config, to_dict, weights_hint
+from .data import Batch, TrainingDataError, build_loader, build_preprocessing, build_train_dataset
+from .distributed import Dist, convert_sync_bn, unwrap
+from .init_weights import build_model, load_init_weights
+from .logging import Logger
+
+__all__ = ["StepResult", "train_step", "build_criterion", "build_solver", "train", "device_for"]
+
+
+# ============================================================================ one step
+@dataclass
+class StepResult:
+    loss: torch.Tensor                     # this process's share of the total loss (float64, detached)
+    terms: dict[str, float] = field(default_factory=dict)   # each loss term over its global denominator
+
+
+def build_criterion(cfg: Config) -> SegmentationLoss:
+    return SegmentationLoss(cfg.loss.kind, num_classes=cfg.model.num_classes, ignore_index=cfg.ignore_index,
+                            normalization=cfg.loss.normalization, shrink=cfg.loss.shrink)
+
+
+def build_solver(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """The config's optimizer with one parameter group per (lr_mult, decay_mult) rule."""
+    s = cfg.solver
+    rules = [{k: v for k, v in to_dict(r).items() if v is not None} for r in s.param_rules]
+    return build_optimizer(model, kind=s.optimizer, base_lr=s.base_lr, momentum=s.momentum,
+                           weight_decay=s.weight_decay, rules=rules)
+
+
+def train_step(net: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
+               optimizer: torch.optim.Optimizer, criterion: SegmentationLoss, lr: float,
+               scaler: torch.amp.GradScaler | None = None, amp: bool = False, channels_last: bool = False,
+               dist_info: Dist | None = None, device: torch.device | None = None) -> StepResult:
+    """One solver iteration over ``micro_batches`` (this process's share of the global batch).
+
+    Sets ``lr`` on every parameter group (times the group's ``lr_mult``), accumulates the
+    gradients of every micro-batch with each loss term divided by its denominator summed over
+    all micro-batches and processes (so the split does not change the update), then one
+    optimizer step (through ``scaler`` when AMP runs on CUDA). ``net`` may be wrapped in
+    DistributedDataParallel; gradients are synchronised on the last micro-batch only.
+    """
+    d = dist_info or Dist()
+    if device is None:
+        device = next(unwrap(net).parameters()).device
+    scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
+    set_lr(optimizer, lr)
+    targets = [criterion.targets(y.to(device, non_blocking=True)) for _, y in micro_batches]
+    dens: dict[str, Any] = {}
+    for t in targets:
+        for k, v in criterion.denominators(t).items():
+            dens[k] = dens.get(k, 0) + v
+    keys = sorted(dens)
+    packed = d.all_reduce(torch.stack([torch.as_tensor(dens[k]) for k in keys]).to(device))
+    den = {k: max(float(packed[i]), 1.0) for i, k in enumerate(keys)}
+    optimizer.zero_grad(set_to_none=True)
+    loss_value = torch.zeros((), dtype=torch.float64, device=device)
+    term_values = {k: 0.0 for k in keys}
+    autocast = torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext()
+    last = len(micro_batches) - 1
+    for a, ((x, _), t) in enumerate(zip(micro_batches, targets)):
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        sync = contextlib.nullcontext() if not d.enabled or a == last else net.no_sync()
+        with sync:
+            with autocast:
+                out = net(x)
+            terms = criterion(out, t)
+            loss = sum(terms[k] / den[k] for k in terms) * d.world  # DDP averages gradients over processes
+            scaler.scale(loss).backward()
+        loss_value += loss.detach().double() / d.world
+        for k in terms:
+            term_values[k] += float(terms[k].detach()) / den[k]
+    scaler.step(optimizer)
+    scaler.update()
+    return StepResult(loss_value, term_values)
+
+
+# ============================================================================ helpers
+def device_for(cfg: Config, d: Dist) -> torch.device:
+    want = cfg.device or "auto"
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda requested but CUDA is not available (use --device cpu)")
+        torch.cuda.set_device(d.local_rank)
+        return torch.device("cuda", d.local_rank)
+    try:
+        return torch.device(want)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {want!r} (cpu, cuda or auto)") from None
+
+
+def _provenance(cfg: Config, path: Path, *, iteration: int, processes: int, init_record: Mapping[str, Any],
+                **extra: Any) -> dict[str, Any]:
+    m = cfg.model
+    return {
+        "format": "deeplab-repro provenance v1",
+        "architecture": m.name,
+        "num_classes": m.num_classes,
+        "model_kwargs": dict(m.kwargs),
+        "load_with": f"reference_models.build_model({m.name!r}, num_classes={m.num_classes})",
+        "trained_with": {"tool": "python -m reproduce.train", "config": cfg.name, "iterations": iteration,
+                         "processes": processes, "torch": torch.__version__},
+        **extra,
+        "config": to_dict(cfg),
+        "init": dict(init_record),
+        "preprocessing": build_preprocessing(cfg).to_dict(),
+        "weights": {"file": path.name, "sha256": sha256_file(path)},
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _write_weights(path: Path, model: nn.Module, cfg: Config, **record: Any) -> None:
+    save_state_dict(dict(unwrap(model).state_dict()), path)
+    write_json_atomic(provenance_path(path), _provenance(cfg, path, **record))
+
+
+class _KeepRng:
+    """Restores python/numpy/torch RNG states on exit: an evaluation must not change the training."""
+
+    def __enter__(self) -> None:
+        self.state = rng_state()
+
+    def __exit__(self, *exc: Any) -> None:
+        set_rng_state(self.state)
+
+
+def _eval_dataset(cfg: Config) -> Any:
+    from ..evaluate import build_eval_dataset
+
+    ev = cfg.eval
+    if ev is None:
+        raise ConfigError("eval_every needs an eval section (dataset, split, protocol)")
+    name = ev.dataset or cfg.data.dataset
+    split = cfg.eval_split or ev.split
+    if name == "shapes":
+        from ..shapes import ShapesDataset
+
+        return ShapesDataset(**{**ev.kwargs, "split": split})
+    from ..datasets import DatasetError
+
+    root = ev.root or cfg.data.root
+    try:
+        return build_eval_dataset(name, root, split, ev.protocol, ev.crop_size)
+    except (DatasetError, ValueError) as e:
+        raise ConfigError(f"eval_every: {e}") from None
+
+
+def evaluate_weights(cfg: Config, weights: Path, device: torch.device) -> dict[str, Any]:
+    """mIoU (percent) of ``weights`` on ``eval_split`` with the config's protocol, single scale, no CRF."""
+    from ..evaluate import EvalOptions, evaluate
+    from ..inference import InferenceConfig, load_model
+    from ..metrics import ConfusionMatrix  # noqa: F401 - evaluate() returns its matrices
+
+    ev = cfg.eval
+    dataset = _eval_dataset(cfg)
+    stride = cfg.model.kwargs.get("output_stride")
+    lm = load_model(None, weights, output_stride=stride, device=device)
+    options = EvalOptions(config=InferenceConfig(protocol="whole" if ev.protocol == "warp" else ev.protocol,
+                                                 crop_size=ev.crop_size),
+                          workers=min(cfg.workers, 4), limit=cfg.eval_limit, progress=False)
+    out = evaluate(lm, dataset, options)
+    scores = out["plain"].compute()
+    miou = scores["miou"]
+    return {"miou": None if miou is None or not math.isfinite(miou) else 100.0 * float(miou),
+            "images": out["images"], "split": getattr(dataset, "split", None)}
+
+
+# ============================================================================ the run
+def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
+    """Run (or resume) the training ``cfg`` describes in ``run_dir``; return the final weights path."""
+    cfg = parse_config(cfg)
+    run_dir = Path(run_dir)
+    d = Dist()
+    device = device_for(cfg, d)
+    d.init(device)
+    solver = cfg.solver
+    max_iter, global_batch, accum, seed = solver.iterations, solver.batch_size, solver.accum_steps, cfg.seed
+    amp = cfg.amp
+    if amp and device.type != "cuda":
+        print("note: --amp needs CUDA; training in float32 on the CPU", file=sys.stderr)
+        amp = False
+
+    # ---------------------------------------------------------------- resume or start
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = latest_checkpoint(run_dir)
+    saved_cfg_path = run_dir / "config.yaml"
+    if saved_cfg_path.is_file():
+        try:
+            saved = parse_config(yaml.safe_load(saved_cfg_path.read_text(encoding="utf-8")) or {})
+        except (ConfigError, yaml.YAMLError) as e:
+            raise ConfigError(f"{saved_cfg_path}: the run's saved config does not validate ({e}); use another --out "
+                              "or delete the folder") from None
+        diff = changed_keys(saved, cfg)
+        if diff:
+            raise ConfigError(f"{run_dir} holds a run of a different config ({'; '.join(diff[:6])}); use another "
+                              "--out or delete the folder")
+    if d.main:
+        text = yaml.safe_dump(to_dict(cfg), sort_keys=False)  # the newest runtime settings, same computation
+        write_atomic(saved_cfg_path, lambda p: p.write_text(text, encoding="utf-8"))
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    model = build_model(cfg)
+    init_record: dict[str, Any] = {}
+    if ckpt_path is None:
+        init_record = load_init_weights(model, cfg.init, build_preprocessing(cfg), seed=seed,
+                                        weights=init_weights_path(cfg), hint=weights_hint(cfg))
+    if d.enabled and cfg.bn.mode == "train":
+        model = convert_sync_bn(model, device)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_solver(cfg, model)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    start = 0
+    state: dict[str, Any] = {"skipped": [], "best": None}
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        init_record = ckpt.get("init", {})
+        start = int(ckpt["iteration"])
+        per_rank = ckpt.get("skipped_per_rank") or [[]]
+        state["skipped"] = list(per_rank[d.rank % len(per_rank)])
+        state["best"] = ckpt.get("best")
+        states = ckpt["rng"]
+        set_rng_state(states[d.rank % len(states)])  # a different process count resumes, though not bit-exactly
+    net: nn.Module = model
+    if d.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # ---------------------------------------------------------------- data
+    base = build_train_dataset(cfg)
+    loader, sampler = build_loader(cfg, base, rank=d.rank, world=d.world, start_iter=start,
+                                   pin_memory=device.type == "cuda")
+    criterion = build_criterion(cfg)
+
+    # ---------------------------------------------------------------- loop
+    logger = Logger(run_dir, start=start, total=max_iter, enabled=d.main, progress=cfg.progress,
+                    tensorboard=cfg.tensorboard)
+    if start:
+        logger.write(f"resuming {run_dir} at iteration {start} of {max_iter}")
+    elif d.main:
+        logger.write(f"training {cfg.name}: {max_iter} iterations of {global_batch} images "
+                     f"({d.world} process(es) x {accum} accumulation step(s) x {sampler.micro}) on {device}")
+    net.train()
+    batches = iter(loader)
+    t0 = time.time()
+    skipped_before = len(state["skipped"])
+    for it in range(start, max_iter):
+        lr = poly_lr(solver.base_lr, it, max_iter, solver.lr_power)
+        micro = []
+        for _ in range(accum):
+            batch = next(batches)
+            if not isinstance(batch, Batch):
+                raise TrainingDataError(f"{batch.error} (iteration {it + 1}; set on_error: skip or pass "
+                                        "--on-error skip to skip corrupt samples and count them)")
+            micro.append((batch.images, batch.labels))
+            for problem in batch.skipped:
+                logger.write(f"skipped a corrupt sample: {problem}")
+                state["skipped"].append(problem)
+        result = train_step(net, micro, optimizer=optimizer, criterion=criterion, lr=lr, scaler=scaler, amp=amp,
+                            channels_last=cfg.channels_last, dist_info=d, device=device)
+        done = it + 1
+        log = done % cfg.log_every == 0 or done == max_iter
+        scalars = {"loss": float(d.all_reduce(result.loss)) if log else float(result.loss) * d.world, "lr": lr}
+        if log:
+            if len(result.terms) > 1:
+                scalars.update({f"loss_{k}": v for k, v in result.terms.items()})
+            scalars["sec_per_it"] = (time.time() - t0) / (done - start)
+            skipped = d.all_reduce(torch.tensor([float(len(state["skipped"]))], device=device))
+            scalars["skipped_samples"] = float(skipped[0])
+        if not math.isfinite(scalars["loss"]):
+            raise FloatingPointError(f"loss is {scalars['loss']} at iteration {done}; lower the learning rate")
+        logger.step(done, scalars, log=log)
+        if cfg.eval_every and (done % cfg.eval_every == 0 or done == max_iter):
+            _evaluate(run_dir, done, model, cfg, init_record, d, device, state, logger)
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < max_iter:
+            _save(run_dir, done, model, optimizer, scaler, cfg, init_record, d, state)
+    logger.close()
+    final = run_dir / "final.pth"
+    skipped_all = _save(run_dir, max_iter, model, optimizer, scaler, cfg, init_record, d, state)
+    if d.main:
+        new = len(state["skipped"]) - skipped_before
+        _write_weights(final, model, cfg, iteration=max_iter, processes=d.world, init_record=init_record,
+                       skipped_samples={"count": len(skipped_all), "files": skipped_all[:100]},
+                       best=state["best"])
+        logger.write(f"wrote {final} ({max_iter} iterations, {time.time() - t0:.0f} s this session"
+                     + (f", {new} corrupt sample(s) skipped" if new else "") + ")")
+        if skipped_all:
+            logger.write(f"skipped {len(skipped_all)} corrupt training sample(s) in this run (final.json)")
+    d.barrier()
+    return final
+
+
+def _evaluate(run_dir: Path, it: int, model: nn.Module, cfg: Config, init_record: Mapping[str, Any], d: Dist,
+              device: torch.device, state: dict[str, Any], logger: Logger) -> None:
+    """Rank 0: write last.pth, score it, copy it to best.pth when it is the best so far."""
+    if d.main:
+        was_training = model.training
+        last = run_dir / "last.pth"
+        with _KeepRng():
+            _write_weights(last, model, cfg, iteration=it, processes=d.world, init_record=init_record)
+            result = evaluate_weights(cfg, last, device)
+        model.train(was_training)
+        score = result["miou"]
+        record = {"metric": "miou", "score": score, "iteration": it, "split": result["split"],
+                  "images": result["images"]}
+        info = json.loads(provenance_path(last).read_text(encoding="utf-8"))
+        info["evaluation"] = record
+        write_json_atomic(provenance_path(last), info)
+        best = state["best"]
+        if score is not None and (best is None or best["score"] is None or score > best["score"]):
+            state["best"] = record
+            tmp = run_dir / ".best.pth.tmp"
+            shutil.copyfile(last, tmp)
+            os.replace(tmp, run_dir / "best.pth")
+            info["weights"]["file"] = "best.pth"
+            write_json_atomic(run_dir / "best.json", info)
+        best = state["best"] or {}
+        logger.write(f"iteration {it}: {result['split']} mIoU {score if score is None else round(score, 2)} "
+                     f"(best {best.get('score') and round(best['score'], 2)} at iteration {best.get('iteration')})")
+        logger.step(it, {"eval_miou": score}, log=True, advance=False)
+    if d.enabled:
+        objs = [state["best"]]
+        dist.broadcast_object_list(objs, src=0)
+        state["best"] = objs[0]
+    d.barrier()
+
+
+def _save(run_dir: Path, it: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, cfg: Config,
+          init_record: Mapping[str, Any], d: Dist, state: Mapping[str, Any]) -> list[str]:
+    """Write a checkpoint (rank 0); return the skipped samples of every rank."""
+    # Every rank's RNG state (dropout masks differ per rank) and skipped files, gathered to rank 0.
+    rngs: list[Any] = [None] * d.world
+    skipped: list[Any] = [None] * d.world
+    if d.enabled:
+        dist.all_gather_object(rngs, rng_state())
+        dist.all_gather_object(skipped, list(state["skipped"]))
+    else:
+        rngs, skipped = [rng_state()], [list(state["skipped"])]
+    if d.main:
+        save_checkpoint(run_dir, it, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                                      "scaler": scaler.state_dict(), "rng": rngs, "config": to_dict(cfg),
+                                      "init": dict(init_record), "skipped_per_rank": skipped, "best": state["best"]},
+                        keep=cfg.keep_checkpoints)
+    d.barrier()
+    return [x for rank in skipped for x in rank]
