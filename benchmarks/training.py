@@ -1,20 +1,16 @@
 """The ``train`` suite: images/s and peak memory of one training step per config, AMP and channels_last on/off.
 
-A step is forward (train mode), the MSC loss, backward and an SGD-with-momentum update,
-on a random batch (images N(0, 1), labels uniform over the classes with ~5 % ignore
-pixels); data loading is excluded. ``AMP`` means ``torch.autocast`` (fp16 with a
-``GradScaler`` on CUDA, bf16 on CPU, where no scaler is needed).
-
-What runs is stated in the JSON: ``step_source`` (the harness's own step, built here from
-the registered models; ``reproduce/train.py``'s step is used once it exists with a
-documented step API) and ``loss_source`` (``reproduce.losses.SegmentationLoss`` when present,
-else :func:`msc_cross_entropy`).
+A step is :func:`reproduce.training.train_step`, the step ``python -m reproduce.train`` runs:
+poly-LR set on every parameter group (with the config's per-parameter ``lr_mult``/``decay_mult``
+rules), the config's accumulation split into micro-batches, forward (train mode), the config's
+``reproduce.losses.SegmentationLoss`` with its global denominators, backward, and the config's
+optimizer (SGD or Caffe SGD) step, on a random batch (images N(0, 1), labels uniform over the
+classes with ~5 % ignore pixels); data loading is excluded. ``AMP`` means ``torch.autocast``
+(fp16 with a ``GradScaler`` on CUDA, bf16 on CPU, where no scaler is needed).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +46,9 @@ class TrainConfig:
     num_classes: int | None = None  # None: the suite's --num-classes
     loss_kind: str | None = None  # reproduce.losses kind; None: caffe_msc for a dict output, upsample otherwise
     loss_normalization: str = "per_image"
+    optimizer: str = "sgd"
+    param_rules: tuple[tuple[tuple[str, Any], ...], ...] = ()  # schedule.param_groups rules (as sorted items)
+    accum_steps: int = 1
     source: str = "benchmarks/training.py (built in)"
 
 
@@ -68,23 +67,23 @@ QUICK_CONFIG = TrainConfig("quick_deeplabv3_mobilenetv2", "deeplabv3_mobilenetv2
 
 def project_configs() -> dict[str, TrainConfig]:
     """The training configs of ``reproduce/configs/*.yaml`` (one per published row), reduced to a step's cost."""
-    import yaml
+    from reproduce.training.config import ConfigError, load_config, to_dict
 
     configs = {}
     for path in sorted((Path(__file__).resolve().parent.parent / "reproduce" / "configs").glob("*.yaml")):
         try:
-            cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-            solver, model, loss = cfg["solver"], cfg["model"], cfg.get("loss") or {}
-            configs[cfg.get("name", path.stem)] = TrainConfig(
-                name=cfg.get("name", path.stem), model=model["name"], crop=int(cfg["augment"]["crop_size"]),
-                batch=int(solver["batch_size"]), lr=float(solver["base_lr"]),
-                momentum=float(solver.get("momentum", 0.9)), weight_decay=float(solver.get("weight_decay", 0.0)),
-                model_kwargs=tuple(sorted((model.get("kwargs") or {}).items())),
-                num_classes=int(model["num_classes"]), loss_kind=loss.get("kind"),
-                loss_normalization=loss.get("normalization", "per_image"),
-                source=str(path.relative_to(path.parents[2])))
-        except (KeyError, TypeError, ValueError, yaml.YAMLError):
-            continue  # a config this reduction does not understand is left out, not guessed
+            cfg = load_config(path)
+        except ConfigError:
+            continue  # an invalid config is reported by the training tests, not guessed here
+        s, crop = cfg.solver, cfg.augment.crop_size
+        configs[cfg.name] = TrainConfig(
+            name=cfg.name, model=cfg.model.name, crop=int(crop if isinstance(crop, int) else crop[0]),
+            batch=s.batch_size, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay,
+            model_kwargs=tuple(sorted(cfg.model.kwargs.items())), num_classes=cfg.model.num_classes,
+            loss_kind=cfg.loss.kind, loss_normalization=cfg.loss.normalization, optimizer=s.optimizer,
+            param_rules=tuple(tuple(sorted((k, v) for k, v in to_dict(r).items() if v is not None))
+                              for r in s.param_rules),
+            accum_steps=s.accum_steps, source=str(path.relative_to(path.parents[2])))
     return configs
 
 
@@ -107,79 +106,59 @@ def msc_cross_entropy(outputs: torch.Tensor | dict[str, torch.Tensor], labels: t
     return total
 
 
-def make_loss(config: TrainConfig) -> tuple[Callable, str]:
-    """The config's loss from ``reproduce.losses.SegmentationLoss`` when present, else :func:`msc_cross_entropy`.
+def make_criterion(config: TrainConfig, outputs_are_dict: bool, num_classes: int) -> Any:
+    """The config's ``SegmentationLoss``; without a configured kind: ``caffe_msc`` for v2's MSC dict, else ``upsample``."""
+    from reproduce.losses import SegmentationLoss
 
-    Without a configured kind the project's loss is ``caffe_msc`` (labels shrunk Caffe's way, one
-    term per output) for the multi-scale v2 model's dict and ``upsample`` (logits resized to the
-    labels) for a tensor; the terms are summed after dividing by their denominators, as a
-    single-process step does.
-    """
-    if importlib.util.find_spec("reproduce.losses") is None:
-        return msc_cross_entropy, "harness msc_cross_entropy (reproduce/losses.py is not in this checkout)"
-    cls = getattr(importlib.import_module("reproduce.losses"), "SegmentationLoss", None)
-    if cls is None:
-        return msc_cross_entropy, "harness msc_cross_entropy (reproduce/losses.py has no SegmentationLoss)"
-    cache: dict[tuple[str, int], Any] = {}
-
-    def loss_fn(outputs: torch.Tensor | dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        kind = config.loss_kind or ("caffe_msc" if isinstance(outputs, dict) else "upsample")
-        first = next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
-        key = (kind, int(first.shape[1]))
-        if key not in cache:
-            cache[key] = cls(kind, num_classes=key[1], ignore_index=IGNORE_INDEX,
-                             normalization=config.loss_normalization)
-        loss = cache[key]
-        targets = loss.targets(labels)
-        dens = loss.denominators(targets)
-        terms = loss(outputs, targets)
-        return sum(terms[k] / dens[k].to(device=terms[k].device, dtype=terms[k].dtype) for k in terms)
-
-    kind = config.loss_kind or "caffe_msc for the v2 MSC dict, upsample otherwise"
-    return loss_fn, f"reproduce.losses.SegmentationLoss ({kind}, {config.loss_normalization})"
-
-
-def _train_py_status() -> str:
-    if importlib.util.find_spec("reproduce.train") is None:
-        return "reproduce/train.py is not in this checkout"
-    return ("reproduce/train.py exposes train(cfg, run_dir) (a whole run with data loading), not a single step; "
-            "the configs, model builder and loss are the project's where present")
+    kind = config.loss_kind or ("caffe_msc" if outputs_are_dict else "upsample")
+    return SegmentationLoss(kind, num_classes=num_classes, ignore_index=IGNORE_INDEX,
+                            normalization=config.loss_normalization)
 
 
 def run_config(config: TrainConfig, *, amp: bool, memory_format: str, device: torch.device, timing: Timing,
                num_classes: int, log: Callable[[str], None]) -> dict[str, Any]:
     """One (config, AMP, memory format) point: median step time, images/s, peak memory."""
     from reference_models import build_model
+    from reproduce.schedule import build_optimizer
+    from reproduce.training import train_step
 
     point = {"config": config.name, "model": config.model, "crop": config.crop, "batch": config.batch,
-             "amp": amp, "memory_format": memory_format}
+             "amp": amp, "memory_format": memory_format, "accum_steps": config.accum_steps,
+             "optimizer": config.optimizer}
     num_classes = config.num_classes or num_classes
-    loss_fn, point["loss_source"] = make_loss(config)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     try:
         model = build_model(config.model, num_classes=num_classes, **dict(config.model_kwargs)).to(device).train()
         fmt = torch_memory_format(memory_format)
         model = model.to(memory_format=fmt)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        opt = build_optimizer(model, kind=config.optimizer, base_lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay, rules=[dict(r) for r in config.param_rules])
         scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+        # a --batch override that the config's accumulation does not divide runs as one micro-batch
+        accum = config.accum_steps if config.batch % config.accum_steps == 0 else 1
+        point["accum_steps"] = accum
+        micro = config.batch // accum
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(config.batch, 3, config.crop, config.crop, generator=gen).to(device)
-        x = x.contiguous(memory_format=fmt)
-        y = torch.randint(0, num_classes, (config.batch, config.crop, config.crop), generator=gen)
-        y[torch.rand(y.shape, generator=gen) < 0.05] = IGNORE_INDEX
-        y = y.to(device)
+        micro_batches = []
+        for _ in range(accum):
+            x = torch.randn(micro, 3, config.crop, config.crop, generator=gen)
+            y = torch.randint(0, num_classes, (micro, config.crop, config.crop), generator=gen)
+            y[torch.rand(y.shape, generator=gen) < 0.05] = IGNORE_INDEX
+            micro_batches.append((x.to(device).contiguous(memory_format=fmt), y.to(device)))
+        with torch.no_grad():
+            probe = model.eval()(micro_batches[0][0][:1])
+        model.train()
+        criterion = make_criterion(config, isinstance(probe, dict), num_classes)
+        del probe
+        point["loss_source"] = f"reproduce.losses.SegmentationLoss ({criterion.kind}, {config.loss_normalization})"
         losses: list[float] = []
 
         def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
-                out = model(x)
-                loss = loss_fn(out, y)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(float(loss.detach()))
+            result = train_step(model, micro_batches, optimizer=opt, criterion=criterion, lr=config.lr,
+                                scaler=scaler, amp=amp, amp_dtype=amp_dtype,
+                                channels_last=memory_format == "channels_last", device=device)
+            losses.append(float(result.loss))
 
         log(f"  {config.name} b{config.batch} {config.crop} amp={'on' if amp else 'off'} {memory_format}")
         with PeakMemory(device) as mem:
@@ -208,11 +187,11 @@ def run_train(configs: list[TrainConfig], amps: list[bool], memory_formats: list
                 results.append(run_config(config, amp=amp, memory_format=memory_format, device=device,
                                           timing=timing, num_classes=num_classes, log=log))
     return {
-        "step_source": "harness step (benchmarks/training.py): reproduce/train.py's step is not used because "
-                       + _train_py_status(),
-        "optimizer": "torch.optim.SGD(lr, momentum, weight_decay) on every trainable parameter (the configs' "
-                     "per-parameter lr/decay multipliers do not change a step's cost and are not applied)",
-        "step": "zero_grad; forward (train mode) under autocast when AMP; loss; backward; SGD(momentum) step",
+        "step_source": "reproduce.training.train_step (the step python -m reproduce.train runs)",
+        "optimizer": "the config's optimizer (reproduce.schedule.build_optimizer: sgd or caffe_sgd) with its "
+                     "per-parameter lr/decay multiplier groups",
+        "step": "set poly lr per group; per micro-batch: forward (train mode, autocast when AMP), loss terms over "
+                "global denominators, backward; optimizer step (GradScaler on CUDA AMP)",
         "amp_meaning": {"cuda": "autocast fp16 + GradScaler", "cpu": "autocast bf16, no scaler"},
         "configs": {c.name: asdict(c) for c in configs},
         "timing": asdict(timing),

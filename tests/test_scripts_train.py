@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -11,13 +12,14 @@ import pytest
 from tests.test_train import REPO
 
 SCRIPTS = ["voc_v2.sh", "cocostuff10k_v2.sh", "cocostuff164k_v2.sh", "voc_v3.sh", "voc_v3plus.sh"]
+PY = {"PYTHON": sys.executable}  # the wrappers run ${PYTHON:-python}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_smoke(script, tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, **PY, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TF_CPP_MIN_LOG_LEVEL": "2"}
     start = time.time()
     proc = subprocess.run(["bash", str(REPO / "reproduce" / script), "--smoke", "--out", str(out)], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=900)
@@ -40,15 +42,15 @@ def test_script_smoke(script, tmp_path):
 def test_scripts_help_and_bad_arguments():
     for script in SCRIPTS:
         path = REPO / "reproduce" / script
-        ok = subprocess.run(["bash", str(path), "--help"], capture_output=True, text=True)
+        ok = subprocess.run(["bash", str(path), "--help"], capture_output=True, text=True, env={**os.environ, **PY})
         assert ok.returncode == 0 and "--smoke" in ok.stdout and "Published" in ok.stdout
-        bad = subprocess.run(["bash", str(path), "--bogus"], capture_output=True, text=True)
+        bad = subprocess.run(["bash", str(path), "--bogus"], capture_output=True, text=True, env={**os.environ, **PY})
         assert bad.returncode == 2 and "unknown argument" in bad.stderr
 
 
 def test_missing_weights_are_explained(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "reproduce" / "voc_v2.sh"), "--models-dir", str(tmp_path / "models"),
                            "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+                          capture_output=True, text=True, env={**os.environ, **PY, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 1
     assert "init.caffemodel" in proc.stderr and "download" in proc.stderr.lower()

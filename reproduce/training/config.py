@@ -560,4 +560,6 @@ def smoke_config(cfg: Config, smoke_dir: Path) -> Config:
 
     overrides = {"models_dir": str(smoke_dir / "weights"), **sub(cfg.smoke.overrides),
                  "name": f"{cfg.name}-smoke"}
+    if cfg.eval is not None:
+        overrides["eval.crop_size"] = cfg.smoke.eval_crop
     return apply_overrides(cfg, overrides)

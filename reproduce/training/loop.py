@@ -77,7 +77,8 @@ def build_solver(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 def train_step(net: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
                optimizer: torch.optim.Optimizer, criterion: SegmentationLoss, lr: float,
-               scaler: torch.amp.GradScaler | None = None, amp: bool = False, channels_last: bool = False,
+               scaler: torch.amp.GradScaler | None = None, amp: bool = False,
+               amp_dtype: torch.dtype = torch.float16, channels_last: bool = False,
                dist_info: Dist | None = None, device: torch.device | None = None) -> StepResult:
     """One solver iteration over ``micro_batches`` (this process's share of the global batch).
 
@@ -103,7 +104,7 @@ def train_step(net: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch
     optimizer.zero_grad(set_to_none=True)
     loss_value = torch.zeros((), dtype=torch.float64, device=device)
     term_values = {k: 0.0 for k in keys}
-    autocast = torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext()
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp else contextlib.nullcontext()
     last = len(micro_batches) - 1
     for a, ((x, _), t) in enumerate(zip(micro_batches, targets)):
         x = x.to(device, non_blocking=True)
