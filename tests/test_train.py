@@ -197,3 +197,120 @@ def test_shipped_configs_resolve(path):
     T.build_transform(cfg)
     T.SegmentationLoss(cfg.loss.kind, num_classes=cfg.model.num_classes, normalization=cfg.loss.normalization)
     assert cfg.solver.batch_size % cfg.solver.accum_steps == 0
+
+
+def _with_eval(cfg: dict, every: int) -> dict:
+    cfg["eval"] = {"dataset": "shapes", "split": "val", "protocol": "whole",
+                   "kwargs": {"length": 3, "seed": 99, "size": 48, "num_classes": 4}}
+    cfg["eval_every"] = every
+    return cfg
+
+
+@pytest.mark.slow
+def test_eval_every_keeps_best_and_last_through_sigkill(tmp_path):
+    """eval_every writes best.pth and last.pth with score and iteration; a run killed and resumed keeps its best."""
+    cfg = _with_eval(tiny_config("v3", iterations=16), every=4)
+    config = write_config(tmp_path, cfg)
+    run_cli(config, tmp_path / "straight")
+    straight = tmp_path / "straight"
+    best = json.loads((straight / "best.json").read_text())
+    last = json.loads((straight / "last.json").read_text())
+    assert best["evaluation"]["iteration"] in (4, 8, 12, 16) and last["evaluation"]["iteration"] == 16
+    assert 0.0 <= best["evaluation"]["score"] <= 100.0 and best["evaluation"]["score"] >= last["evaluation"]["score"]
+    assert best["weights"]["file"] == "best.pth"
+    evals = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()
+             if "eval_miou" in line]
+    assert [e["iteration"] for e in evals] == [4, 8, 12, 16]
+    assert max(e["eval_miou"] for e in evals) == best["evaluation"]["score"]
+    # The evaluation does not change the training: same weights as a run without it.
+    plain = write_config(tmp_path, {**cfg, "eval_every": 0}, "plain.yaml")
+    run_cli(plain, tmp_path / "plain")
+    assert_same_weights(straight / "final.pth", tmp_path / "plain" / "final.pth")
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "reproduce.train", "--config", str(config), "--out", str(out)],
+                            cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            latest = out / "latest.json"
+            if latest.is_file() and json.loads(latest.read_text())["iteration"] >= 10:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert (out / "best.pth").is_file() and not (out / "final.pth").exists()
+    ckpt = torch.load(out / json.loads((out / "latest.json").read_text())["file"], weights_only=False)
+    assert ckpt["best"] is not None and ckpt["best"]["iteration"] <= ckpt["iteration"]
+    run_cli(config, out)
+    resumed = json.loads((out / "best.json").read_text())["evaluation"]
+    assert resumed == best["evaluation"]
+    assert_same_weights(straight / "best.pth", out / "best.pth")
+    assert_same_weights(straight / "final.pth", out / "final.pth")
+    assert json.loads((out / "final.json").read_text())["best"] == best["evaluation"]
+
+
+def _folder_config(root: Path, on_error: str, iterations: int = 4) -> dict:
+    cfg = tiny_config("v3", iterations=iterations, batch_size=2)
+    cfg.update(data={"dataset": "folder", "root": str(root), "split": "train"}, on_error=on_error,
+               checkpoint_every=1)
+    cfg["model"]["num_classes"] = 3
+    return cfg
+
+
+@pytest.mark.slow
+def test_corrupt_sample_is_an_error_or_skipped_and_counted(tmp_path):
+    from reproduce.synthetic import write_folder
+
+    root = write_folder(tmp_path / "data", n=8, sizes=(50, 70), splits={"train": range(6), "val": range(6, 8)})
+    clean = T.AugmentedDataset(T.build_train_dataset(_folder_config(root, "skip")),
+                               T.build_transform(_folder_config(root, "skip")), seed=3, on_error="skip")
+    clean_items = {(i, p): clean[(i, p)] for i, p in [(0, 0), (2, 1), (3, 2), (4, 3)]}
+    bad = root / "images" / "img_002.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+
+    # default: a one-line error naming the file
+    proc = run_cli(write_config(tmp_path, _folder_config(root, "error"), "err.yaml"), tmp_path / "err", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "img_002.jpg" in proc.stderr
+    assert "--on-error skip" in proc.stderr and "Traceback" not in proc.stderr
+
+    # skip: the bad sample's position takes the next readable sample; no other position changes
+    ds = T.AugmentedDataset(T.build_train_dataset(_folder_config(root, "skip")),
+                            T.build_transform(_folder_config(root, "skip")), seed=3, on_error="skip")
+    got = ds[(2, 1)]
+    assert len(got.skipped) == 1 and "img_002.jpg" in got.skipped[0]
+    for (i, p), want in clean_items.items():
+        if i != 2:
+            assert torch.equal(ds[(i, p)].image, want.image) and ds[(i, p)].skipped == ()
+
+    # a run that skips, interrupted after a checkpoint and resumed, ends bit-identical to an uninterrupted one
+    cfg = _folder_config(root, "skip", iterations=6)
+    final = T.train(cfg, tmp_path / "skip")
+    record = json.loads(final.with_suffix(".json").read_text())
+    count = record["skipped_samples"]["count"]
+    assert count >= 1 and all("img_002.jpg" in f for f in record["skipped_samples"]["files"])
+    logged = [json.loads(line) for line in (tmp_path / "skip" / "train_log.jsonl").read_text().splitlines()]
+    assert logged[-1]["skipped_samples"] == count
+
+    from reproduce.training import loop
+
+    real_save = loop._save
+
+    def save_then_stop(run_dir, it, *args, **kwargs):
+        out = real_save(run_dir, it, *args, **kwargs)
+        if it == 3:
+            raise KeyboardInterrupt
+        return out
+
+    loop._save = save_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            T.train(cfg, tmp_path / "resumed")
+    finally:
+        loop._save = real_save
+    final2 = T.train(cfg, tmp_path / "resumed")
+    assert_same_weights(final, final2)
+    assert json.loads(final2.with_suffix(".json").read_text())["skipped_samples"]["count"] == count
