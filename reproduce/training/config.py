@@ -504,11 +504,7 @@ def find_release(name: str) -> Any:
     """The record of release ``name`` in converters/releases.py, or None."""
     from converters import releases
 
-    for table in ("CAFFE_RELEASES", "TF_RELEASES"):
-        rel = getattr(releases, table, {}).get(name)
-        if rel is not None:
-            return rel
-    return None
+    return releases.RELEASES.get(name)
 
 
 def release_format(rel: Any) -> str:
@@ -522,14 +518,13 @@ def init_weights_path(cfg: Config) -> Path | None:
     if cfg.init.weights:
         return Path(cfg.init.weights)
     if cfg.init.release:
-        rel = find_release(cfg.init.release)
-        return Path(cfg.models_dir) / rel.folder / rel.default_output.name
+        return find_release(cfg.init.release).converted_path(Path(cfg.models_dir))
     return None
 
 
 def release_source(rel: Any, models_dir: str | os.PathLike) -> Path:
     """Where the official file of ``rel`` sits below ``models_dir`` (a TF checkpoint's prefix)."""
-    return Path(models_dir) / rel.folder / rel.file_name
+    return rel.source_path(Path(models_dir))
 
 
 def weights_hint(cfg: Config) -> str:
@@ -537,10 +532,8 @@ def weights_hint(cfg: Config) -> str:
         return cfg.init.how_to_get
     if cfg.init.release:
         rel = find_release(cfg.init.release)
-        tool = "tf2torch" if release_format(rel) == "tf" else "caffe2torch"
-        return (f"It is converted from release {rel.name} ({rel.description}; {rel.url}): put "
-                f"{release_source(rel, cfg.models_dir)} in place and run python converters/{tool}.py "
-                f"--dataset {rel.name}, or use python -m reproduce.recipe")
+        return (f"It is converted from release {rel.name} ({rel.description}; {rel.url}): "
+                f"{rel.how_to_get(Path(cfg.models_dir))}, or run python -m reproduce.recipe")
     return "convert the official release first (see README)"
 
 
