@@ -26,12 +26,12 @@ __all__ = [
 from . import (  # noqa: E402,F401  (TF-ported v3/v3+)
     deeplab_v3,
     drn,
+    jfzhang95_style,
     kazuto_style,  # noqa: E402,F401  (a peer's flavour: kazuto1011's MSC fusion, for converters/peers)
     mobilenet_v1,
     mobilenet_v2,
     resnet_tf,
     tf_ops,
     tiny,  # noqa: E402,F401  (tiny models for tests and smoke runs)
-    torchvision_style,  # noqa: E402,F401  (the torchvision / VainF flavours, for converters/peers)
     xception,
 )

@@ -42,7 +42,7 @@ from reference_models.resnet_tf import BottleneckV1, BottleneckV2, ResNetTF
 from reference_models.tf_ops import BatchNormAct, Conv2dTF, fixed_pad_amounts
 from reference_models.xception import XceptionModule, XceptionTF
 
-from . import peer_mirror
+from . import jfzhang95_mirror, peer_mirror
 from .layers import CaffeInterp, CaffeMaxPool, ResizeLike
 
 try:  # the tiny test/smoke models (reference_models/tiny.py)
@@ -85,14 +85,20 @@ class KerasMirror:
             return self.conv_tf(m, x)
         k, s = _square(m.kernel_size, "kernel"), _square(m.stride, "stride")
         d, p = _square(m.dilation, "dilation"), _square(m.padding, "padding")
-        if m.groups != 1:
-            raise NotImplementedError("grouped nn.Conv2d has no Keras mirror")
+        if m.groups != 1 and m.groups != m.in_channels:
+            raise NotImplementedError("grouped (non-depthwise) nn.Conv2d has no Keras mirror")
         same = s == 1 and 2 * p == d * (k - 1)  # symmetric padding that TF's SAME reproduces exactly
         if p and not same:
             x = L.ZeroPadding2D(p)(x)
-        layer = self._layer(m, lambda name: L.Conv2D(
-            m.out_channels, k, strides=s, dilation_rate=d, padding="same" if same else "valid",
-            use_bias=m.bias is not None, name=name))  # fmt: skip
+        padding = "same" if same else "valid"
+        if m.groups == 1:
+            layer = self._layer(m, lambda name: L.Conv2D(
+                m.out_channels, k, strides=s, dilation_rate=d, padding=padding, use_bias=m.bias is not None,
+                name=name))  # fmt: skip
+        else:
+            layer = self._layer(m, lambda name: L.DepthwiseConv2D(
+                k, strides=s, dilation_rate=d, padding=padding, depth_multiplier=m.out_channels // m.in_channels,
+                use_bias=m.bias is not None, name=name))  # fmt: skip
         return layer(x)
 
     def conv_tf(self, m: Conv2dTF, x: Tensor) -> Tensor:
@@ -156,6 +162,8 @@ class KerasMirror:
             return self.bn(m, x)
         if isinstance(m, nn.ReLU):
             return L.ReLU()(x)
+        if isinstance(m, nn.ReLU6):
+            return L.ReLU(max_value=6.0)(x)
         if isinstance(m, nn.Dropout):
             return L.Dropout(m.p)(x)
         if isinstance(m, nn.Identity):
@@ -353,8 +361,9 @@ class KerasMirror:
         return self.module(m, x)
 
     def backbone(self, m: nn.Module, x: Tensor) -> dict[str, Tensor]:
-        if (out := peer_mirror.backbone(self, m, x)) is not None:  # the peers' flavours first
-            return out
+        for peer in (peer_mirror, jfzhang95_mirror):  # the peers' flavours first
+            if (out := peer.backbone(self, m, x)) is not None:
+                return out
         for cls, fn in ((CaffeResNet, self.caffe_resnet), (CaffeVGG16, self.caffe_vgg), (ResNetTF, self.resnet_tf),
                         (XceptionTF, self.xception), (MobileNetV2TF, self.mobilenet_v2),
                         (MobileNetV1TF, self.mobilenet_v1), (DRN, self.drn), (TinyBackbone, self.tiny)):
@@ -363,8 +372,9 @@ class KerasMirror:
         raise NotImplementedError(f"backbone {type(m).__name__} has no Keras mirror")
 
     def model(self, m: nn.Module, x: Tensor) -> Tensor:
-        if (out := peer_mirror.model(self, m, x)) is not None:  # the peers' flavours (some subclass ours) first
-            return out
+        for peer in (peer_mirror, jfzhang95_mirror):  # the peers' flavours (some subclass ours) first
+            if (out := peer.model(self, m, x)) is not None:
+                return out
         if isinstance(m, DeepLabV2):
             return self.deeplab_v2(m, x)
         if isinstance(m, DeepLabV3):
