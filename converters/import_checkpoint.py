@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converters import __version__  # noqa: E402
-from converters.cli import run_cli, write_weights  # noqa: E402
+from converters.cli import run_main, write_weights  # noqa: E402
 from converters.errors import ConversionError  # noqa: E402
 from converters.io import WEIGHT_SUFFIXES, provenance_path, sha256_file  # noqa: E402
 from converters.peers import available_formats, get_format  # noqa: E402
@@ -103,8 +103,7 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(run, args)
+    return run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -402,6 +402,14 @@ class Dataset:
     def prepare_command(self, data_root: Path = DATA_ROOT) -> str | None:
         return self.prepare.format(data_root=data_root) if self.prepare else None
 
+    def how_to_get(self, data_root: Path = DATA_ROOT) -> str:
+        """One line: the download (or the manual steps) and the prepare command, for ``data_root``."""
+        flag = "" if Path(data_root) == DATA_ROOT else f" --data-root {data_root}"
+        get = (f"python -m reproduce.download {self.name}{flag}" if self.archives
+               else self.manual.format(data_root=data_root))
+        prepare = self.prepare_command(data_root)
+        return f"{get}; then {prepare}" if prepare else get
+
 
 DATASETS: dict[str, Dataset] = {
     d.name: d

@@ -35,7 +35,7 @@ from converters import __version__  # noqa: E402
 from converters.cli import run_main, write_weights  # noqa: E402
 from converters.errors import ConversionError  # noqa: E402
 from converters.io import WEIGHT_SUFFIXES, provenance_path, sha256_file  # noqa: E402
-from converters.releases import TF_RELEASES, TFRelease  # noqa: E402
+from converters.releases import TF_MODELS_URL, TF_RELEASES, TFRelease  # noqa: E402
 from converters.tf.convert import (  # noqa: E402
     STEPS,
     check_complete,
@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert an official TensorFlow DeepLab / TF-slim checkpoint into PyTorch weights "
         "(no TensorFlow needed).",
         epilog=f"official releases (--dataset), default checkpoint under data/models/:\n{releases}\n\n"
-        "Each is http://download.tensorflow.org/models/<release>.tar.gz; run with a missing file to be told "
-        "how to download and extract it.",
+        f"Each is {TF_MODELS_URL}/<release>.tar.gz: 'python -m reproduce.download RELEASE' fetches and unpacks it; "
+        "run with a missing file to be told how to do it by hand.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--dataset", choices=sorted(TF_RELEASES), metavar="RELEASE",

@@ -33,5 +33,6 @@ from . import (  # noqa: E402,F401  (TF-ported v3/v3+)
     resnet_tf,
     tf_ops,
     tiny,  # noqa: E402,F401  (tiny models for tests and smoke runs)
+    torchvision_style,  # noqa: E402,F401  (the torchvision / VainF flavours, for converters/peers)
     xception,
 )

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
+from converters.cli import run_main
+from converters.errors import DeeplabError
 from converters.releases import (
     ARCHIVES,
     DATA_ROOT,
@@ -53,7 +55,7 @@ LOCK_ENV = "DEEPLAB_DOWNLOAD_LOCK"
 USER_AGENT = "deeplab-repro-download/1"
 
 
-class DownloadError(Exception):
+class DownloadError(DeeplabError):
     """A failed download, verification or unpacking: a one-line, user-facing message."""
 
 
@@ -523,45 +525,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.list:
-        print("\n".join(known_names()))
-        return 0
+        return
     if not args.names:
         parser.error("give at least one NAME (--list shows them)")
     if args.retries < 0 or args.timeout <= 0:
         parser.error("--retries must be >= 0 and --timeout > 0")
     if args.mirror and urllib.parse.urlsplit(args.mirror).scheme not in ("http", "https"):
         parser.error("--mirror must be an http:// or https:// URL")
-    try:
-        items, manual = resolve(args.names, args.models_dir, args.data_root, args.mirror)
-    except KeyError as exc:
+    unknown = [n for n in args.names if n not in known_names()]
+    if unknown:
         import difflib
 
-        close = difflib.get_close_matches(str(exc.args[0]), known_names(), n=1)
-        parser.error(f"unknown name '{exc.args[0]}'" + (f"; did you mean '{close[0]}'?" if close else
-                                                        " (--list shows the known names)"))
+        close = difflib.get_close_matches(unknown[0], known_names(), n=1)
+        parser.error(f"unknown name '{unknown[0]}'" + (f"; did you mean '{close[0]}'?" if close else
+                                                       " (--list shows the known names)"))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Fetch everything ``args.names`` need; each failure is one ``error:`` line (the last one raised)."""
+    if args.list:
+        print("\n".join(known_names()))
+        return
+    items, manual = resolve(args.names, args.models_dir, args.data_root, args.mirror)
+    lock = read_lock()
+    if args.dry_run:
+        for item in items:
+            print("\n".join(describe(item, lock)))
+        for d in manual:
+            print(f"{d.name}: no direct download; {d.manual.format(data_root=args.data_root)}")
+        return
 
     def say(text: str) -> None:
         print(text, file=sys.stderr)
 
-    failures = 0
+    failures: list[DownloadError] = []
+    for d in manual:
+        if present(args.data_root, d.expect):
+            print(f"{d.name}: already in place under {args.data_root / d.folder}; nothing to do")
+        else:
+            failures.append(DownloadError(f"{d.name}: {d.manual.format(data_root=args.data_root)}"))
     try:
-        lock = read_lock()
-        if args.dry_run:
-            for item in items:
-                print("\n".join(describe(item, lock)))
-            for d in manual:
-                print(f"{d.name}: no direct download; {d.manual.format(data_root=args.data_root)}")
-            return 0
-        for d in manual:
-            if present(args.data_root, d.expect):
-                print(f"{d.name}: already in place under {args.data_root / d.folder}; nothing to do")
-            else:
-                print(f"error: {d.name}: {d.manual.format(data_root=args.data_root)}", file=sys.stderr)
-                failures += 1
         for item in items:
             try:
                 print(process(item, lock=lock, retries=args.retries, timeout=args.timeout, quiet=args.quiet,
@@ -569,18 +574,19 @@ def main(argv: list[str] | None = None) -> int:
                 for step in next_steps(item):
                     print(f"   next: {step}")
             except DownloadError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                failures += 1
-    except DownloadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+                failures.append(exc)
     except KeyboardInterrupt:
-        print("error: interrupted; a partial download is kept and resumes when you rerun the same command",
-              file=sys.stderr)
-        return 130
-    return 1 if failures else 0
+        say("interrupted: a partial download is kept and resumes when you rerun the same command")
+        raise
+    for exc in failures[:-1]:
+        print(f"error: {exc}", file=sys.stderr)
+    if failures:
+        raise failures[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser(), run, argv, check=check_usage)
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

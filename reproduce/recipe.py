@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
+from converters.errors import DeeplabError
 from reproduce.training.config import (
     CONFIGS_DIR,
     Config,
@@ -442,8 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(recipe, OfficialRecipe):
             return run_official_recipe(recipe, args)
         return run_train_recipe(recipe, args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except DeeplabError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue (finished steps are skipped, training resumes)",

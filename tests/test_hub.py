@@ -75,22 +75,40 @@ def test_wrong_shapes_and_pickles_are_refused(tmp_path):
         torch.hub.load(REPO, "deeplabv3_tiny", source="local", weights=str(evil))
 
 
-def test_release_name_resolves_to_the_converted_file(tmp_path):
+def test_missing_release_says_how_to_get_it(tmp_path):
     release = CAFFE_RELEASES["vgg16_voc12"]
     with pytest.raises(ValueError) as info:
         torch.hub.load(REPO, release.arch, source="local", weights=release.name, models_dir=tmp_path)
     msg = str(info.value)
     assert "\n" not in msg and str(release.converted_path(tmp_path)) in msg
     assert f"python -m reproduce.download {release.name}" in msg and "caffe2torch.py --dataset vgg16_voc12" in msg
+    with pytest.raises(ValueError, match="holds deeplabv2_vgg16 weights, not deeplabv2_resnet101_msc"):
+        torch.hub.load(REPO, "deeplabv2_resnet101_msc", source="local", weights=release.name, models_dir=tmp_path)
+    with pytest.raises(ValueError, match="is the resnet_v1_101 backbone"):
+        torch.hub.load(REPO, "deeplabv3_resnet101", source="local", weights="resnet_v1_101_2016_08_28")
 
+
+def test_release_name_resolves_to_the_converted_file(tmp_path, monkeypatch):
+    release = TF_RELEASES["deeplabv3_mnv2_pascal_train_aug_2018_01_29"]  # the smallest release model
     torch.manual_seed(1)
     ref = build_model(release.arch, num_classes=release.num_classes).eval()
     save_state_dict(ref.state_dict(), release.converted_path(tmp_path))
-    model = torch.hub.load(REPO, release.arch, source="local", weights=release.name, models_dir=tmp_path)
+    monkeypatch.setenv("DEEPLAB_MODELS_DIR", str(tmp_path))
+    model = torch.hub.load(REPO, release.arch, source="local", weights=release.name)
     assert model.preprocessing == release.preprocessing
-    x = torch.randn(1, 3, 41, 41)
+    x = torch.randn(1, 3, 65, 65)
     with torch.no_grad():
         assert torch.equal(model(x), ref(x))
 
-    with pytest.raises(ValueError, match="holds deeplabv2_vgg16 weights, not deeplabv2_resnet101_msc"):
-        torch.hub.load(REPO, "deeplabv2_resnet101_msc", source="local", weights=release.name, models_dir=tmp_path)
+
+@pytest.mark.slow
+def test_deeplabv2_resnet101_msc_from_the_voc12_release(tmp_path):
+    """The documented call: torch.hub.load(repo, "deeplabv2_resnet101_msc", weights="voc12", source="local")."""
+    release = CAFFE_RELEASES["voc12"]
+    torch.manual_seed(2)
+    ref = build_model(release.arch, num_classes=release.num_classes).eval()
+    save_state_dict(ref.state_dict(), release.converted_path(tmp_path))
+    model = torch.hub.load(REPO, "deeplabv2_resnet101_msc", source="local", weights="voc12", models_dir=tmp_path)
+    x = torch.randn(1, 3, 49, 49)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))

@@ -124,3 +124,30 @@ def _zip_only(base: Path, top: str) -> bytes:
             if p.is_file():
                 zf.write(p, p.relative_to(base).as_posix())
     return buf.getvalue()
+
+
+def _code_files() -> list[Path]:
+    """Code, configs and scripts (the README is generated; tests state facts to check them)."""
+    files = [REPO / "hubconf.py", REPO / "pyproject.toml"]
+    for folder in ("converters", "reference_models", "reproduce", "benchmarks", "tools"):
+        files += [p for p in (REPO / folder).rglob("*") if p.suffix in (".py", ".sh", ".yaml", ".json", ".toml")]
+    return [p for p in files if p.is_file()]
+
+
+def test_each_download_url_is_typed_in_the_registry_only():
+    texts = {p: p.read_text(encoding="utf-8", errors="replace") for p in _code_files()}
+    hosts = {a.url.split("/")[2] for a in ARCHIVES.values()}
+    for needle in sorted({a.url for a in ARCHIVES.values()} | hosts):
+        where = sorted(str(p.relative_to(REPO)) for p, t in texts.items() if needle in t)
+        assert set(where) <= {"converters/releases.py"}, f"{needle} is typed in {where}"
+    for host in hosts:
+        assert host in texts[REPO / "converters" / "releases.py"]
+
+
+def test_dataset_how_to_get_names_the_download_and_prepare_commands():
+    assert DATASETS["sbd"].how_to_get(Path("/d")) == ("python -m reproduce.download sbd --data-root /d; then python -m "
+                                                      "reproduce.prepare voc_aug --voc-root /d/VOCdevkit --sbd-root "
+                                                      "/d/benchmark_RELEASE")
+    assert DATASETS["voc2012"].how_to_get() == "python -m reproduce.download voc2012"
+    assert "licence" in DATASETS["deepfashion2"].how_to_get() and "prepare deepfashion2" in DATASETS[
+        "deepfashion2"].how_to_get()

@@ -24,7 +24,7 @@ from .config import (
     weights_hint,
 )
 
-__all__ = ["build_parser", "resolve_config", "check_inputs", "write_smoke_inputs", "main"]
+__all__ = ["build_parser", "resolve_config", "check_inputs", "write_smoke_inputs", "run", "main"]
 
 EPILOG = """\
 examples (from the repository root):
@@ -165,39 +165,42 @@ def write_smoke_inputs(cfg: Config, smoke_dir: Path) -> None:
                 raise ConfigError(str(e)) from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> None:
+    """Do what the parsed command line says (raises ConfigError for bad input)."""
     import torch.distributed as dist
 
-    args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(args)
         if args.write_smoke_inputs:
             write_smoke_inputs(cfg, args.write_smoke_inputs)
             print(f"wrote smoke inputs under {args.write_smoke_inputs}")
-            return 0
+            return
         if args.print_config:
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-            return 0
+            return
         if args.check:
             problems = check_inputs(cfg)
             for problem in problems:
                 print(f"missing: {problem}", file=sys.stderr)
-            if not problems:
-                print(f"ok: data and weights for {cfg.name} are in place")
-            return 1 if problems else 0
+            if problems:
+                raise ConfigError(f"{len(problems)} input(s) of {cfg.name} missing (see above)")
+            print(f"ok: data and weights for {cfg.name} are in place")
+            return
         from .loop import train
 
-        out = args.out or Path("runs") / cfg.name
-        train(cfg, out)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        train(cfg, args.out or Path("runs") / cfg.name)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
+        raise
     finally:
         if dist.is_available() and dist.is_initialized():
             from .distributed import shutdown_distributed
 
             shutdown_distributed()
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 done, 1 bad input (one line ``error: ...``), 2 usage, 130 interrupted."""
+    from converters.cli import run_main
+
+    return run_main(build_parser(), run, argv)

@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import yaml
 
+from converters.errors import DeeplabError
+
 __all__ = [
     "ConfigError", "Config", "load_config", "parse_config", "apply_overrides", "to_dict", "fingerprint",
     "changed_keys", "find_release", "init_weights_path", "smoke_config", "CONFIGS_DIR",
@@ -35,7 +37,7 @@ __all__ = [
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(DeeplabError, ValueError):
     """A bad config, missing data or weights: one line, shown without a traceback (exit 1)."""
 
 

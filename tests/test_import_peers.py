@@ -1,0 +1,208 @@
+"""The torchvision and VainF/DeepLabV3Plus-Pytorch formats and their model flavours (reference_models/torchvision_style.py).
+
+Key counts and element totals (num_batches_tracked included) were read off the peers' own model
+code, built once by hand outside this repository, so the manifests are pinned independently.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from converters import import_checkpoint
+from converters.io import load_state_dict
+from converters.peers import common, torchvision, vainf
+from reference_models import build_model, list_models
+from tests.peer_checkpoints import cheap_state, random_state
+
+FLAVOURS = [n for n in list_models() if n.startswith(("torchvision_", "vainf_"))]
+
+
+def _total(manifest) -> tuple[int, int]:
+    return len(manifest), sum(int(np.prod(s)) for s in manifest.values())
+
+
+@pytest.mark.parametrize(("backbone", "aux", "expected"), [
+    ("resnet50", False, (362, 39695633)), ("resnet50", True, (370, 42061351)),
+    ("resnet101", False, (668, 58740036)), ("resnet101", True, (676, 61105754)),
+    ("mobilenet_v3_large", False, (352, 11053514)), ("mobilenet_v3_large", True, (360, 11057386)),
+])
+def test_torchvision_manifest_matches_the_peer_code(backbone: str, aux: bool, expected) -> None:
+    assert _total(torchvision.manifest(backbone, 21, aux)) == expected
+
+
+@pytest.mark.parametrize(("backbone", "plus", "expected"), [
+    ("resnet50", False, (362, 39695119)), ("resnet101", True, (674, 58862595)),
+    ("mobilenet", False, (350, 5148557)), ("mobilenet", True, (356, 5260494)),
+])
+def test_vainf_manifest_matches_the_peer_code(backbone: str, plus: bool, expected) -> None:
+    m = vainf.manifest(backbone, plus, 19)
+    assert _total(m) == expected
+    if backbone == "mobilenet":  # slices of features keep their indices
+        assert "backbone.high_level_features.4.conv.0.0.weight" in m and "backbone.low_level_features.3.conv.3.running_var" in m
+
+
+def test_detection_from_keys() -> None:
+    for backbone in ("resnet50", "resnet101", "mobilenet_v3_large"):
+        for aux in (False, True):
+            t = torchvision.detect(cheap_state(torchvision.manifest(backbone, 21, aux)), "f")
+            assert t.arch == f"torchvision_deeplabv3_{backbone}" and t.num_classes == 21
+            assert t.kwargs == ({"aux": True} if aux else {})
+    for backbone in ("resnet50", "resnet101", "mobilenet"):
+        for plus in (False, True):
+            t = vainf.detect(cheap_state(vainf.manifest(backbone, plus, 19)), "f", output_stride=8)
+            assert t.arch == f"vainf_deeplabv3{'plus' if plus else ''}_{backbone}" and t.num_classes == 19
+            assert t.kwargs == {"output_stride": 8}
+    t = vainf.detect(cheap_state(vainf.manifest("mobilenet", True, 21)), "f")
+    assert t.kwargs == {"output_stride": 16} and "assumed" in t.notes[0]
+
+
+def _save(tmp_path, obj, name="ck.pth") -> str:
+    path = tmp_path / name
+    torch.save(obj, path)
+    return str(path)
+
+
+def _err(capsys, *args) -> str:
+    assert import_checkpoint.main(list(args)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_bad_inputs_name_the_key(tmp_path, capsys) -> None:
+    out = str(tmp_path / "o.pth")
+    good = cheap_state(vainf.manifest("mobilenet", True, 21))
+    ck = {"model_state": good, "optimizer_state": {}, "best_score": np.float64(0.7), "cur_itrs": 30000}
+
+    state = dict(good)
+    del state["classifier.aspp.convs.4.2.running_var"]
+    err = _err(capsys, "--from", "vainf", "--checkpoint", _save(tmp_path, {**ck, "model_state": state}), "--out", out)
+    assert "missing key 'classifier.aspp.convs.4.2.running_var'" in err
+
+    state = {**good, "backbone.high_level_features.18.0.weight": torch.zeros(()).expand(1280, 320, 1, 1)}
+    err = _err(capsys, "--from", "vainf", "--checkpoint", _save(tmp_path, {**ck, "model_state": state}), "--out", out)
+    assert "unexpected key 'backbone.high_level_features.18.0.weight'" in err
+
+    state = {**good, "classifier.project.0.weight": torch.zeros(()).expand(48, 32, 1, 1)}
+    err = _err(capsys, "--from", "vainf", "--checkpoint", _save(tmp_path, {**ck, "model_state": state}), "--out", out)
+    assert "'classifier.project.0.weight' has shape [48, 32, 1, 1]" in err
+
+    state = {k.replace("classifier.aspp.convs.1.0.weight", "classifier.aspp.convs.1.0.body.0.weight"): v
+             for k, v in good.items()}
+    err = _err(capsys, "--from", "vainf", "--checkpoint", _save(tmp_path, {**ck, "model_state": state}), "--out", out)
+    assert "separable" in err and "body.0" in err
+
+    tv = cheap_state(torchvision.manifest("mobilenet_v3_large", 21, False))
+    err = _err(capsys, "--from", "torchvision", "--checkpoint", _save(tmp_path, tv), "--out", out, "--output-stride", "8")
+    assert "output stride 16" in err
+    err = _err(capsys, "--from", "torchvision", "--checkpoint", _save(tmp_path, good), "--out", out)
+    assert "classifier.4.weight" in err  # a VainF file is not a torchvision one
+    assert not list(tmp_path.glob("o.*"))
+
+
+@pytest.mark.parametrize(("fmt", "peer", "arch", "kwargs", "wrap"), [
+    ("torchvision", ("mobilenet_v3_large", 21, True), "torchvision_deeplabv3_mobilenet_v3_large", {"aux": True}, None),
+    ("vainf", ("mobilenet", True, 19), "vainf_deeplabv3plus_mobilenet", {"output_stride": 8}, "model_state"),
+    ("vainf", ("mobilenet", False, 19), "vainf_deeplabv3_mobilenet", {"output_stride": 16}, "model_state"),
+    pytest.param("torchvision", ("resnet50", 21, False), "torchvision_deeplabv3_resnet50", {}, "model",
+                 marks=pytest.mark.slow),
+    pytest.param("vainf", ("resnet50", True, 19), "vainf_deeplabv3plus_resnet50", {"output_stride": 16},
+                 "model_state", marks=pytest.mark.slow),
+])
+def test_import_end_to_end(tmp_path, fmt, peer, arch, kwargs, wrap) -> None:
+    module = {"torchvision": torchvision, "vainf": vainf}[fmt]
+    state = random_state(module.manifest(*peer), seed=5)
+    obj = state if wrap is None else {wrap: state, "optimizer": {"lr": 0.01}, "best_score": np.float64(0.5)}
+    src = _save(tmp_path, obj, "peer.pth")
+    out = tmp_path / "ours.pth"
+    extra = ["--output-stride", str(kwargs["output_stride"])] if "output_stride" in kwargs else []
+    assert import_checkpoint.main(["--from", fmt, "--checkpoint", src, "--out", str(out), "--quiet", *extra]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["architecture"] == arch and record["source"]["tensors"] == len(state)
+    assert record["load_with"] == f"reference_models.build_model({arch!r}, num_classes={peer[-1] if fmt == 'vainf' else 21}" \
+        + "".join(f", {k}={v!r}" for k, v in kwargs.items()) + ")"
+    weights = load_state_dict(out)
+    assert sum(v.numel() for v in weights.values()) == sum(v.numel() for v in state.values())
+    model = build_model(arch, num_classes=record["num_classes"], **kwargs)
+    model.load_state_dict(weights, strict=True)
+    if wrap is not None:
+        assert wrap not in record["source"]["ignored_entries"] and "best_score" in record["source"]["ignored_entries"]
+
+
+# ----------------------------------------------------------------------------- the flavours
+
+
+# The -101 flavours are the -50 ones with more blocks (each is built and run by the Keras twin test).
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if "resnet" in n else n
+                                  for n in FLAVOURS if "resnet101" not in n])
+def test_flavour_shape_finite_and_gradients(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 65, 71))
+    assert out.shape == (1, 5, 65, 71) and torch.isfinite(out).all()  # resized to the input, as the peers do
+    model.train()
+    x = torch.randn(2, 3, 65, 71, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 5, 65, 71) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_vainf_output_strides_and_rates() -> None:
+    for os_, rates in ((8, (12, 24, 36)), (16, (6, 12, 18))):
+        model = build_model("vainf_deeplabv3plus_mobilenet", num_classes=3, output_stride=os_).eval()
+        assert model.aspp.rates == rates
+        feats = model.backbone(torch.randn(1, 3, 64, 64))
+        # unpadded stem: 64 -> 31; every later stride-2 block pads its input by 1 + 1: ceil(n / 2)
+        assert feats["low_level"].shape[-2:] == (16, 16) and feats["out"].shape[-2:] == ((8, 8) if os_ == 8 else (4, 4))
+        assert feats["low_level"].shape[1] == 24 and feats["out"].shape[1] == 320
+    assert build_model("torchvision_deeplabv3_mobilenet_v3_large", num_classes=3).aspp.rates == (12, 24, 36)
+    with pytest.raises(ValueError):
+        build_model("vainf_deeplabv3_resnet50", num_classes=3, output_stride=32)
+
+
+def test_pooling_branch_and_final_resize_are_align_corners_false() -> None:
+    """Independent computation of the parts that differ from DeepLab-TF: the image-pooling branch is a
+    constant map and the logits are resized to the input with half-pixel (align_corners=False) sampling."""
+    model = build_model("torchvision_deeplabv3_mobilenet_v3_large", num_classes=4).eval()
+    model.load_state_dict(random_state({k: tuple(v.shape) for k, v in model.state_dict().items()}, seed=1))
+    x = torch.randn(1, 3, 70, 45)
+    with torch.no_grad():
+        feats = model.backbone(x)
+        pooled = model.aspp.convs[4](feats["out"])
+        expected = torch.relu(model.aspp.convs[4].bn(model.aspp.convs[4].conv(feats["out"].mean((2, 3), keepdim=True))))
+        torch.testing.assert_close(pooled, expected.expand_as(pooled))
+        logits = model.head(model.aspp(feats["out"]))
+        out = model(x)
+    ys = (torch.arange(70) + 0.5) * logits.shape[-2] / 70 - 0.5
+    xs = (torch.arange(45) + 0.5) * logits.shape[-1] / 45 - 0.5
+    ref = _bilinear_half_pixel(logits, ys, xs)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert (F.interpolate(logits, size=(70, 45), mode="bilinear", align_corners=True) - out).abs().max() > 1e-3
+
+
+def _bilinear_half_pixel(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    def axis(src: torch.Tensor, n: int):
+        src = src.clamp(min=0)
+        lo = src.floor().long().clamp(max=n - 1)
+        return lo, (lo + 1).clamp(max=n - 1), src - lo
+    y0, y1, wy = axis(ys, x.shape[-2])
+    x0, x1, wx = axis(xs, x.shape[-1])
+    rows = x[:, :, y0] * (1 - wy)[:, None] + x[:, :, y1] * wy[:, None]
+    return rows[..., x0] * (1 - wx) + rows[..., x1] * wx
+
+
+def test_forward_dict_is_torchvisions_return_value() -> None:
+    model = build_model("torchvision_deeplabv3_mobilenet_v3_large", num_classes=3, aux=True).eval()
+    x = torch.randn(1, 3, 48, 40)
+    with torch.no_grad():
+        d = model.forward_dict(x)
+        assert set(d) == {"out", "aux"} and d["aux"].shape == (1, 3, 48, 40)
+        torch.testing.assert_close(d["out"], model(x))
+    assert common.STEPS[0] == "read_weights_only"
