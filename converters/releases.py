@@ -236,9 +236,9 @@ class Release:
     def convert_command(self, models_dir: Path = MODELS_DIR) -> str:
         tool = "caffe2torch" if isinstance(self, CaffeRelease) else "tf2torch"
         if Path(models_dir) == MODELS_DIR:
-            return f"python converters/{tool}.py --dataset {self.name}"
+            return f"python -m converters.{tool} --dataset {self.name}"
         flag = "--caffemodel" if isinstance(self, CaffeRelease) else "--checkpoint"
-        return (f"python converters/{tool}.py --dataset {self.name} {flag} {self.source_path(models_dir)} "
+        return (f"python -m converters.{tool} --dataset {self.name} {flag} {self.source_path(models_dir)} "
                 f"--out {self.converted_path(models_dir)}")
 
     def how_to_get(self, models_dir: Path = MODELS_DIR) -> str:

@@ -159,7 +159,7 @@ def test_clean_download_then_second_run_does_nothing(server, tmp_path, capsys, l
         release = CAFFE_RELEASES[name]
         assert release.source_path(models).is_file()  # where caffe2torch --dataset looks
     assert (models / "deeplabv2_resnet101" / "test.prototxt").is_file()
-    assert "caffe2torch.py --dataset voc12" in out
+    assert "python -m converters.caffe2torch --dataset voc12" in out
     sha = hashlib.sha256(body).hexdigest()
     lock = json.loads(lock_file.read_text())
     assert lock["deeplab_aspp_resnet101"]["sha256"] == sha and lock["deeplab_aspp_resnet101"]["size"] == len(body)

@@ -81,7 +81,7 @@ def test_missing_release_says_how_to_get_it(tmp_path):
         torch.hub.load(REPO, release.arch, source="local", weights=release.name, models_dir=tmp_path)
     msg = str(info.value)
     assert "\n" not in msg and str(release.converted_path(tmp_path)) in msg
-    assert f"python -m reproduce.download {release.name}" in msg and "caffe2torch.py --dataset vgg16_voc12" in msg
+    assert f"python -m reproduce.download {release.name}" in msg and "python -m converters.caffe2torch --dataset vgg16_voc12" in msg
     with pytest.raises(ValueError, match="holds deeplabv2_vgg16 weights, not deeplabv2_resnet101_msc"):
         torch.hub.load(REPO, "deeplabv2_resnet101_msc", source="local", weights=release.name, models_dir=tmp_path)
     with pytest.raises(ValueError, match="is the resnet_v1_101 backbone"):
