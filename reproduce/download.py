@@ -464,10 +464,12 @@ def unpack(item: Item, path: Path, quiet: bool) -> None:
 def process(item: Item, *, lock: dict, retries: int, timeout: float, quiet: bool, say) -> str:
     """Bring one archive into place; returns a one-line summary. Raises DownloadError."""
     a = item.archive
-    if present(item.root, a.expect):
+    path = item.download_path
+    started = path.is_file() or path.with_name(path.name + ".part").is_file()
+    if present(item.root, a.expect) and (item.marker.is_file() or not started):
+        # Without the marker but with a download of ours, an unpacking was interrupted: redo it below.
         how = "verified at download" if item.marker.is_file() else "found in place (not downloaded by this command)"
         return f"{a.file_name}: already in place under {item.destination} ({how}); nothing to do"
-    path = item.download_path
     if path.is_file():
         say(f"{a.file_name}: found {path}, checking it")
     else:

@@ -374,3 +374,20 @@ def test_manual_dataset_in_place_and_missing(tmp_path, capsys):
 def test_mirror_keeps_the_original_path():
     assert download.mirror_url("http://host/a/b/c.zip", "http://127.0.0.1:8/m/") == "http://127.0.0.1:8/m/a/b/c.zip"
     assert download.mirror_url("http://host/a.zip", None) == "http://host/a.zip"
+
+
+def test_interrupted_unpacking_is_redone(server, tmp_path, capsys):
+    """Files in place but no completion marker beside our download: the unpacking was cut short; redo it."""
+    body = caffe_resnet_zip()
+    archive = ARCHIVES["deeplab_aspp_resnet101"]
+    server.serve(archive, body)
+    argv = ["voc12", "--models-dir", str(tmp_path), "--mirror", server.url, "--quiet"]
+    assert run(argv, capsys)[0] == 0
+    marker = tmp_path / "downloads" / archive.key / "unpacked.json"
+    marker.unlink()
+    half = CAFFE_RELEASES["voc12"].source_path(tmp_path)
+    half.write_bytes(half.read_bytes()[:10])  # as an interrupted extraction leaves it
+    code, out, _ = run(argv, capsys)
+    assert code == 0 and "verified and unpacked" in out and marker.is_file()
+    assert half.read_bytes() == zipfile.ZipFile(io.BytesIO(body)).read(half.name)
+    assert len(server.requests) == 1  # the kept archive was re-verified, not downloaded again
