@@ -15,7 +15,8 @@ Where they differ from DeepLab's original:
 * v3 head: ASPP -> 3x3 conv 256 -> BN -> ReLU -> 1x1 classes (torchvision's ``DeepLabHead``; the
   atrous rates are 12/24/36 in torchvision whatever the backbone, by output stride in VainF).
 * VainF v3+: low-level 1x1 48 -> BN -> ReLU; ASPP output resized (``align_corners=False``) to the
-  low-level size; concat [low-level, ASPP]; 3x3 304 -> 256 -> BN -> ReLU; 1x1 classes.
+  low-level size; concat [low-level, ASPP]; 3x3 304 -> 256 -> BN -> ReLU; 1x1 classes. With VainF's
+  ``--separable_conv`` every 3x3 conv of the head (ASPP rates, decoder) is depthwise + pointwise.
 * The logits are resized to the input size (bilinear, ``align_corners=False``): the model returns
   what torchvision returns as ``out`` (and what VainF's model returns), a tensor.
 * torchvision's MobileNet-v3-Large (``dilated=True``: the last stage stride 1, dilation 2; BN eps
@@ -257,14 +258,30 @@ class ASPPPooling(nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-class TorchASPP(nn.Module):
-    """torchvision / VainF ``ASPP``: ``convs`` = [1x1, 3x3 atrous x3, pooling], ``project`` 1x1 + BN + ReLU + Dropout."""
+def separable(in_ch: int, out_ch: int, k: int, *, padding: int, dilation: int = 1) -> nn.Sequential:
+    """VainF's ``AtrousSeparableConvolution`` (``--separable_conv``): depthwise k x k then pointwise 1x1, no
+    BatchNorm or activation between, no biases (it copies the replaced conv's ``bias=False``)."""
+    return nn.Sequential(OrderedDict(
+        depthwise=nn.Conv2d(in_ch, in_ch, k, padding=padding, dilation=dilation, groups=in_ch, bias=False),
+        pointwise=nn.Conv2d(in_ch, out_ch, 1, bias=False)))
 
-    def __init__(self, in_ch: int, rates: Sequence[int], *, dropout: float, channels: int = 256) -> None:
+
+class TorchASPP(nn.Module):
+    """torchvision / VainF ``ASPP``: ``convs`` = [1x1, 3x3 atrous x3, pooling], ``project`` 1x1 + BN + ReLU + Dropout.
+
+    ``separable_convs=True``: the 3x3 atrous convs are VainF's depthwise + pointwise pairs (:func:`separable`).
+    """
+
+    def __init__(self, in_ch: int, rates: Sequence[int], *, dropout: float, channels: int = 256,
+                 separable_convs: bool = False) -> None:
         super().__init__()
         self.rates = tuple(rates)
         branches: list[nn.Module] = [_cbr(in_ch, channels, 1)]
-        branches += [_cbr(in_ch, channels, 3, padding=r, dilation=r) for r in self.rates]
+        for r in self.rates:
+            branch = _cbr(in_ch, channels, 3, padding=r, dilation=r)
+            if separable_convs:
+                branch[0] = separable(in_ch, channels, 3, padding=r, dilation=r)
+            branches.append(branch)
         branches.append(ASPPPooling(in_ch, channels))
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(OrderedDict(conv=nn.Conv2d(len(branches) * channels, channels, 1, bias=False),
@@ -285,19 +302,20 @@ class TorchDeepLab(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, *, num_classes: int, rates: Sequence[int], dropout: float,
-                 decoder: bool = False, aux: bool = False) -> None:
+                 decoder: bool = False, aux: bool = False, separable_convs: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         out_ch, self.output_stride = backbone.feature_info["out"]
-        self.aspp = TorchASPP(out_ch, rates, dropout=dropout)
+        self.aspp = TorchASPP(out_ch, rates, dropout=dropout, separable_convs=separable_convs)
         head_in = 256
         self.project = None
         if decoder:
             low_ch, _ = backbone.feature_info["low_level"]
             self.project = _cbr(low_ch, 48, 1)
             head_in = 256 + 48
-        self.head = nn.Sequential(OrderedDict(conv=nn.Conv2d(head_in, 256, 3, padding=1, bias=False),
-                                              bn=nn.BatchNorm2d(256), relu=nn.ReLU(),
+        head_conv = (separable(head_in, 256, 3, padding=1) if separable_convs
+                     else nn.Conv2d(head_in, 256, 3, padding=1, bias=False))
+        self.head = nn.Sequential(OrderedDict(conv=head_conv, bn=nn.BatchNorm2d(256), relu=nn.ReLU(),
                                               logits=nn.Conv2d(256, num_classes, 1)))
         self.aux_classifier = None
         if aux:
@@ -358,11 +376,13 @@ def torchvision_deeplabv3_mobilenet_v3_large(*, num_classes: int, aux: bool = Fa
     return TorchDeepLab(TVMobileNetV3Large(), num_classes=num_classes, rates=TV_RATES, dropout=0.5, aux=aux)
 
 
-def _vainf(backbone: str, decoder: bool, num_classes: int, output_stride: int) -> TorchDeepLab:
+def _vainf(backbone: str, decoder: bool, num_classes: int, output_stride: int,
+           separable_convs: bool = False) -> TorchDeepLab:
     rates = _vainf_rates(output_stride)
     trunk = (VainFMobileNetV2(output_stride=output_stride) if backbone == "mobilenet"
              else TVResNet(_DEPTH[int(backbone[len("resnet"):])], output_stride=output_stride))
-    return TorchDeepLab(trunk, num_classes=num_classes, rates=rates, dropout=0.1, decoder=decoder)
+    return TorchDeepLab(trunk, num_classes=num_classes, rates=rates, dropout=0.1, decoder=decoder,
+                        separable_convs=separable_convs)
 
 
 @register_model("vainf_deeplabv3_resnet50")
@@ -378,15 +398,17 @@ def vainf_deeplabv3_resnet101(*, num_classes: int, output_stride: int = 16) -> T
 
 
 @register_model("vainf_deeplabv3plus_resnet50")
-def vainf_deeplabv3plus_resnet50(*, num_classes: int, output_stride: int = 16) -> TorchDeepLab:
-    """VainF ``deeplabv3plus_resnet50`` (OS 8 or 16); logits at the input size."""
-    return _vainf("resnet50", True, num_classes, output_stride)
+def vainf_deeplabv3plus_resnet50(*, num_classes: int, output_stride: int = 16,
+                               separable_convs: bool = False) -> TorchDeepLab:
+    """VainF ``deeplabv3plus_resnet50`` (OS 8 or 16; ``separable_convs``: its ``--separable_conv``)."""
+    return _vainf("resnet50", True, num_classes, output_stride, separable_convs)
 
 
 @register_model("vainf_deeplabv3plus_resnet101")
-def vainf_deeplabv3plus_resnet101(*, num_classes: int, output_stride: int = 16) -> TorchDeepLab:
+def vainf_deeplabv3plus_resnet101(*, num_classes: int, output_stride: int = 16,
+                               separable_convs: bool = False) -> TorchDeepLab:
     """VainF ``deeplabv3plus_resnet101`` (OS 8 or 16); logits at the input size."""
-    return _vainf("resnet101", True, num_classes, output_stride)
+    return _vainf("resnet101", True, num_classes, output_stride, separable_convs)
 
 
 @register_model("vainf_deeplabv3_mobilenet")
@@ -396,6 +418,7 @@ def vainf_deeplabv3_mobilenet(*, num_classes: int, output_stride: int = 16) -> T
 
 
 @register_model("vainf_deeplabv3plus_mobilenet")
-def vainf_deeplabv3plus_mobilenet(*, num_classes: int, output_stride: int = 16) -> TorchDeepLab:
+def vainf_deeplabv3plus_mobilenet(*, num_classes: int, output_stride: int = 16,
+                               separable_convs: bool = False) -> TorchDeepLab:
     """VainF ``deeplabv3plus_mobilenet`` (its MobileNet-v2, OS 8 or 16); logits at the input size."""
-    return _vainf("mobilenet", True, num_classes, output_stride)
+    return _vainf("mobilenet", True, num_classes, output_stride, separable_convs)

@@ -42,6 +42,11 @@ def test_torchvision_manifest_matches_the_peer_code(backbone: str, aux: bool, ex
 def test_vainf_manifest_matches_the_peer_code(backbone: str, plus: bool, expected) -> None:
     m = vainf.manifest(backbone, plus, 19)
     assert _total(m) == expected
+    if plus and backbone == "mobilenet":  # after --separable_conv: every 3x3 head conv a depthwise + pointwise pair
+        sep = vainf.manifest(backbone, plus, 19, separable=True)
+        assert _total(sep) == (360, 2683198)
+        assert sep["classifier.aspp.convs.2.0.body.0.weight"] == (320, 1, 3, 3)
+        assert sep["classifier.classifier.0.body.1.weight"] == (256, 304, 1, 1)
     if backbone == "mobilenet":  # slices of features keep their indices
         assert "backbone.high_level_features.4.conv.0.0.weight" in m and "backbone.low_level_features.3.conv.3.running_var" in m
 
@@ -93,9 +98,14 @@ def test_bad_inputs_name_the_key(tmp_path, capsys) -> None:
     assert "'classifier.project.0.weight' has shape [48, 32, 1, 1]" in err
 
     state = {k.replace("classifier.aspp.convs.1.0.weight", "classifier.aspp.convs.1.0.body.0.weight"): v
-             for k, v in good.items()}
+             for k, v in good.items()}  # half a --separable_conv pair
     err = _err(capsys, "--from", "vainf", "--checkpoint", _save(tmp_path, {**ck, "model_state": state}), "--out", out)
-    assert "separable" in err and "body.0" in err
+    assert "'classifier.aspp.convs.1.0.body.0.weight' has shape" in err
+
+    v3 = {**cheap_state(vainf.manifest("mobilenet", False, 21)),
+          "classifier.classifier.1.body.0.weight": torch.zeros(()).expand(256, 1, 3, 3)}
+    err = _err(capsys, "--from", "vainf", "--checkpoint", _save(tmp_path, {**ck, "model_state": v3}), "--out", out)
+    assert "separable_conv" in err and "v3+" in err
 
     tv = cheap_state(torchvision.manifest("mobilenet_v3_large", 21, False))
     err = _err(capsys, "--from", "torchvision", "--checkpoint", _save(tmp_path, tv), "--out", out, "--output-stride", "8")
@@ -109,6 +119,8 @@ def test_bad_inputs_name_the_key(tmp_path, capsys) -> None:
     ("torchvision", ("mobilenet_v3_large", 21, True), "torchvision_deeplabv3_mobilenet_v3_large", {"aux": True}, None),
     ("vainf", ("mobilenet", True, 19), "vainf_deeplabv3plus_mobilenet", {"output_stride": 8}, "model_state"),
     ("vainf", ("mobilenet", False, 19), "vainf_deeplabv3_mobilenet", {"output_stride": 16}, "model_state"),
+    ("vainf", ("mobilenet", True, 19, True), "vainf_deeplabv3plus_mobilenet",
+     {"output_stride": 16, "separable_convs": True}, "model_state"),
     pytest.param("torchvision", ("resnet50", 21, False), "torchvision_deeplabv3_resnet50", {}, "model",
                  marks=pytest.mark.slow),
     pytest.param("vainf", ("resnet50", True, 19), "vainf_deeplabv3plus_resnet50", {"output_stride": 16},
@@ -121,10 +133,11 @@ def test_import_end_to_end(tmp_path, fmt, peer, arch, kwargs, wrap) -> None:
     src = _save(tmp_path, obj, "peer.pth")
     out = tmp_path / "ours.pth"
     extra = ["--output-stride", str(kwargs["output_stride"])] if "output_stride" in kwargs else []
+    num_classes = peer[2] if fmt == "vainf" else peer[1]
     assert import_checkpoint.main(["--from", fmt, "--checkpoint", src, "--out", str(out), "--quiet", *extra]) == 0
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["architecture"] == arch and record["source"]["tensors"] == len(state)
-    assert record["load_with"] == f"reference_models.build_model({arch!r}, num_classes={peer[-1] if fmt == 'vainf' else 21}" \
+    assert record["load_with"] == f"reference_models.build_model({arch!r}, num_classes={num_classes}" \
         + "".join(f", {k}={v!r}" for k, v in kwargs.items()) + ")"
     weights = load_state_dict(out)
     assert sum(v.numel() for v in weights.values()) == sum(v.numel() for v in state.values())
@@ -206,3 +219,114 @@ def test_forward_dict_is_torchvisions_return_value() -> None:
         assert set(d) == {"out", "aux"} and d["aux"].shape == (1, 3, 48, 40)
         torch.testing.assert_close(d["out"], model(x))
     assert common.STEPS[0] == "read_weights_only"
+
+
+# ----------------------------------------------------------------------------- independent forwards from the peers' keys
+# Written from the peers' code as plain functional ops over THEIR key names (no module of ours), then
+# compared with our flavour holding the imported weights: this checks the rename rules and the
+# architecture at once.
+
+
+def _ops(sd: dict[str, torch.Tensor]):
+    def conv(x, p, stride=1, padding=0, dilation=1, groups=1):
+        return F.conv2d(x, sd[f"{p}.weight"], sd.get(f"{p}.bias"), stride, padding, dilation, groups)
+
+    def bn(x, p, eps=1e-5):
+        return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
+                            False, 0.0, eps)
+
+    def aspp(x, p, rates):
+        branches = [F.relu(bn(conv(x, f"{p}.convs.0.0"), f"{p}.convs.0.1"))]
+        for i, r in enumerate(rates, start=1):
+            branches.append(F.relu(bn(conv(x, f"{p}.convs.{i}.0", padding=r, dilation=r), f"{p}.convs.{i}.1")))
+        pooled = F.relu(bn(conv(x.mean((2, 3), keepdim=True), f"{p}.convs.4.1"), f"{p}.convs.4.2"))
+        branches.append(pooled.expand(-1, -1, *x.shape[-2:]))
+        return F.relu(bn(conv(torch.cat(branches, 1), f"{p}.project.0"), f"{p}.project.1"))
+
+    return conv, bn, aspp
+
+
+def _torchvision_resnet50_deeplabv3(sd, x):
+    conv, bn, aspp = _ops(sd)
+    y = F.max_pool2d(F.relu(bn(conv(x, "backbone.conv1", 2, 3), "backbone.bn1")), 3, 2, 1)
+    # replace_stride_with_dilation=[False, True, True]: (stride, first-block dilation, dilation) per stage
+    for i, (n, (stride, first, dil)) in enumerate(zip((3, 4, 6, 3), ((1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4))), 1):
+        for j in range(n):
+            p = f"backbone.layer{i}.{j}"
+            s, d = (stride, first) if j == 0 else (1, dil)
+            h = F.relu(bn(conv(y, f"{p}.conv1"), f"{p}.bn1"))
+            h = F.relu(bn(conv(h, f"{p}.conv2", s, d, d), f"{p}.bn2"))
+            h = bn(conv(h, f"{p}.conv3"), f"{p}.bn3")
+            identity = bn(conv(y, f"{p}.downsample.0", s), f"{p}.downsample.1") if j == 0 else y
+            y = F.relu(h + identity)
+    y = aspp(y, "classifier.0", (12, 24, 36))
+    y = conv(F.relu(bn(conv(y, "classifier.1", padding=1), "classifier.2")), "classifier.4")
+    return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _vainf_deeplabv3plus_mobilenet_os16(sd, x):
+    conv, bn, aspp = _ops(sd)
+
+    def part(i):
+        return f"backbone.{'low' if i < 4 else 'high'}_level_features.{i}"
+
+    y = F.relu6(bn(conv(x, f"{part(0)}.0", 2), f"{part(0)}.1"))
+    # output stride 16: the 96/160/320 stages run at stride 1; 160's later blocks and 320 use dilation 2
+    plan = [(1, 16, 1, 1, 1), (6, 24, 2, 2, 1), (6, 32, 3, 2, 1), (6, 64, 4, 2, 1), (6, 96, 3, 1, 1),
+            (6, 160, 3, 1, 2), (6, 320, 1, 1, 2)]
+    i, in_ch, low = 1, 32, None
+    for t, c, n, stride, dil in plan:
+        for k in range(n):
+            s, d = (stride, 1 if c == 160 else dil) if k == 0 else (1, dil)
+            p, j = f"{part(i)}.conv", 0
+            h = F.pad(y, (d, d, d, d))
+            if t != 1:
+                h, j = F.relu6(bn(conv(h, f"{p}.0.0"), f"{p}.0.1")), 1
+            h = F.relu6(bn(conv(h, f"{p}.{j}.0", s, 0, d, groups=h.shape[1]), f"{p}.{j}.1"))
+            h = bn(conv(h, f"{p}.{j + 1}"), f"{p}.{j + 2}")
+            y = y + h if s == 1 and in_ch == c else h
+            in_ch = c
+            if i == 3:
+                low = y
+            i += 1
+    low = F.relu(bn(conv(low, "classifier.project.0"), "classifier.project.1"))
+    y = aspp(y, "classifier.aspp", (6, 12, 18))
+    y = torch.cat([low, F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)], 1)
+    y = conv(F.relu(bn(conv(y, "classifier.classifier.0", padding=1), "classifier.classifier.1")),
+             "classifier.classifier.3")
+    return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize(("fmt", "peer", "kwargs", "forward"), [
+    pytest.param("torchvision", ("resnet50", 6, False), {}, _torchvision_resnet50_deeplabv3, marks=pytest.mark.slow),
+    ("vainf", ("mobilenet", True, 6), {"output_stride": 16}, _vainf_deeplabv3plus_mobilenet_os16),
+])
+def test_imported_flavour_equals_an_independent_forward(tmp_path, fmt, peer, kwargs, forward) -> None:
+    module = {"torchvision": torchvision, "vainf": vainf}[fmt]
+    state = random_state(module.manifest(*peer), seed=7)
+    imported = common.import_checkpoint(module, _save(tmp_path, state), **kwargs)
+    x = torch.randn(1, 3, 67, 58)
+    with torch.no_grad():
+        ours = imported.model(x)
+        ref = forward(state, x)
+    assert ours.shape == ref.shape == (1, 6, 67, 58)
+    assert float((ours - ref).abs().max() / ref.abs().max()) <= 1e-5
+
+
+@pytest.mark.slow
+def test_separable_flavour_keras_twin() -> None:
+    """The --separable_conv head (depthwise nn.Conv2d in the ASPP and decoder) in Keras."""
+    pytest.importorskip("tensorflow")
+    from converters.keras_writer import load_state_dict_into_keras
+    from reference_models.keras import build_keras_model
+
+    kwargs = {"num_classes": 3, "output_stride": 8, "separable_convs": True}
+    model = build_model("vainf_deeplabv3plus_mobilenet", **kwargs).eval()
+    state = random_state({k: tuple(v.shape) for k, v in model.state_dict().items()}, seed=2)
+    model.load_state_dict(state)
+    keras_model = load_state_dict_into_keras(build_keras_model("vainf_deeplabv3plus_mobilenet", **kwargs), state)
+    x = np.random.default_rng(0).standard_normal((1, 61, 70, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    ours = np.asarray(keras_model(x, training=False)).transpose(0, 3, 1, 2)
+    assert float(np.abs(ours - ref).max() / np.abs(ref).max()) <= 1e-4

@@ -146,17 +146,21 @@ def resnet_depth(blocks: Sequence[int], path: str | os.PathLike) -> int:
 
 
 def _numpy_safe_globals() -> list[Any]:
-    """numpy scalars and dtypes: the peers pickle their best score as a numpy float64."""
+    """Plain data containers the peers pickle beside their tensors: numpy scalars and dtypes (VainF's
+    ``best_score``, jfzhang95's ``best_pred``) and ``argparse.Namespace`` (the ``args`` of torchvision's
+    reference ``checkpoint.pth``; restored as attributes, no code runs)."""
+    import argparse
+
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a dependency
-        return []
+        return [argparse.Namespace]
     try:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy 1.x
         from numpy.core.multiarray import scalar
     allowed: list[Any] = [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
-                          np.dtype]
+                          np.dtype, argparse.Namespace]
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
         allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]

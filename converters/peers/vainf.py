@@ -3,8 +3,9 @@
 Files (``main.py`` ``save_ckpt``): ``{"cur_itrs", "model_state", "optimizer_state", "scheduler_state",
 "best_score"}`` with ``model_state = model.module.state_dict()`` (``best_score`` is a numpy float; read
 as data). The output stride is not in the file: ``--output-stride`` (default 16, VainF's default;
-the released files say ``os16`` / ``os8`` in their names). ``--separable_conv`` checkpoints
-(``.body.0`` keys) and the HRNet / Xception backbones are not imported.
+the released files say ``os16`` / ``os8`` in their names). ``--separable_conv`` v3+ checkpoints (every
+3x3 head conv a depthwise ``.body.0`` + pointwise ``.body.1`` pair) import with ``separable_convs=True``.
+The HRNet / Xception backbones are not imported.
 
 Key layout (read in ``network/modeling.py``, ``_deeplab.py``, ``utils.py``, ``backbone/``): ``backbone``
 is an ``IntermediateLayerGetter``: torchvision ResNet keys ``backbone.conv1``, ``backbone.layer{1-4}...``
@@ -63,8 +64,23 @@ def mobilenet_v2_manifest() -> dict[str, Shape]:
     return m
 
 
-def manifest(backbone: str, plus: bool, num_classes: int) -> dict[str, Shape]:
-    """Every key and shape VainF's ``deeplabv3[plus]_<backbone>(num_classes=...)`` creates."""
+def _separable(m: dict[str, Shape]) -> dict[str, Shape]:
+    """``convert_to_separable_conv(model.classifier)``: each k>1 conv ``p`` -> ``p.body.0`` (depthwise) and
+    ``p.body.1`` (pointwise), both without bias."""
+    out: dict[str, Shape] = {}
+    for key, shape in m.items():
+        if key.startswith("classifier.") and len(shape) == 4 and shape[-1] > 1:
+            p = key[: -len(".weight")]
+            out[f"{p}.body.0.weight"] = (shape[1], 1, shape[2], shape[3])
+            out[f"{p}.body.1.weight"] = (shape[0], shape[1], 1, 1)
+        else:
+            out[key] = shape
+    return out
+
+
+def manifest(backbone: str, plus: bool, num_classes: int, separable: bool = False) -> dict[str, Shape]:
+    """Every key and shape VainF's ``deeplabv3[plus]_<backbone>(num_classes=...)`` creates (``separable``:
+    after ``--separable_conv``, which VainF applies to v3+ only)."""
     if backbone == "mobilenet":
         m, out_ch, low_ch = mobilenet_v2_manifest(), 320, 24
     else:
@@ -79,7 +95,7 @@ def manifest(backbone: str, plus: bool, num_classes: int) -> dict[str, Shape]:
         m.update(aspp_manifest("classifier.classifier.0", out_ch))
         m.update({**conv("classifier.classifier.1", 256, 256, 3), **bn("classifier.classifier.2", 256),
                   **conv("classifier.classifier.4", num_classes, 256, bias=True)})
-    return m
+    return _separable(m) if separable else m
 
 
 _BACKBONE_RULES: dict[str, list[Rule]] = {
@@ -92,7 +108,12 @@ _HEAD_RULES: dict[bool, list[Rule]] = {
         (r"classifier\.classifier\.2", "head.bn"),
         (r"classifier\.classifier\.4", "head.logits"),
     ],
-    True: aspp_rules("classifier.aspp") + [
+    True: [  # --separable_conv: AtrousSeparableConvolution.body -> our depthwise / pointwise pair
+        (r"classifier\.aspp\.convs\.(?P<b>[1-3])\.0\.body\.0", "aspp.convs.{b}.0.depthwise"),
+        (r"classifier\.aspp\.convs\.(?P<b>[1-3])\.0\.body\.1", "aspp.convs.{b}.0.pointwise"),
+        (r"classifier\.classifier\.0\.body\.0", "head.conv.depthwise"),
+        (r"classifier\.classifier\.0\.body\.1", "head.conv.pointwise"),
+    ] + aspp_rules("classifier.aspp") + [
         (r"classifier\.project\.(?P<j>[01])", "project.{j}"),
         (r"classifier\.classifier\.0", "head.conv"),
         (r"classifier\.classifier\.1", "head.bn"),
@@ -110,9 +131,7 @@ def unwrap(obj: Any, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
 def detect(state: dict[str, torch.Tensor], path: str | os.PathLike, *, output_stride: int | None = None,
            model: str | None = None) -> Target:
-    separable = next((k for k in state if ".body." in k), None)
-    if separable is not None:
-        raise ConversionError(path, f"key '{separable}' comes from --separable_conv, which is not imported")
+    separable = any(".body." in k for k in state)
     if "classifier.project.0.weight" in state and "classifier.classifier.3.weight" in state:
         plus, head = True, "classifier.classifier.3.weight"
     elif "classifier.classifier.4.weight" in state:
@@ -131,6 +150,9 @@ def detect(state: dict[str, torch.Tensor], path: str | os.PathLike, *, output_st
     else:
         raise ConversionError(path, "backbone is neither ResNet ('backbone.layer4.0.conv1.weight') nor MobileNet-v2 "
                               "('backbone.low_level_features.0.0.weight'); HRNet and Xception are not imported")
+    if separable and not plus:
+        raise ConversionError(path, f"key '{next(k for k in state if '.body.' in k)}' is a --separable_conv "
+                              "layer, which VainF applies to v3+ models only")
     notes = []
     if output_stride is None:
         output_stride = DEFAULT_OUTPUT_STRIDE
@@ -141,7 +163,9 @@ def detect(state: dict[str, torch.Tensor], path: str | os.PathLike, *, output_st
     if model is not None and model != arch:
         raise ConversionError(path, f"this file holds VainF's {peer}, which imports as {arch}, not --model {model}")
     num_classes = int(state[head].shape[0])
-    return Target(peer_model=f"{peer} (output_stride={output_stride})", arch=arch, num_classes=num_classes,
-                  manifest=manifest(backbone, plus, num_classes),
-                  rules=_BACKBONE_RULES[family] + _HEAD_RULES[plus],
-                  kwargs={"output_stride": output_stride}, notes=notes)
+    kwargs: dict[str, Any] = {"output_stride": output_stride}
+    if separable:
+        kwargs["separable_convs"] = True
+    return Target(peer_model=f"{peer} (output_stride={output_stride}{', separable_conv' if separable else ''})",
+                  arch=arch, num_classes=num_classes, manifest=manifest(backbone, plus, num_classes, separable),
+                  rules=_BACKBONE_RULES[family] + _HEAD_RULES[plus], kwargs=kwargs, notes=notes)
