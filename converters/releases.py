@@ -23,16 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from reference_models.preprocessing import (
-    CAFFE_DEEPLAB_V2,
-    DEEPLAB_TF_RESNET_V1_MEAN,
-    DEEPLAB_TF_UNIT_RANGE,
-    TF_SLIM_INCEPTION,
-    TF_SLIM_VGG,
-    Preprocessing,
-)
+if TYPE_CHECKING:
+    from reference_models.preprocessing import Preprocessing
 
 MODELS_DIR = Path("data") / "models"  # --models-dir default: release archives unpack here
 DATA_ROOT = Path("data")  # --data-root default: dataset archives unpack here
@@ -191,6 +185,13 @@ ARCHIVES: dict[str, Archive] = {
 
 
 # ----------------------------------------------------------------------------- weight releases
+def _contract(name: str) -> Preprocessing:
+    """A preprocessing contract by name; imported on use, so reading the registry does not load torch."""
+    from reference_models import preprocessing
+
+    return getattr(preprocessing, name)
+
+
 @dataclass(frozen=True)
 class Release:
     """One weight file inside an :class:`Archive` and what it contains."""
@@ -202,8 +203,12 @@ class Release:
     num_classes: int
     archive: Archive
     description: str
-    preprocessing: Preprocessing
+    preprocessing_name: str  # a contract of reference_models.preprocessing (imported when asked for)
     sha256: str | None = None  # of the weight file itself, where published (none is)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return _contract(self.preprocessing_name)
 
     @property
     def url(self) -> str:
@@ -264,22 +269,22 @@ CAFFE_RELEASES: dict[str, CaffeRelease] = {
         CaffeRelease("coco_init", "init.caffemodel", "deeplabv2_resnet101", "deeplabv1_resnet101", 91,
                      ARCHIVES["deeplab_aspp_resnet101"],
                      "DeepLab v2 ResNet-101 pretrained on MS-COCO: the initialisation for VOC training",
-                     CAFFE_DEEPLAB_V2),
+                     "CAFFE_DEEPLAB_V2"),
         CaffeRelease("voc12", "train_iter_20000.caffemodel", "deeplabv2_resnet101", "deeplabv2_resnet101_msc", 21,
                      ARCHIVES["deeplab_aspp_resnet101"],
                      "DeepLab v2 ResNet-101 MSC trained on VOC12 train_aug: the model to reproduce val numbers with",
-                     CAFFE_DEEPLAB_V2),
+                     "CAFFE_DEEPLAB_V2"),
         CaffeRelease("voc12_trainval", "train2_iter_20000.caffemodel", "deeplabv2_resnet101",
                      "deeplabv2_resnet101_msc", 21, ARCHIVES["deeplab_aspp_resnet101"],
                      "DeepLab v2 ResNet-101 MSC fine-tuned on VOC12 trainval_aug (test-server model; it has seen val)",
-                     CAFFE_DEEPLAB_V2),
+                     "CAFFE_DEEPLAB_V2"),
         CaffeRelease("vgg16_voc12", "train_iter_20000.caffemodel", "deeplabv2_vgg16", "deeplabv2_vgg16", 21,
                      ARCHIVES["deeplab_aspp_vgg16"], "DeepLab v2 VGG-16 ASPP-L trained on VOC12 train_aug",
-                     CAFFE_DEEPLAB_V2),
+                     "CAFFE_DEEPLAB_V2"),
         CaffeRelease("vgg16_voc12_trainval", "train2_iter_20000.caffemodel", "deeplabv2_vgg16", "deeplabv2_vgg16",
                      21, ARCHIVES["deeplab_aspp_vgg16"],
                      "DeepLab v2 VGG-16 ASPP-L fine-tuned on VOC12 trainval_aug (test-server model)",
-                     CAFFE_DEEPLAB_V2),
+                     "CAFFE_DEEPLAB_V2"),
     )
 }
 
@@ -302,8 +307,12 @@ class TFRelease(Release):
     kind: str = "backbone"  # type: ignore[assignment]  # a field here, a property on Release
     checkpoint_format: str = "V2"  # "V1": one TensorSliceWriter file; "V2": .index + .data-*
     output_stride: int = 16  # the converted weights load at any valid stride; this is the recorded default
-    deeplab_preprocessing: Preprocessing | None = None
+    deeplab_preprocessing_name: str | None = None
     notes: str = ""
+
+    @property
+    def deeplab_preprocessing(self) -> Preprocessing | None:
+        return _contract(self.deeplab_preprocessing_name) if self.deeplab_preprocessing_name else None
 
     @property
     def tarball(self) -> str:
@@ -331,7 +340,7 @@ class TFRelease(Release):
                 f"or pass {flag} PREFIX")
 
 
-def _tf(name: str, file_name: str, arch: str, num_classes: int, description: str, preprocessing: Preprocessing,
+def _tf(name: str, file_name: str, arch: str, num_classes: int, description: str, preprocessing: str,
         **kwargs) -> TFRelease:
     archive = ARCHIVES[name]
     folder = archive.unpack_to or archive.expect[0].split("/", 1)[0]
@@ -343,27 +352,27 @@ TF_RELEASES: dict[str, TFRelease] = {
     for r in (
         _tf("resnet_v1_50_2016_08_28", "resnet_v1_50.ckpt", "resnet_v1_50", 1000,
             "TF-slim ResNet-50 v1 ImageNet (converted by Google from the MSRA Caffe model), top-1 75.2",
-            TF_SLIM_VGG, checkpoint_format="V1", deeplab_preprocessing=DEEPLAB_TF_RESNET_V1_MEAN),
+            "TF_SLIM_VGG", checkpoint_format="V1", deeplab_preprocessing_name="DEEPLAB_TF_RESNET_V1_MEAN"),
         _tf("resnet_v1_101_2016_08_28", "resnet_v1_101.ckpt", "resnet_v1_101", 1000,
             "TF-slim ResNet-101 v1 ImageNet (converted by Google from the MSRA Caffe model), top-1 76.4",
-            TF_SLIM_VGG, checkpoint_format="V1", deeplab_preprocessing=DEEPLAB_TF_RESNET_V1_MEAN),
+            "TF_SLIM_VGG", checkpoint_format="V1", deeplab_preprocessing_name="DEEPLAB_TF_RESNET_V1_MEAN"),
         _tf("resnet_v2_50_2017_04_14", "resnet_v2_50.ckpt", "resnet_v2_50", 1001,
-            "TF-slim ResNet-50 v2 ImageNet (1001 classes, background at 0), top-1 75.6", TF_SLIM_INCEPTION),
+            "TF-slim ResNet-50 v2 ImageNet (1001 classes, background at 0), top-1 75.6", "TF_SLIM_INCEPTION"),
         _tf("resnet_v2_101_2017_04_14", "resnet_v2_101.ckpt", "resnet_v2_101", 1001,
-            "TF-slim ResNet-101 v2 ImageNet (1001 classes, background at 0), top-1 77.0", TF_SLIM_INCEPTION),
+            "TF-slim ResNet-101 v2 ImageNet (1001 classes, background at 0), top-1 77.0", "TF_SLIM_INCEPTION"),
         _tf("deeplabv3_pascal_train_aug_2018_01_04", "model.ckpt", "deeplabv3plus_xception65", 21,
             "DeepLab v3+ Xception-65 (zoo xception65_coco_voc_trainaug), 82.20% VOC12 val at OS 16",
-            DEEPLAB_TF_UNIT_RANGE, kind="model"),
+            "DEEPLAB_TF_UNIT_RANGE", kind="model"),
         _tf("deeplabv3_mnv2_pascal_train_aug_2018_01_29", "model.ckpt-30000", "deeplabv3_mobilenetv2", 21,
             "DeepLab v3 MobileNet-v2 (zoo mobilenetv2_coco_voc_trainaug; image pooling + aspp0, no decoder), "
             "75.32% VOC12 val at OS 16",
-            DEEPLAB_TF_UNIT_RANGE, kind="model", notes="prefix 'model.ckpt-30000' inferred from public usage"),
+            "DEEPLAB_TF_UNIT_RANGE", kind="model", notes="prefix 'model.ckpt-30000' inferred from public usage"),
         _tf("deeplabv3_xception_2018_01_04", "model.ckpt", "xception_65", 1001,
             "DeepLab's Xception-65 ImageNet checkpoint (the initialisation for DeepLab v3+ training)",
-            DEEPLAB_TF_UNIT_RANGE, notes="folder 'xception/' inferred from public usage"),
+            "DEEPLAB_TF_UNIT_RANGE", notes="folder 'xception/' inferred from public usage"),
         _tf("resnet_v1_101_2018_05_04", "model.ckpt", "resnet_v1_101_beta", 1001,
             "DeepLab's resnet_v1_101_beta ImageNet checkpoint (3x3 root convs; use multi_grid (1, 2, 4))",
-            DEEPLAB_TF_UNIT_RANGE, notes="folder 'resnet_v1_101/' and a 1001-class classifier inferred from "
+            "DEEPLAB_TF_UNIT_RANGE", notes="folder 'resnet_v1_101/' and a 1001-class classifier inferred from "
             "public usage"),
     )
 }

@@ -391,3 +391,14 @@ def test_interrupted_unpacking_is_redone(server, tmp_path, capsys):
     assert code == 0 and "verified and unpacked" in out and marker.is_file()
     assert half.read_bytes() == zipfile.ZipFile(io.BytesIO(body)).read(half.name)
     assert len(server.requests) == 1  # the kept archive was re-verified, not downloaded again
+
+
+def test_the_registry_and_a_dry_run_do_not_load_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from reproduce import download; rc = download.main(['--dry-run', 'voc12', 'voc2012']); "
+            "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert proc.returncode == 0, proc.stderr
