@@ -13,7 +13,12 @@ Paths, each in a fresh process measured by ``benchmarks._measure.run_measured``:
   (no TensorFlow imported);
 - ``naive``: the usual port recipe: ``tf.train.load_checkpoint`` then ``get_tensor`` for every
   variable into a dict of ``torch.from_numpy`` tensors and ``torch.save`` (TensorFlow imported);
-- ``baseline``: ``import torch`` only (from the Caffe benchmark of the same run).
+- ``baseline``: ``import torch`` only (from the Caffe benchmark of the same run);
+- ``ours_no_verify``: ``ours`` with ``--no-verify`` (no CRC-32C check of the tensors).
+
+The CRC-32C check (on by default, as in TensorFlow's restore) is costed two ways: the
+difference between ``ours`` and ``ours_no_verify``, and ``crc32c`` timed alone over every data
+shard in this process; both as a fraction of ``ours`` (``crc_cost``; the bound is 10 %).
 
 Run directly with ``python -m benchmarks.convert_tf WORKLOAD ...`` only as the child.
 """
@@ -99,6 +104,14 @@ def run_tf_benchmark(workdir: Path, *, quick: bool, threads: int | None, log: Ca
     if naive.returncode != 0:
         raise RuntimeError(f"the naive TF conversion failed (exit {naive.returncode}): {naive.stderr[-1500:]}")
     runs["naive"] = _run_entry(naive, size)
+    unchecked = run_measured([py, str(REPO / "converters" / "tf2torch.py"), "--dataset", release, "--checkpoint",
+                              str(prefix), "--out", str(out_pth), "--quiet", "--no-verify"], env=env, timeout=timeout)
+    if unchecked.returncode != 0:
+        raise RuntimeError(f"tf2torch.py --no-verify failed (exit {unchecked.returncode}): {unchecked.stderr[-1500:]}")
+    runs["ours_no_verify"] = _run_entry(unchecked, size)
+    crc_cost = measure_crc_cost(prefix, ours.seconds, unchecked.seconds)
+    log(f"  CRC-32C: {crc_cost['crc_seconds']:.3f} s alone over {crc_cost['bytes'] / MIB:.0f} MiB "
+        f"({crc_cost['crc_over_ours']:.1%} of ours; ours - no-verify = {crc_cost['difference_over_ours']:+.1%})")
     for p in (out_pth, out_pth.with_suffix(".json"), naive_pth):
         p.unlink(missing_ok=True)
     for name, r in runs.items():
@@ -111,6 +124,30 @@ def run_tf_benchmark(workdir: Path, *, quick: bool, threads: int | None, log: Ca
         "results": runs,
         "naive_over_ours": {"seconds": round(naive.seconds / ours.seconds, 2),
                             "peak_rss": round(naive.peak_rss_bytes / ours.peak_rss_bytes, 2)},
+        "crc_cost": crc_cost,
+    }
+
+
+def measure_crc_cost(prefix: Path, ours_seconds: float, no_verify_seconds: float, repeats: int = 3) -> dict[str, Any]:
+    """Seconds ``crc32c`` takes over every data shard (best of ``repeats``), beside the conversion's seconds."""
+    from converters.tf_checkpoint import _google_crc32c, crc32c
+
+    shards = sorted(prefix.parent.glob(prefix.name + ".data-*"))
+    data = [p.read_bytes() for p in shards]
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for blob in data:
+            crc32c(blob)
+        best = min(best, time.perf_counter() - t0)
+    return {
+        "implementation": "google-crc32c (C)" if _google_crc32c is not None else "numpy fallback",
+        "bytes": sum(len(b) for b in data),
+        "crc_seconds": round(best, 4),
+        "crc_over_ours": round(best / ours_seconds, 4),
+        "difference_over_ours": round((ours_seconds - no_verify_seconds) / ours_seconds, 4),
+        "limit": 0.10,
+        "met": best / ours_seconds <= 0.10,
     }
 
 

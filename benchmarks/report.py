@@ -358,6 +358,13 @@ def convert_section(groups, out: Path, plots: list[str]) -> str:
             ratio = part.get("naive_over_ours")
             if ratio:
                 parts.append(f"\nnaive / ours: {ratio['seconds']}x time, {ratio['peak_rss']}x peak RSS\n")
+            crc = part.get("crc_cost")
+            if crc:
+                parts.append(f"\nCRC-32C check of every tensor ({crc['implementation']}, on by default): "
+                             f"{crc['crc_seconds']} s over {crc['bytes'] / (1 << 20):.0f} MiB = "
+                             f"{crc['crc_over_ours']:.1%} of `ours` (bound {crc['limit']:.0%}: "
+                             f"{'met' if crc['met'] else 'NOT met'}); `ours` - `ours_no_verify` = "
+                             f"{crc['difference_over_ours']:+.1%} (process-time noise included)\n")
             req = part.get("requirement")
             if req:
                 parts.append(f"\nrequirement peak RSS < {req['limit_ratio']}x file size: "

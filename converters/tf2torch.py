@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-stride", type=int, choices=(8, 16, 32),
                         help="output stride the weights are checked and recorded at (default 16; the weights "
                         "load at any stride the architecture allows)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the CRC-32C check of every tensor (on by default, as TensorFlow checks on restore)")
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
     return parser
 
@@ -106,7 +108,8 @@ def run(args: argparse.Namespace) -> Path:
     if out.suffix not in WEIGHT_SUFFIXES:
         raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
 
-    with open_checkpoint(prefix) as ckpt:
+    verify = not getattr(args, "no_verify", False)
+    with open_checkpoint(prefix, verify=verify) as ckpt:
         path = str(ckpt.index_path if ckpt.format_version == 1 else prefix)
         num_classes = None
         if kind == "model":
@@ -165,6 +168,7 @@ def run(args: argparse.Namespace) -> Path:
             "official_url": release.url if release else None,
             "published_sha256": release.sha256 if release else None,
             "tf_variables": num_variables,
+            "crc32c_verified": verify,
             "ignored": dict(sorted(ignored.items())),
             "manifest": f"converters/manifests/{release.name}.json" if manifest else None,
         },

@@ -72,7 +72,8 @@ def test_crc32c_known_values_and_numpy_path() -> None:
     assert crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4 test vector
     data = np.random.default_rng(0).integers(0, 256, 300_001, dtype=np.uint8).tobytes()
     bytewise = tf_checkpoint._crc_scalar(0xFFFFFFFF, data) ^ 0xFFFFFFFF
-    assert crc32c(data) == bytewise  # numpy lanes + zero-shift chaining == plain loop
+    assert crc32c(data) == tf_checkpoint.crc32c_numpy(data) == bytewise  # numpy lanes + zero-shift chaining
+    assert tf_checkpoint.crc32c_numpy(b"123456789") == 0xE3069283
 
 
 def test_snappy_decoder() -> None:
@@ -303,7 +304,7 @@ def test_unknown_name(small_ckpt: Path) -> None:
                 call("nope")
 
 
-def test_corrupt_tensor_bytes_caught_only_with_verify(small_ckpt: Path, tmp_path: Path) -> None:
+def test_corrupt_tensor_bytes_caught_unless_verify_is_off(small_ckpt: Path, tmp_path: Path) -> None:
     prefix = copy_checkpoint(small_ckpt, tmp_path / "c")
     with open_checkpoint(prefix) as ckpt:
         name = "v0/.ATTRIBUTES/VARIABLE_VALUE"
@@ -313,10 +314,10 @@ def test_corrupt_tensor_bytes_caught_only_with_verify(small_ckpt: Path, tmp_path
     data = bytearray(shard.read_bytes())
     data[entry.offset + 7] ^= 0x40
     shard.write_bytes(bytes(data))
-    with open_checkpoint(prefix) as ckpt:
-        assert not np.array_equal(ckpt.read(name), np.full((100,), 0, np.float32))  # default: no CRC check
-    with open_checkpoint(prefix, verify=True) as ckpt, pytest.raises(ConversionError, match="CRC-32C mismatch"):
-        ckpt.read(name)
+    with open_checkpoint(prefix, verify=False) as ckpt:
+        assert not np.array_equal(ckpt.read(name), np.full((100,), 0, np.float32))  # read as stored
+    with open_checkpoint(prefix) as ckpt, pytest.raises(ConversionError, match="CRC-32C mismatch"):
+        ckpt.read(name)  # the default checks, as TensorFlow does
 
 
 def test_index_suffix_accepted_and_close_is_idempotent(small_ckpt: Path) -> None:
