@@ -130,7 +130,7 @@ def run_tf_benchmark(workdir: Path, *, quick: bool, threads: int | None, log: Ca
 
 def measure_crc_cost(prefix: Path, ours_seconds: float, no_verify_seconds: float, repeats: int = 3) -> dict[str, Any]:
     """Seconds ``crc32c`` takes over every data shard (best of ``repeats``), beside the conversion's seconds."""
-    from converters.tf_checkpoint import _google_crc32c, crc32c
+    from converters.tf_checkpoint import _crc32c_package, crc32c
 
     shards = sorted(prefix.parent.glob(prefix.name + ".data-*"))
     data = [p.read_bytes() for p in shards]
@@ -141,7 +141,7 @@ def measure_crc_cost(prefix: Path, ours_seconds: float, no_verify_seconds: float
             crc32c(blob)
         best = min(best, time.perf_counter() - t0)
     return {
-        "implementation": "google-crc32c (C)" if _google_crc32c is not None else "numpy fallback",
+        "implementation": "crc32c package (C)" if _crc32c_package is not None else "numpy fallback",
         "bytes": sum(len(b) for b in data),
         "crc_seconds": round(best, 4),
         "crc_over_ours": round(best / ours_seconds, 4),

@@ -16,7 +16,8 @@ named arrays -> the canonical PyTorch-named state dict), then the Keras writer
   ``m.load_weights(path)``;
 * ``.keras``: the whole model, ``reference_models.keras.load_keras_model(path)``;
 
-plus a provenance JSON beside it (``x.weights.h5`` -> ``x.json``: source sha256, release,
+plus a provenance JSON beside it (``x.weights.h5`` -> ``x.weights.json``, ``x.keras`` -> ``x.keras.json``, never
+the PyTorch weights' ``x.json``: source sha256, release,
 architecture, steps, TensorFlow/Keras versions, preprocessing contract). The Keras models take NHWC
 input preprocessed as the release says (BGR, mean 104.008/116.669/122.675 subtracted).
 Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error.
@@ -36,7 +37,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from converters import caffe2torch  # noqa: E402
 from converters.cli import run_main  # noqa: E402
-from converters.keras_writer import KERAS_SUFFIXES, check_keras_output, convert_via_state_dict, set_help  # noqa: E402
+from converters.io import check_outputs_spare_inputs  # noqa: E402
+from converters.keras_writer import (  # noqa: E402
+    KERAS_SUFFIXES,
+    check_keras_output,
+    convert_via_state_dict,
+    keras_provenance_path,
+    set_help,
+)
 from converters.releases import CAFFE_RELEASES  # noqa: E402
 
 
@@ -62,6 +70,8 @@ def run(args: argparse.Namespace) -> Path:
     """Convert as ``args`` say; return the Keras output path. Raises ConversionError for bad input."""
     out = default_output(args)
     check_keras_output(out)
+    src = args.caffemodel or CAFFE_RELEASES[args.dataset].default_path
+    check_outputs_spare_inputs([out, keras_provenance_path(out)], [src])
     return convert_via_state_dict(caffe2torch.run, args, out, tool="converters/caffe2tf.py")
 
 

@@ -27,7 +27,14 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from converters import __version__  # noqa: E402
 from converters.cli import run_main, write_weights  # noqa: E402
 from converters.errors import ConversionError  # noqa: E402
-from converters.io import WEIGHT_SUFFIXES, provenance_path, sha256_file  # noqa: E402
+from converters.io import (  # noqa: E402
+    WEIGHT_SUFFIXES,
+    WRONG_KIND_HINT,
+    check_outputs_spare_inputs,
+    provenance_path,
+    sha256_file,
+    sniff_kind,
+)
 from converters.releases import CAFFE_RELEASES, Release  # noqa: E402
 
 
@@ -67,9 +74,11 @@ def run(args: argparse.Namespace) -> Path:
         if release is not None and args.caffemodel is None:
             raise ConversionError(src, release.missing_message())
         raise ConversionError(src, "file not found")
+    check_kind(src)
     out = args.out or (release.default_output if release else src.with_suffix(".pth"))
     if out.suffix not in WEIGHT_SUFFIXES:
         raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
+    check_outputs_spare_inputs([out, provenance_path(out)], [src])
 
     converted = convert_caffemodel(src, arch=arch, num_classes=num_classes, progress=not args.quiet)
     from reference_models.preprocessing import CAFFE_DEEPLAB_V2
@@ -114,6 +123,13 @@ def run(args: argparse.Namespace) -> Path:
         print(f"wrote {out} ({len(converted.state_dict)} tensors, {arch}, {converted.num_classes} classes) "
               f"and {provenance_path(out)}")
     return out
+
+
+def check_kind(src: Path) -> None:
+    """A file of another kind (a TF checkpoint, converted weights) is named as such, with the right command."""
+    kind = sniff_kind(src)
+    if kind is not None:
+        raise ConversionError(src, f"not a caffemodel: this is {WRONG_KIND_HINT[kind]}")
 
 
 def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

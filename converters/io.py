@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs get what the umask gives
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -40,6 +43,13 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and setting it back; there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(target: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
@@ -96,5 +106,83 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def provenance_path(weights: str | os.PathLike) -> Path:
-    """The sidecar JSON beside a weights file: ``model.pth`` -> ``model.json``."""
+    """The sidecar JSON beside PyTorch weights: ``model.pth`` -> ``model.json``.
+
+    The Keras writers use their own names (``keras_writer.keras_provenance_path``), so the
+    PyTorch and Keras outputs of one release never share (and overwrite) a provenance file.
+    """
     return Path(weights).with_suffix(".json")
+
+
+def check_outputs_spare_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+    """Raise :class:`ConversionError` if an output path resolves to an input (same file, link or not).
+
+    Outputs are written atomically by renaming over the target, so without this check a converter
+    told to write where it reads would replace its own source.
+    """
+    from converters.errors import ConversionError
+
+    def identities(path: Path) -> list[tuple]:
+        keys: list[tuple] = [("path", os.path.normpath(os.path.abspath(path))), ("path", str(path.resolve()))]
+        try:
+            st = path.stat()
+            keys.append(("inode", st.st_dev, st.st_ino))
+        except OSError:
+            pass
+        return keys
+
+    sources = {key: Path(p) for p in inputs for key in identities(Path(p))}
+    for out in outputs:
+        hit = next((sources[k] for k in identities(Path(out)) if k in sources), None)
+        if hit is not None:
+            raise ConversionError(out, f"output would overwrite the input {hit}; choose another --out")
+
+
+_TF_TABLE_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")
+
+
+def sniff_kind(path: str | os.PathLike) -> str | None:
+    """What kind of weights file ``path`` is, from its first and last bytes (and name):
+    ``"tf"`` (a TensorFlow checkpoint index, V1 file or data shard), ``"pytorch"`` (a ``torch.save``
+    zip or pickle), ``"safetensors"``, ``"keras"`` (HDF5 ``.h5`` or a ``.keras`` zip), or None."""
+    path = Path(path)
+    name = path.name
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            fh.seek(max(0, size - 8))
+            tail = fh.read(8)
+    except OSError:
+        return None
+    if tail == _TF_TABLE_MAGIC or ".data-" in name and "-of-" in name:
+        return "tf"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "keras"
+    if head.startswith(b"PK\x03\x04"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        if any(n.endswith("data.pkl") for n in names):
+            return "pytorch"
+        if "config.json" in names or name.endswith(".keras"):
+            return "keras"
+        return None
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and name.endswith((".pth", ".pt")):
+        return "pytorch"
+    if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < size:
+        return "safetensors"
+    return None
+
+
+WRONG_KIND_HINT = {
+    "tf": "a TensorFlow checkpoint: convert it with tf2torch.py --checkpoint PREFIX (or tf2keras.py)",
+    "caffe": "a Caffe model: convert it with caffe2torch.py --caffemodel PATH (or caffe2tf.py)",
+    "pytorch": "PyTorch weights, already converted: load them with converters.io.load_state_dict",
+    "safetensors": "PyTorch weights (safetensors), already converted: load them with converters.io.load_state_dict",
+    "keras": "Keras weights, already converted: load them with reference_models.keras",
+}

@@ -161,11 +161,16 @@ def keras_suffix(path: str | os.PathLike) -> str | None:
 
 
 def keras_provenance_path(weights: str | os.PathLike) -> Path:
-    """The sidecar JSON: ``model.weights.h5`` -> ``model.json``, ``model.keras`` -> ``model.json``."""
+    """The sidecar JSON: ``model.weights.h5`` -> ``model.weights.json``, ``model.keras`` -> ``model.keras.json``.
+
+    Its own name, not the PyTorch writers' ``model.json``: the Keras and PyTorch outputs of one
+    release sit side by side by default, each with its own provenance.
+    """
     weights = Path(weights)
     suffix = keras_suffix(weights)
-    stem = weights.name[: -len(suffix)] if suffix else weights.stem
-    return weights.with_name(stem + ".json")
+    if suffix == ".weights.h5":
+        return weights.with_name(weights.name[: -len(suffix)] + ".weights.json")
+    return weights.with_name(weights.name + ".json")
 
 
 def save_keras(model: keras.Model, target: str | os.PathLike) -> Path:

@@ -15,7 +15,8 @@ Same releases, flags and checks as ``tf2torch.py`` (the same pipeline: checkpoin
   ``.load_weights(path)``; the weights load at any output stride the architecture allows;
 * ``.keras``: the whole model at ``--output-stride``, ``reference_models.keras.load_keras_model(path)``;
 
-plus a provenance JSON beside it (``x.weights.h5`` -> ``x.json``). Why not read the checkpoint
+plus a provenance JSON beside it (``x.weights.h5`` -> ``x.weights.json``, ``x.keras`` -> ``x.keras.json``: never
+the PyTorch weights' ``x.json``). Why not read the checkpoint
 with TensorFlow into a Keras model directly: the TF-free reader and the rename table are the ones
 the PyTorch weights are proven with, so both frameworks get identical numbers from one path.
 Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error.
@@ -35,7 +36,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from converters import tf2torch  # noqa: E402
 from converters.cli import run_main  # noqa: E402
-from converters.keras_writer import KERAS_SUFFIXES, check_keras_output, convert_via_state_dict, set_help  # noqa: E402
+from converters.io import check_outputs_spare_inputs  # noqa: E402
+from converters.keras_writer import (  # noqa: E402
+    KERAS_SUFFIXES,
+    check_keras_output,
+    convert_via_state_dict,
+    keras_provenance_path,
+    set_help,
+)
 from converters.releases import TF_RELEASES  # noqa: E402
 
 
@@ -65,6 +73,9 @@ def run(args: argparse.Namespace) -> Path:
     """Convert as ``args`` say; return the Keras output path. Raises ConversionError for bad input."""
     out = default_output(args)
     check_keras_output(out)
+    prefix = tf2torch.resolve_prefix(args.checkpoint or TF_RELEASES[args.dataset].default_path)
+    if prefix is not None:
+        check_outputs_spare_inputs([out, keras_provenance_path(out)], tf2torch.source_files(prefix))
     return convert_via_state_dict(tf2torch.run, args, out, tool="converters/tf2keras.py")
 
 

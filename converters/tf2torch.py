@@ -34,7 +34,14 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from converters import __version__  # noqa: E402
 from converters.cli import run_main, write_weights  # noqa: E402
 from converters.errors import ConversionError  # noqa: E402
-from converters.io import WEIGHT_SUFFIXES, provenance_path, sha256_file  # noqa: E402
+from converters.io import (  # noqa: E402
+    WEIGHT_SUFFIXES,
+    WRONG_KIND_HINT,
+    check_outputs_spare_inputs,
+    provenance_path,
+    sha256_file,
+    sniff_kind,
+)
 from converters.releases import TF_MODELS_URL, TF_RELEASES, TFRelease  # noqa: E402
 from converters.tf.convert import (  # noqa: E402
     STEPS,
@@ -97,6 +104,10 @@ def run(args: argparse.Namespace) -> Path:
     kind = "backbone" if arch in backbones else "model"
 
     given = args.checkpoint or release.default_path
+    if given.is_file():
+        kind = "caffe" if given.suffix in (".caffemodel", ".prototxt") else sniff_kind(given)
+        if kind is not None and kind != "tf":
+            raise ConversionError(given, f"not a TensorFlow checkpoint: this is {WRONG_KIND_HINT[kind]}")
     prefix = resolve_prefix(given)
     if prefix is None and args.checkpoint is None:
         prefix = resolve_prefix(given.parent)  # e.g. a differently numbered model.ckpt-NNNN in the release folder
@@ -107,6 +118,7 @@ def run(args: argparse.Namespace) -> Path:
     out = args.out or (release.default_output if release else prefix.with_name(f"{prefix.name}_{arch}.pth"))
     if out.suffix not in WEIGHT_SUFFIXES:
         raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
+    check_outputs_spare_inputs([out, provenance_path(out)], source_files(prefix))
 
     verify = not getattr(args, "no_verify", False)
     with open_checkpoint(prefix, verify=verify) as ckpt:

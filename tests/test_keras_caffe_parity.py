@@ -95,13 +95,13 @@ def test_caffe2tf_outputs_and_errors(caffemodels, tmp_path, capsys):
     _, path = caffemodels("vgg16_largefov")
     out = tmp_path / "sub" / "lfov.keras"
     assert caffe2tf.main(["--caffemodel", str(path), "--arch", "deeplabv2_vgg16_largefov", "--out", str(out)]) == 0
-    record = json.loads((tmp_path / "sub" / "lfov.json").read_text())
+    record = json.loads((tmp_path / "sub" / "lfov.keras.json").read_text())
     assert record["architecture"] == "deeplabv2_vgg16_largefov" and record["num_classes"] == 21
     assert record["converter"]["tool"] == "converters/caffe2tf.py"
     assert record["converter"]["steps"][-1] == "keras_layout"
     assert record["preprocessing"]["channel_order"] == "BGR"
     assert len(record["weights"]["sha256"]) == 64 and record["weights"]["format"] == ".keras"
-    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["lfov.json", "lfov.keras"]  # no temporaries
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["lfov.keras", "lfov.keras.json"]  # no temporaries
     code = ("import sys; from reference_models.keras import load_keras_model; "
             f"m = load_keras_model({str(out)!r}); assert m.name == 'deeplabv2_vgg16_largefov'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)  # a fresh process: no custom layers loaded

@@ -84,14 +84,13 @@ def test_tf2keras_release_matches_tf2torch(tmp_path, capsys) -> None:
     keras_out, torch_out = tmp_path / "out" / "mnv2.weights.h5", tmp_path / "out" / "mnv2.pth"
     assert tf2keras.main(["--dataset", SMALL, "--checkpoint", str(prefix), "--out", str(keras_out), "--quiet"]) == 0
     assert tf2torch.main(["--dataset", SMALL, "--checkpoint", str(prefix), "--out", str(torch_out), "--quiet"]) == 0
-    assert sorted(p.name for p in keras_out.parent.iterdir()) == ["mnv2.json", "mnv2.pth", "mnv2.weights.h5"]
-
-    record = json.loads((tmp_path / "out" / "mnv2.json").read_text())
+    # each writer has its own provenance: neither overwrites the other's
+    assert sorted(p.name for p in keras_out.parent.iterdir()) == ["mnv2.json", "mnv2.pth", "mnv2.weights.h5",
+                                                                   "mnv2.weights.json"]
+    assert json.loads((tmp_path / "out" / "mnv2.json").read_text())["converter"]["tool"] == "converters/tf2torch.py"
+    record = json.loads((tmp_path / "out" / "mnv2.weights.json").read_text())
     assert record["release"] == SMALL and record["architecture"] == "deeplabv3_mobilenetv2"
     assert record["source"]["manifest"] == f"converters/manifests/{SMALL}.json"
-    assert record["converter"]["tool"] == "converters/tf2torch.py"  # tf2torch wrote last; check the Keras one:
-    assert tf2keras.main(["--dataset", SMALL, "--checkpoint", str(prefix), "--out", str(keras_out), "--quiet"]) == 0
-    record = json.loads((tmp_path / "out" / "mnv2.json").read_text())
     assert record["converter"]["tool"] == "converters/tf2keras.py"
     assert record["converter"]["steps"][0] == "check_manifest" and record["converter"]["steps"][-1] == "keras_layout"
     assert record["weights"]["format"] == ".weights.h5" and len(record["weights"]["sha256"]) == 64

@@ -67,13 +67,10 @@ from google.protobuf.message import DecodeError
 from converters.errors import ConversionError
 from converters.proto import load_messages
 
-try:  # Google's CRC-32C package (C, hardware instructions): checking every tensor costs little
-    import google_crc32c as _google_crc32c
-
-    if _google_crc32c.implementation != "c":  # its pure-Python fallback is slower than ours
-        _google_crc32c = None
+try:  # the crc32c package (C, SSE4.2/ARMv8 CRC instructions, any buffer without a copy): ~2.5 GB/s here
+    import crc32c as _crc32c_package
 except ImportError:  # pragma: no cover - depends on the environment
-    _google_crc32c = None
+    _crc32c_package = None
 
 try:  # ml_dtypes ships with TensorFlow and JAX; without it bfloat16 comes back as raw uint16 bits.
     import ml_dtypes
@@ -171,11 +168,11 @@ def _crc_vector(reg: int, data: memoryview) -> int:
 def crc32c(data: bytes | bytearray | memoryview) -> int:
     """Return the CRC-32C (Castagnoli) of ``data``.
 
-    With ``google-crc32c`` (a dependency; hardware CRC instructions, GB/s) that package computes
-    it; without it, :func:`crc32c_numpy` (about 100 MB/s).
+    With the ``crc32c`` package (a dependency; hardware CRC instructions, GB/s) that package
+    computes it; without it, :func:`crc32c_numpy` (about 100 MB/s).
     """
-    if _google_crc32c is not None:
-        return _google_crc32c.value(memoryview(data).cast("B"))
+    if _crc32c_package is not None:
+        return _crc32c_package.crc32c(data)
     return crc32c_numpy(data)
 
 
