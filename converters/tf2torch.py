@@ -105,9 +105,9 @@ def run(args: argparse.Namespace) -> Path:
 
     given = args.checkpoint or release.default_path
     if given.is_file():
-        kind = "caffe" if given.suffix in (".caffemodel", ".prototxt") else sniff_kind(given)
-        if kind is not None and kind != "tf":
-            raise ConversionError(given, f"not a TensorFlow checkpoint: this is {WRONG_KIND_HINT[kind]}")
+        file_kind = "caffe" if given.suffix in (".caffemodel", ".prototxt") else sniff_kind(given)
+        if file_kind is not None and file_kind != "tf":
+            raise ConversionError(given, f"not a TensorFlow checkpoint: this is {WRONG_KIND_HINT[file_kind]}")
     prefix = resolve_prefix(given)
     if prefix is None and args.checkpoint is None:
         prefix = resolve_prefix(given.parent)  # e.g. a differently numbered model.ckpt-NNNN in the release folder
