@@ -109,7 +109,8 @@ def blob_to_array(blob: Any, *, path: str | os.PathLike, layer: str, index: int)
     if len(blob.data):
         values = np.array(blob.data, dtype=np.float32)
     elif len(blob.double_data):
-        values = np.array(blob.double_data, dtype=np.float64).astype(np.float32)
+        with np.errstate(over="ignore"):  # doubles beyond float32 become inf, as in Caffe's own cast
+            values = np.array(blob.double_data, dtype=np.float64).astype(np.float32)
     else:
         values = np.zeros(0, dtype=np.float32)
     return values.reshape(shape)

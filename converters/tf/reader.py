@@ -85,6 +85,9 @@ _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48  # 2 block handles padded to 2 * 20 bytes, then the 8-byte magic
 _TRAILER_SIZE = 5  # compression type byte + masked crc32c
 _NO_COMPRESSION, _SNAPPY = 0, 1
+_MAX_SHARDS = 99_999  # shard files are named -SSSSS-of-NNNNN: five digits
+_MAX_RANK = 254  # TensorShape's limit
+_MAX_SNAPPY_RATIO = 32  # a Snappy copy op expands 3 bytes to at most 64: a longer declared output is corrupt
 
 # TensorFlow DataType enum value -> numpy dtype of the stored bytes (little-endian).
 _NUMPY_DTYPES: dict[int, np.dtype] = {
@@ -214,6 +217,8 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 def _snappy_decompress(data: bytes) -> bytes:
     """Decode a raw Snappy block (the format LevelDB tables use; no framing)."""
     size, pos = _varint(data, 0)
+    if size > _MAX_SNAPPY_RATIO * len(data) + 64:
+        raise _Corrupt(f"snappy block declares {size} bytes from {len(data)}: corrupt")
     out = bytearray()
     while pos < len(data):
         tag = data[pos]
@@ -223,23 +228,29 @@ def _snappy_decompress(data: bytes) -> bytes:
             length = (tag >> 2) + 1
             if length > 60:
                 nbytes = length - 60
+                if pos + nbytes > len(data):
+                    raise _Corrupt("truncated snappy literal")
                 length = int.from_bytes(data[pos : pos + nbytes], "little") + 1
                 pos += nbytes
-            if pos + length > len(data):
+            if pos + length > len(data) or len(out) + length > size:
                 raise _Corrupt("truncated snappy literal")
             out += data[pos : pos + length]
             pos += length
             continue
         if kind == 1:
+            if pos >= len(data):
+                raise _Corrupt("truncated snappy copy")
             length = 4 + ((tag >> 2) & 7)
             offset = ((tag >> 5) << 8) | data[pos]
             pos += 1
         else:
             nbytes = 2 if kind == 2 else 4
+            if pos + nbytes > len(data):
+                raise _Corrupt("truncated snappy copy")
             length = (tag >> 2) + 1
             offset = int.from_bytes(data[pos : pos + nbytes], "little")
             pos += nbytes
-        if offset == 0 or offset > len(out):
+        if offset == 0 or offset > len(out) or len(out) + length > size:
             raise _Corrupt("bad snappy copy offset")
         start = len(out) - offset
         if offset >= length:
@@ -595,6 +606,16 @@ class TFCheckpoint:
                 )
                 if any(d < 0 for d in entry.shape) or proto.shape.unknown_rank:
                     raise _Corrupt(f"tensor {key!r} has an unknown shape")
+                if len(entry.shape) > _MAX_RANK:
+                    raise _Corrupt(f"tensor {key!r} declares {len(entry.shape)} dimensions (at most {_MAX_RANK})")
+                if entry.offset < 0 or entry.size < 0 or entry.shard < 0:
+                    raise _Corrupt(f"tensor {key!r} declares a negative offset, size or shard")
+                itemsize = _NUMPY_DTYPES[entry.dtype].itemsize if entry.dtype in _NUMPY_DTYPES else None
+                if itemsize is not None and not entry.slices and entry.size != prod(entry.shape) * itemsize:
+                    # checked here, before anything is allocated for it
+                    raise _Corrupt(f"tensor {key!r}: the index declares {entry.size} bytes, its shape "
+                                   f"{list(entry.shape)[:8]} of {_NUMPY_DTYPES[entry.dtype]} needs "
+                                   f"{prod(entry.shape) * itemsize}")
                 # Partition keys start with OrderedCode's encoding of 0, a NUL byte.
                 entries[_decode_slice_key(key) if key[:1] == b"\x00" else key.decode("utf-8")] = entry
         except (_Corrupt, UnicodeDecodeError) as exc:
@@ -603,8 +624,8 @@ class TFCheckpoint:
             raise ConversionError(path, f"unparseable checkpoint entry ({exc})") from None
         if header is None:
             raise ConversionError(path, "checkpoint index has no header entry")
-        if header.num_shards < 1:
-            raise ConversionError(path, f"bad shard count {header.num_shards}")
+        if not 1 <= header.num_shards <= _MAX_SHARDS:
+            raise ConversionError(path, f"bad shard count {header.num_shards} (1 to {_MAX_SHARDS})")
         return entries, header.num_shards, header.endianness == 1
 
     def _open_v1(self, paths: list[Path]) -> None:
@@ -664,12 +685,14 @@ class TFCheckpoint:
 
     def _check_shards(self) -> None:
         """Fail now, not mid-conversion, if a shard is missing or shorter than the index says."""
-        needed = [0] * self._num_shards
-        for entry in [e for parts in self._parts.values() for e in parts.values()] + list(self._entries.values()):
+        needed = [0] * self._num_shards  # at most _MAX_SHARDS, checked when parsing the header
+        stored = [(name, e) for name, parts in self._parts.items() for e in parts.values()]
+        for name, entry in stored + list(self._entries.items()):
             if entry.slices:
                 continue
             if not 0 <= entry.shard < self._num_shards:
-                raise ConversionError(self.index_path, f"entry refers to shard {entry.shard} of {self._num_shards}")
+                raise ConversionError(self.index_path, f"tensor {name!r} refers to shard {entry.shard} of "
+                                      f"{self._num_shards}")
             needed[entry.shard] = max(needed[entry.shard], entry.offset + entry.size)
         for shard, size in enumerate(needed):
             path = self._shard_path(shard)
@@ -753,9 +776,13 @@ class TFCheckpoint:
                 handle = self._files[entry.shard] = open(path, "rb")  # noqa: SIM115 - closed by close()
             except OSError as exc:
                 raise ConversionError(path, f"cannot open data shard ({exc.strerror})") from None
-        buf = bytearray(entry.size)
-        handle.seek(entry.offset)
-        if handle.readinto(buf) != entry.size:
+        buf = bytearray(entry.size)  # offset + size were checked against the shard's size on opening
+        try:
+            handle.seek(entry.offset)
+            got = handle.readinto(buf)
+        except OSError as exc:
+            raise ConversionError(path, f"cannot read tensor {name!r} ({exc.strerror or exc})") from None
+        if got != entry.size:
             raise ConversionError(path, f"data shard truncated inside tensor {name!r}")
         # String tensors checksum a different byte sequence; _decode_strings checks them.
         if self.verify and entry.dtype != _DT_STRING and crc32c(buf) != _unmask_crc(entry.crc):
