@@ -130,7 +130,7 @@ def run_tf_benchmark(workdir: Path, *, quick: bool, threads: int | None, log: Ca
 
 def measure_crc_cost(prefix: Path, ours_seconds: float, no_verify_seconds: float, repeats: int = 3) -> dict[str, Any]:
     """Seconds ``crc32c`` takes over every data shard (best of ``repeats``), beside the conversion's seconds."""
-    from converters.tf_checkpoint import _crc32c_package, crc32c
+    from converters.tf.reader import _crc32c_package, crc32c
 
     shards = sorted(prefix.parent.glob(prefix.name + ".data-*"))
     data = [p.read_bytes() for p in shards]

@@ -126,7 +126,7 @@ def _mask_crc(crc: int) -> int:
 def sstable(entries: list[tuple[bytes, bytes]]) -> bytes:
     """An SSTable (LevelDB table format, as TensorFlow writes checkpoint indexes): one data block
     holding ``entries`` (keys not prefix-compressed), an empty meta-index block, an index block, the footer."""
-    from converters.tf_checkpoint import crc32c
+    from converters.tf.reader import crc32c
 
     out = bytearray()
 
@@ -158,7 +158,7 @@ _TF_DTYPES = {np.dtype("<f4"): 1, np.dtype("<f8"): 2, np.dtype("<i4"): 3, np.dty
 
 def write_v2_checkpoint(prefix: Path, values: dict[str, np.ndarray]) -> Path:
     """A V2 checkpoint (``PREFIX.index`` + ``PREFIX.data-00000-of-00001``) as TensorFlow's BundleWriter lays it out."""
-    from converters.tf_checkpoint import crc32c
+    from converters.tf.reader import crc32c
 
     header_cls, entry_cls = bundle_messages()
     data = bytearray()
@@ -313,7 +313,7 @@ def _tf_seed(folder: Path) -> None:
 
 
 def _tf_index_structured(r: random.Random, index: bytes) -> bytes:
-    from converters.tf_checkpoint import _table_entries
+    from converters.tf.reader import _table_entries
 
     header_cls, entry_cls = bundle_messages()
     entries = list(_table_entries(index))
@@ -380,7 +380,7 @@ def _tf_data_mutate(r: random.Random, seed: Path, case: Path) -> None:
 
 
 def _tf_read(case: Path) -> object:
-    from converters.tf_checkpoint import open_checkpoint
+    from converters.tf.reader import open_checkpoint
 
     with open_checkpoint(case / "model.ckpt") as ckpt:
         return sum(ckpt.read(n).size for n in ckpt.names())
@@ -622,7 +622,7 @@ def worker(plan: list[tuple[str, int, int]], seed: int, workdir: Path) -> None:
     import scipy.io  # noqa: F401
 
     import converters.caffe.passes  # noqa: F401 - every import before the memory limit is set
-    import converters.tf_checkpoint  # noqa: F401
+    import converters.tf.reader  # noqa: F401
     import reproduce.datasets.cocostuff  # noqa: F401
     import reproduce.datasets.deepfashion2  # noqa: F401
     import reproduce.datasets.voc  # noqa: F401

@@ -117,7 +117,7 @@ def test_tf_checkpoint_given_to_caffe2torch(mnv2_ckpt, tmp_path: Path, capsys) -
 @pytest.mark.slow  # TensorFlow writes the checkpoint (~20 s with its import)
 def test_flipped_tensor_byte_is_reported_naming_the_variable(mnv2_ckpt, tmp_path: Path, capsys) -> None:
     from converters import tf2torch
-    from converters.tf_checkpoint import open_checkpoint
+    from converters.tf.reader import open_checkpoint
 
     release, prefix = mnv2_ckpt
     bad = tmp_path / "model.ckpt"

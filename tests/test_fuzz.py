@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from converters.errors import ConversionError
-from converters.tf_checkpoint import _snappy_decompress, open_checkpoint
+from converters.tf.reader import _snappy_decompress, open_checkpoint
 from tests import fuzzing
 
 FAST_CASES = int(os.environ.get("DEEPLAB_FUZZ_FAST_CASES", "25"))  # per format, in the default run
@@ -53,7 +53,7 @@ def test_seed_checkpoint_reads_back(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------ what the fuzzer found
 def _rewrite_entry(prefix: Path, name: bytes, change) -> None:
-    from converters.tf_checkpoint import _table_entries
+    from converters.tf.reader import _table_entries
 
     header_cls, entry_cls = fuzzing.bundle_messages()
     index = Path(f"{prefix}.index")
@@ -72,7 +72,7 @@ def _rewrite_entry(prefix: Path, name: bytes, change) -> None:
     (b"a/biases", lambda e: setattr(e, "size", -1), "'a/biases' declares a negative offset, size or shard"),
     (b"a/biases", lambda e: setattr(e, "size", 2**62), "'a/biases': the index declares 4611686018427387904 bytes"),
     (b"a/weights", lambda e: e.shape.dim.add(size=2**40), r"'a/weights': the index declares 1152 bytes, its shape"),
-    (b"a/weights", lambda e: setattr(e, "dtype", 2), "'a/weights': the index declares 1152 bytes .* float64"),
+    (b"a/weights", lambda e: setattr(e, "dtype", 2), "'a/weights': the index declares 1152 bytes, .* float64"),
     (b"a/biases", lambda e: setattr(e, "shard_id", 3), "tensor 'a/biases' refers to shard 3 of 1"),
     (b"a/biases", lambda e: setattr(e, "offset", 2**40), "data shard truncated"),
 ])
@@ -93,7 +93,7 @@ def test_declared_sizes_checked_before_allocating(tmp_path: Path, name, change, 
     bytes([5, 0x0C]) + b"abcd" + bytes([0x11, 0x04, 0x00]),  # writes past the declared length
 ])
 def test_corrupt_snappy_blocks(block: bytes) -> None:
-    from converters.tf_checkpoint import _Corrupt
+    from converters.tf.reader import _Corrupt
 
     with pytest.raises(_Corrupt):
         _snappy_decompress(block)

@@ -561,7 +561,7 @@ def test_v1_corrupt_table_of_contents(v1_ckpt: Path, tmp_path: Path) -> None:
         open_checkpoint(path)
 
 
-def test_v1_corrupt_tensor_caught_with_verify(v1_ckpt: Path, tmp_path: Path) -> None:
+def test_v1_corrupt_tensor_caught_unless_verify_is_off(v1_ckpt: Path, tmp_path: Path) -> None:
     with open_checkpoint(v1_ckpt) as ckpt:
         part = ckpt._parts["w"][((0, 400_000),)]
 
@@ -570,11 +570,11 @@ def test_v1_corrupt_tensor_caught_with_verify(v1_ckpt: Path, tmp_path: Path) -> 
         return data
 
     path = corrupt_copy(v1_ckpt, tmp_path / "c", flip)
-    with open_checkpoint(path) as ckpt:  # default: block CRCs of tensor data are not checked
+    with open_checkpoint(path, verify=False) as ckpt:  # block CRCs of tensor data not checked
         assert not np.array_equal(ckpt.read("w"), np.arange(400_000, dtype=np.float32))
         np.testing.assert_array_equal(ckpt.read("a"), np.arange(5, dtype=np.float32))
     with (
-        open_checkpoint(path, verify=True) as ckpt,
+        open_checkpoint(path) as ckpt,  # the default checks them
         pytest.raises(ConversionError, match=r"model\.ckpt: block checksum"),
     ):
         ckpt.read("w")
@@ -595,7 +595,7 @@ def test_v1_unparseable_record(v1_ckpt: Path, tmp_path: Path) -> None:
     data[start + 1 : start + 4] = b"\xff\xff\x7f"
     path = corrupt_copy(v1_ckpt, tmp_path / "c", lambda _: data)
     with (
-        open_checkpoint(path) as ckpt,
+        open_checkpoint(path, verify=False) as ckpt,  # (with the check, the block's CRC fails first)
         pytest.raises(ConversionError, match=r"model\.ckpt: unparseable record of tensor 'w'"),
     ):
         ckpt.read("w")

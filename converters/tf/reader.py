@@ -595,6 +595,7 @@ class TFCheckpoint:
                     header = header_cls.FromString(value)
                     continue
                 proto = entry_cls.FromString(value)
+                shown = key.decode("utf-8", errors="backslashreplace")
                 entry = _Entry(
                     dtype=proto.dtype,
                     shape=tuple(d.size for d in proto.shape.dim),
@@ -605,15 +606,15 @@ class TFCheckpoint:
                     slices=tuple(_proto_extents(s) for s in proto.slices),
                 )
                 if any(d < 0 for d in entry.shape) or proto.shape.unknown_rank:
-                    raise _Corrupt(f"tensor {key!r} has an unknown shape")
+                    raise _Corrupt(f"tensor {shown!r} has an unknown shape")
                 if len(entry.shape) > _MAX_RANK:
-                    raise _Corrupt(f"tensor {key!r} declares {len(entry.shape)} dimensions (at most {_MAX_RANK})")
+                    raise _Corrupt(f"tensor {shown!r} declares {len(entry.shape)} dimensions (at most {_MAX_RANK})")
                 if entry.offset < 0 or entry.size < 0 or entry.shard < 0:
-                    raise _Corrupt(f"tensor {key!r} declares a negative offset, size or shard")
+                    raise _Corrupt(f"tensor {shown!r} declares a negative offset, size or shard")
                 itemsize = _NUMPY_DTYPES[entry.dtype].itemsize if entry.dtype in _NUMPY_DTYPES else None
                 if itemsize is not None and not entry.slices and entry.size != prod(entry.shape) * itemsize:
                     # checked here, before anything is allocated for it
-                    raise _Corrupt(f"tensor {key!r}: the index declares {entry.size} bytes, its shape "
+                    raise _Corrupt(f"tensor {shown!r}: the index declares {entry.size} bytes, its shape "
                                    f"{list(entry.shape)[:8]} of {_NUMPY_DTYPES[entry.dtype]} needs "
                                    f"{prod(entry.shape) * itemsize}")
                 # Partition keys start with OrderedCode's encoding of 0, a NUL byte.
