@@ -402,3 +402,36 @@ def test_the_registry_and_a_dry_run_do_not_load_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent.parent, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_end_to_end_download_convert_hub(server, tmp_path, capsys, monkeypatch):
+    """A real-format TF release tarball: downloaded where tf2torch --dataset looks, converted to where
+    hubconf resolves the release name, loaded through torch.hub."""
+    pytest.importorskip("tensorflow")
+    import torch
+
+    from converters import tf2torch
+    from reproduce._smoke import make_tf_checkpoint
+
+    release = TF_RELEASES["deeplabv3_mnv2_pascal_train_aug_2018_01_29"]
+    src = tmp_path / "src"
+    make_tf_checkpoint(release.name, src / release.folder / release.file_name)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        tf.add(src / release.folder, arcname=release.folder)
+    server.serve(release.archive, buf.getvalue())
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # the commands' defaults (data/models) are relative to where they run
+    code, out, err = run([release.name, "--mirror", server.url, "--quiet"], capsys)
+    assert code == 0, err
+    assert f"python -m converters.tf2torch --dataset {release.name}" in out
+    assert tf2torch.main(["--dataset", release.name, "--quiet"]) == 0
+    assert release.default_output.is_file()
+    repo = str(Path(__file__).resolve().parent.parent)
+    model = torch.hub.load(repo, release.arch, source="local", weights=release.name)
+    assert model.preprocessing == release.preprocessing
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.zeros(1, 3, 65, 65))).all()
