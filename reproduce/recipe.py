@@ -342,8 +342,9 @@ def run_train_recipe(cfg: Config, args: argparse.Namespace) -> int:
             _call("prepare", prepare.main, ["voc_aug", "--voc-root", str(data), "--sbd-root",
                                             str(data_root / "benchmark_RELEASE")])
         else:
-            raise RecipeError(f"need VOC 2012 at {data}/VOC2012 and SBD at {data_root}/benchmark_RELEASE "
-                              "(VOCtrainval_11-May-2012.tar and benchmark.tgz; see README, 'Datasets')")
+            raise RecipeError(f"need VOC 2012 at {data}/VOC2012 and SBD at {data_root}/benchmark_RELEASE: "
+                              f"python -m reproduce.download voc2012 sbd --data-root {data_root} "
+                              "(see README, 'Datasets')")
 
     steps("checking data and weights")
     from reproduce.training.cli import check_inputs
