@@ -126,6 +126,8 @@ ARCHIVES: dict[str, Archive] = {
                     ("resnet_v2_50_2017_04_14/resnet_v2_50.ckpt.index",), "unknown", _SLIM_PAGE),
         _tf_archive("resnet_v2_101_2017_04_14", "resnet_v2_101_2017_04_14", False,
                     ("resnet_v2_101_2017_04_14/resnet_v2_101.ckpt.index",), "unknown", _SLIM_PAGE),
+        _tf_archive("mobilenet_v1_1.0_224_2017_06_14", "mobilenet_v1_1.0_224_2017_06_14", False,
+                    ("mobilenet_v1_1.0_224_2017_06_14/mobilenet_v1_1.0_224.ckpt.index",), "unknown", _SLIM_PAGE),
         # DeepLab model zoo: one folder per tarball (local_test.sh extracts deeplabv3_pascal_train_aug_2018_01_04
         # to deeplabv3_pascal_train_aug/); the other folder and prefix names are inferred from public usage,
         # hence the glob patterns. Sizes as the zoo table states them.
@@ -360,6 +362,9 @@ TF_RELEASES: dict[str, TFRelease] = {
             "TF-slim ResNet-50 v2 ImageNet (1001 classes, background at 0), top-1 75.6", "TF_SLIM_INCEPTION"),
         _tf("resnet_v2_101_2017_04_14", "resnet_v2_101.ckpt", "resnet_v2_101", 1001,
             "TF-slim ResNet-101 v2 ImageNet (1001 classes, background at 0), top-1 77.0", "TF_SLIM_INCEPTION"),
+        _tf("mobilenet_v1_1.0_224_2017_06_14", "mobilenet_v1_1.0_224.ckpt", "mobilenet_v1", 1001,
+            "TF-slim MobileNet-v1 1.0 224 ImageNet (1001 classes, background at 0), top-1 70.7",
+            "TF_SLIM_INCEPTION", notes="prefix 'mobilenet_v1_1.0_224.ckpt' inferred from public usage"),
         _tf("deeplabv3_pascal_train_aug_2018_01_04", "model.ckpt", "deeplabv3plus_xception65", 21,
             "DeepLab v3+ Xception-65 (zoo xception65_coco_voc_trainaug), 82.20% VOC12 val at OS 16",
             "DEEPLAB_TF_UNIT_RANGE", kind="model"),

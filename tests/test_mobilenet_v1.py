@@ -17,6 +17,7 @@ Tolerance: max|ours - ref| / max|ref| <= 1e-4.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -32,6 +33,9 @@ legacy_tf_layers = pytest.importorskip("tf_keras.src.legacy_tf_layers")
 sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy_tf_layers)  # tf_slim under TF 2.x
 slim = pytest.importorskip("tf_slim")
 
+from converters import tf2keras, tf2torch  # noqa: E402
+from converters.io import load_state_dict  # noqa: E402
+from converters.releases import TF_RELEASES  # noqa: E402
 from converters.tf.rules import load_tf_arrays, map_tf_names  # noqa: E402
 from reference_models import build_backbone, build_model  # noqa: E402
 from tests.test_tf_parity import randomize_variables, read_checkpoint, rel_err  # noqa: E402
@@ -98,7 +102,7 @@ def slim_mobilenet(tmp_path_factory: pytest.TempPathFactory) -> dict:
             refs = {(os_, s): sess.run(fetches[os_], {x: inputs[s]}) for os_ in OUTPUT_STRIDES for s in SIZES}
             prefix = tmp_path_factory.mktemp("mobilenet_v1") / "mobilenet_v1_1.0_224.ckpt"
             tf1.train.Saver(variables).save(sess, str(prefix), write_meta_graph=False)
-    return {"arrays": read_checkpoint(prefix), "inputs": inputs, "refs": refs}
+    return {"arrays": read_checkpoint(prefix), "inputs": inputs, "refs": refs, "prefix": prefix}
 
 
 def test_variable_names_and_gamma(slim_mobilenet: dict) -> None:
@@ -192,6 +196,37 @@ def test_tf_keras_mobilenet_pads_odd_sizes_differently(slim_mobilenet: dict) -> 
     keras_out, _ = probe(slim_mobilenet["inputs"][size], training=False)
     slim_out, _ = slim_mobilenet["refs"][(32, size)]
     assert keras_out.shape[1] == 3 and slim_out.shape[1] == math.ceil(97 / 32) == 4
+
+
+RELEASE = "mobilenet_v1_1.0_224_2017_06_14"
+
+
+def test_release_manifest_is_the_slim_graph(slim_mobilenet: dict) -> None:
+    """The stored manifest lists exactly the variables (names and shapes) the slim graph writes."""
+    stored = json.loads(TF_RELEASES[RELEASE].manifest_path.read_text())["variables"]
+    assert stored == {name: list(a.shape) for name, a in slim_mobilenet["arrays"].items()}
+    assert TF_RELEASES[RELEASE].arch == "mobilenet_v1" and TF_RELEASES[RELEASE].num_classes == 1001
+
+
+def test_release_converts_with_tf2torch_and_tf2keras(slim_mobilenet: dict, tmp_path) -> None:
+    """The slim-written checkpoint through both CLIs: PyTorch equals slim, Keras equals PyTorch."""
+    from reference_models.keras import build_keras_backbone
+
+    prefix = slim_mobilenet["prefix"]
+    torch_out, keras_out = tmp_path / "mnv1.pth", tmp_path / "mnv1.weights.h5"
+    assert tf2torch.main(["--dataset", RELEASE, "--checkpoint", str(prefix), "--out", str(torch_out), "--quiet"]) == 0
+    assert tf2keras.main(["--dataset", RELEASE, "--checkpoint", str(prefix), "--out", str(keras_out), "--quiet"]) == 0
+    model = build_backbone("mobilenet_v1", output_stride=16).eval()
+    model.load_state_dict(load_state_dict(torch_out), strict=True)
+    size = SIZES[0]
+    x = slim_mobilenet["inputs"][size]
+    with torch.no_grad():
+        ours = model(torch.from_numpy(x).permute(0, 3, 1, 2))
+    assert rel_err(ours["out"], slim_mobilenet["refs"][(16, size)][0]) <= RTOL
+    keras_model = build_keras_backbone("mobilenet_v1", output_stride=16)
+    keras_model.load_weights(keras_out)
+    keras_out_map = np.asarray(keras_model(x, training=False)["out"])
+    assert rel_err(ours["out"], keras_out_map) <= RTOL
 
 
 def test_deeplabv3_mobilenetv1() -> None:

@@ -14,6 +14,8 @@ graph's ``global_variables()`` (name -> shape, BatchNorm moving statistics inclu
   (``core/resnet_v1_beta.py``) and a 1001-class ``logits`` (inferred);
 * Xception-65 and the DeepLab v3+ head: the slim wiring of ``core/xception.py`` / ``model.py`` in
   ``tests/test_tf_parity.py`` (imported, not copied);
+* MobileNet-v1: the official ``mobilenet_v1`` naming rebuilt from tf_slim layers in
+  ``tests/test_mobilenet_v1.py`` (tf_slim's ``nets`` has no MobileNet) with the 1001-class classifier;
 * MobileNet-v2: ``tf_keras.applications.MobileNetV2`` renamed to slim's ``MobilenetV2/...`` scopes
   with the mapping in ``tests/test_tf_parity.py``, cut at DeepLab's ``layer_18`` end point, plus the
   zoo head (``image_pooling``, ``aspp0``, ``concat_projection``, ``logits/semantic``) from slim layers.
@@ -151,6 +153,14 @@ def _mobilenet_v2_deeplab(num_classes: int) -> dict[str, list[int]]:
     return names
 
 
+def _mobilenet_v1(num_classes: int) -> dict[str, list[int]]:
+    """slim ``mobilenet_v1`` (base + ``Logits/Conv2d_1c_1x1``) as written with tf_slim layers in
+    ``tests/test_mobilenet_v1.py`` (tf_slim's ``nets`` has no MobileNet)."""
+    from tests import test_mobilenet_v1 as mnv1
+
+    return _variables(lambda x: mnv1.slim_mobilenet_v1_classifier(x, num_classes))
+
+
 # release -> (builder, what is official, what is inferred)
 _SLIM = "variable names and shapes from the official slim model definition (tf_slim.nets)"
 _DEEPLAB_WIRING = ("names follow DeepLab-TF core/xception.py and model.py as read (facts section 7), rebuilt from "
@@ -164,6 +174,13 @@ BUILDERS: dict[str, tuple[Callable[[], dict[str, list[int]]], str, str]] = {
                                 "that the file holds nothing but these (global_step would be ignored)"),
     "resnet_v2_101_2017_04_14": (lambda: _slim_resnet(101, 2, 1001), _SLIM + ", 1001-class logits (slim README)",
                                  "that the file holds nothing but these (global_step would be ignored)"),
+    "mobilenet_v1_1.0_224_2017_06_14": (
+        lambda: _mobilenet_v1(1001),
+        "scope and variable names of research/slim/nets/mobilenet_v1.py (Conv2d_0, Conv2d_<i>_depthwise/"
+        "depthwise_weights, Conv2d_<i>_pointwise, BatchNorm with gamma: mobilenet_v1_arg_scope scale=True), "
+        "1001-class Logits/Conv2d_1c_1x1 (slim README)",
+        "that the file holds nothing but these (global_step would be ignored)",
+    ),
     "deeplabv3_pascal_train_aug_2018_01_04": (
         lambda: _xception_65(21, head=True),
         _DEEPLAB_WIRING + "; separable ASPP and decoder, logits/semantic 21 classes (model_zoo.md, common.py)",
