@@ -433,30 +433,40 @@ def check_zip(path: Path, full: bool) -> list[zipfile.ZipInfo]:
 
 
 def unpack(item: Item, path: Path, quiet: bool) -> None:
-    """Extract ``path`` into the item's destination; every member was checked beforehand."""
+    """Extract ``path`` into the item's destination; every member was checked beforehand (check_zip/check_tar).
+
+    Before anything is written, every member's path is resolved against what is already on disk, so a
+    link already inside the destination that points elsewhere stops the unpacking before it starts.
+    """
     from tqdm import tqdm
 
     dest = item.destination
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
+
+    def inside(name: str) -> None:
+        out = (dest / name).resolve()
+        if out != root and root not in out.parents:
+            raise DownloadError(f"{path}: member '{name}' would land outside {dest} (at {out}, through a link in "
+                                "the destination); nothing unpacked")
+
+    bar = {"desc": f"unpacking {path.name}", "disable": quiet, "file": sys.stderr, "leave": False}
     if item.archive.format == "zip":
         with zipfile.ZipFile(path) as zf:
-            for info in tqdm(zf.infolist(), desc=f"unpacking {path.name}", disable=quiet, file=sys.stderr,
-                             leave=False):
-                out = (dest / info.filename).resolve()
-                if out != root and root not in out.parents:  # e.g. through a symlink already in the destination
-                    raise DownloadError(f"{path}: member '{info.filename}' would land outside {dest}; stopped")
+            infos = zf.infolist()
+            for info in infos:
+                inside(info.filename)
+            for info in tqdm(infos, **bar):
                 zf.extract(info, dest)
     else:
         with tarfile.open(path, "r:*") as tf:
             members = tf.getmembers()
-            for m in tqdm(members, desc=f"unpacking {path.name}", disable=quiet, file=sys.stderr, leave=False):
-                out = (dest / m.name).resolve()
-                if out != root and root not in out.parents:
-                    raise DownloadError(f"{path}: member '{m.name}' would land outside {dest}; stopped")
+            for m in members:
+                inside(m.name)
+            for m in tqdm(members, **bar):
                 if hasattr(tarfile, "data_filter"):
                     tf.extract(m, dest, filter="data")
-                else:  # Python without extraction filters: members were checked above
+                else:  # Python without extraction filters: members were checked by check_tar
                     tf.extract(m, dest)
 
 

@@ -435,3 +435,15 @@ def test_end_to_end_download_convert_hub(server, tmp_path, capsys, monkeypatch):
     assert model.preprocessing == release.preprocessing
     with torch.no_grad():
         assert torch.isfinite(model(torch.zeros(1, 3, 65, 65))).all()
+
+
+def test_a_link_in_the_destination_pointing_elsewhere_stops_before_anything_is_written(server, tmp_path, capsys):
+    server.serve(ARCHIVES["deeplabv3_pascal_train_aug_2018_01_04"], deeplab_tf_tarball())
+    models, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    models.mkdir()
+    elsewhere.mkdir()
+    (models / "deeplabv3_pascal_train_aug").symlink_to(elsewhere)
+    code, _, err = run(["deeplabv3_pascal_train_aug_2018_01_04", "--models-dir", str(models), "--mirror", server.url,
+                        "--quiet"], capsys)
+    assert code == 1 and len(error_lines(err)) == 1 and "would land outside" in err and "nothing unpacked" in err
+    assert list(elsewhere.iterdir()) == []
