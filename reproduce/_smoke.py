@@ -7,9 +7,10 @@ The scripts keep bash to argument parsing and running steps; everything else liv
   one-paragraph message saying what is missing and where to get it (exit 1).
 * ``make {v2,v3plus} --dir D``: ``--smoke`` inputs: a miniature VOC 2012 in the real layout
   (``D/data/VOCdevkit/VOC2012``) and random-weight source files in the official format
-  (``D/weights/train_iter_20000.caffemodel``, a 3-scale ResNet-101 caffemodel; or
-  ``D/weights/deeplabv3_pascal_train_aug/model.ckpt.{index,data-00000-of-00001}``, a TF V2
-  checkpoint holding every variable of ``converters/manifests/<release>.json``, written by TensorFlow).
+  (the ``voc12`` release file in ``D/weights/``, a 3-scale ResNet-101 caffemodel; or the
+  ``deeplabv3_pascal_train_aug_2018_01_04`` checkpoint in its release folder under ``D/weights/``, a TF V2
+  checkpoint holding every variable of ``converters/manifests/<release>.json``, written by TensorFlow;
+  file and folder names from ``converters/releases.py``).
 * ``report --out FILE RESULT_DIR...``: one Markdown report from several ``result.md`` files.
 
 Nothing here produces reported numbers: smoke weights are random, so smoke mIoU is near zero.
