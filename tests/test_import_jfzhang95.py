@@ -255,3 +255,14 @@ def test_flavour_shape_finite_and_gradients(name: str, output_stride: int) -> No
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="output_stride"):
         build_model(name, num_classes=5, output_stride=32)
+
+
+def test_a_checkpoint_needing_unpickling_is_refused(tmp_path: Path, capsys) -> None:
+    """A pickled module (``torch.save(model)`` style, here beside the state dict) is never unpickled."""
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"state_dict": cheap_state(jfzhang95.manifest("drn", 3)), "model": torch.nn.Identity()}, path)
+    out = tmp_path / "o.pth"
+    assert run(["--from", "jfzhang95", "--checkpoint", str(path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "torch.nn.modules.linear.Identity" in err and "torch.save(model.state_dict()" in err
+    assert not out.exists()
