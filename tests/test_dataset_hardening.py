@@ -16,7 +16,7 @@ import scipy.io
 
 from reproduce import prepare, synthetic
 from reproduce.datasets import matfile
-from reproduce.datasets.base import DatasetError, read_index_png
+from reproduce.datasets.base import DatasetError, read_image, read_index_png
 from reproduce.datasets.cocostuff import read_cocostuff10k_mat
 from reproduce.datasets.deepfashion2 import load_annotation, rasterize_annotation
 from reproduce.datasets.voc import read_sbd_mat
@@ -131,3 +131,15 @@ def test_prepare_goes_on_past_bad_files_and_names_each(tmp_path: Path, capsys: p
     assert sorted(p.stem for p in masks.glob("*.png")) == sorted(set(tree.train_aug) - set(sbd_only))
     assert not (tree.voc_root / "ImageSets" / "SegmentationAug" / "train_aug.txt").exists()
     assert f"wrote {len(tree.train_aug) - 2}, kept 0" in out.out
+
+
+def test_png_chunk_declaring_more_than_the_file_is_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    synthetic.save_palette_png(path, np.arange(12, dtype=np.uint8).reshape(3, 4))
+    data = bytearray(path.read_bytes())
+    idat = data.index(b"IDAT") - 4
+    data[idat : idat + 4] = (2**31 - 1).to_bytes(4, "big")  # PIL would read 2 GiB in one piece
+    path.write_bytes(bytes(data))
+    for read in (read_index_png, read_image):
+        with pytest.raises(DatasetError, match=r"a\.png: PNG chunk 'IDAT' at byte \d+ declares 2147483647 bytes"):
+            read(path)

@@ -74,11 +74,44 @@ class SampleRef:
     label: Path
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png_chunks(path: str | os.PathLike) -> None:
+    """Refuse a PNG whose chunks declare more bytes than the file holds, before PIL allocates them.
+
+    PIL reads a chunk of the declared length in one piece: a flipped length bit would make it
+    ask for up to 2 GiB. Files that are not PNGs are left to PIL.
+    """
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != _PNG_SIGNATURE:
+                return
+            size = os.fstat(fh.fileno()).st_size
+            pos = 8
+            while pos + 8 <= size:
+                fh.seek(pos)
+                head = fh.read(8)
+                length, kind = int.from_bytes(head[:4], "big"), head[4:]
+                if pos + 12 + length > size:
+                    shown = kind.decode("latin-1").encode("unicode_escape").decode()
+                    raise DatasetError(path, f"PNG chunk {shown!r} at byte {pos} declares {length} bytes, only "
+                                       f"{size - pos - 12} remain (truncated or corrupt)")
+                if kind == b"IEND":
+                    return
+                pos += 12 + length
+    except FileNotFoundError:
+        return  # PIL says so in the caller's words
+    except OSError as e:
+        raise DatasetError(path, f"cannot read file ({e.strerror or e})") from None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to ``(H, W, 3)`` uint8 RGB; grayscale/CMYK/palette images are converted.
 
     COCO contains grayscale JPEGs, hence the conversion rather than a channel-count check.
     """
+    check_png_chunks(path)
     try:
         with Image.open(path) as im:
             im.load()  # force full decode so truncated files fail here, not later
@@ -96,6 +129,7 @@ def read_index_png(path: str | os.PathLike) -> np.ndarray:
     give their values. Colour (RGB/RGBA) masks are refused with an explanation: their pixels
     are colours, not class indices, and guessing the mapping silently is how labels go wrong.
     """
+    check_png_chunks(path)
     try:
         with Image.open(path) as im:
             im.load()
