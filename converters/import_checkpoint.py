@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> Path:
             "torch": torch.__version__,
         },
         "notes": target.notes,
+        "preprocessing": target.preprocessing.to_dict() if target.preprocessing is not None else None,
         "weights": {"file": out.name, "tensors": len(imported.state_dict)},
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -77,6 +77,24 @@ def test_numpy_scalars_are_read_but_objects_are_refused(tmp_path, capsys) -> Non
     torch.save({"state_dict": {"w": torch.ones(2)}, "best_pred": np.float64(0.7), "epoch": np.int64(3)}, path)
     obj = common.read_checkpoint(path)
     assert float(obj["best_pred"]) == 0.7
+    legacy = tmp_path / "legacy.pth"  # torch < 1.6 files (kazuto's releases): not a zip archive
+    torch.save({"state_dict": {"w": torch.ones(2)}, "best_pred": np.float64(0.5)}, legacy,
+               _use_new_zipfile_serialization=False)
+    assert float(common.read_checkpoint(legacy)["best_pred"]) == 0.5
+    import argparse
+    import zipfile
+
+    numpy1 = tmp_path / "numpy1.pth"  # written with numpy 1.x: its scalar lives in numpy.core.multiarray
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(numpy1, "w", compression=zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            zout.writestr(item, data)
+    assert float(common.read_checkpoint(numpy1)["best_pred"]) == 0.7
+    ref = tmp_path / "reference.pth"  # torchvision's references/segmentation checkpoint keeps its argparse args
+    torch.save({"model": {"w": torch.ones(1)}, "args": argparse.Namespace(lr=0.02, aux_loss=True), "epoch": 3}, ref)
+    assert common.read_checkpoint(ref)["args"].lr == 0.02
 
     pickled = tmp_path / "model.pth"
     torch.save(torch.nn.Conv2d(1, 1, 1), pickled)  # a whole pickled model: needs its class unpickled
@@ -182,6 +200,8 @@ def test_kazuto_import_end_to_end(tmp_path, capsys) -> None:
     assert record["architecture"] == "kazuto_deeplabv2_resnet101_msc" and record["num_classes"] == 21
     assert record["source"]["tensors"] == 632 and record["source"]["peer_model"] == "DeepLabV2_ResNet101_MSC"
     assert record["converter"]["steps"] == list(common.STEPS)
+    assert record["preprocessing"]["channel_order"] == "BGR" and record["preprocessing"]["mean"] == [104.008, 116.669,
+                                                                                                     122.675]
     model = load_imported(out)
     weights = load_state_dict(out)
     # every peer tensor is used, value for value

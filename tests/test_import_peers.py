@@ -143,6 +143,7 @@ def test_import_end_to_end(tmp_path, fmt, peer, arch, kwargs, wrap) -> None:
     assert sum(v.numel() for v in weights.values()) == sum(v.numel() for v in state.values())
     model = build_model(arch, num_classes=record["num_classes"], **kwargs)
     model.load_state_dict(weights, strict=True)
+    assert record["preprocessing"]["channel_order"] == "RGB" and record["preprocessing"]["std"] == [58.395, 57.12, 57.375]
     if wrap is not None:
         assert wrap not in record["source"]["ignored_entries"] and "best_score" in record["source"]["ignored_entries"]
 

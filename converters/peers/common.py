@@ -71,6 +71,7 @@ class Target:
     kwargs: dict[str, Any] = field(default_factory=dict)
     transforms: Mapping[str, Callable[[str], str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    preprocessing: Any = None  # reference_models.preprocessing.Preprocessing the peer trained with
 
     def load_with(self) -> str:
         args = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())

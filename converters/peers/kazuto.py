@@ -37,6 +37,18 @@ from converters.peers.common import (
     resnet_depth,
     tensor_dict,
 )
+from reference_models.preprocessing import Preprocessing
+
+# configs/*.yaml and libs/datasets/base.py: cv2 BGR, MEAN.BGR subtracted, no std; bottom/right padding
+PREPROCESSING = Preprocessing(
+    channel_order="BGR",
+    mean=(104.008, 116.669, 122.675),
+    train_crop=321,
+    test_crop=513,
+    pad="bottom/right to the crop size in training; image with the mean, label with 255",
+    crop="random 321 crop in training; the whole image at test time (COCO-Stuff 10k warped to 513x513)",
+    resize="bilinear (cv2) for images, nearest (PIL) for labels; logits resized with align_corners=False",
+)
 
 NAME = "kazuto"
 DESCRIPTION = "kazuto1011/deeplab-pytorch: DeepLab v2 ResNet-101 MSC (.pth state dict), or its COCO init model"
@@ -135,4 +147,4 @@ def detect(state: dict[str, torch.Tensor], path: str | os.PathLike, *, output_st
         raise ConversionError(path, f"this kazuto file holds {peer}, which imports as {arch}, not --model {model}")
     num_classes = int(state[head].shape[0])
     return Target(peer_model=peer, arch=arch, num_classes=num_classes, manifest=manifest(peer, num_classes),
-                  rules=RULES[peer], transforms=TRANSFORMS)
+                  rules=RULES[peer], transforms=TRANSFORMS, preprocessing=PREPROCESSING)

@@ -34,7 +34,21 @@ from converters.peers.common import (
     tensor_dict,
     torchvision_resnet,
 )
+from reference_models.preprocessing import Preprocessing
 from reference_models.torchvision_style import MNV3_LARGE, make_divisible
+
+# ImageNet normalisation on [0, 1] RGB (transforms._presets.SemanticSegmentation, references/segmentation)
+PREPROCESSING = Preprocessing(
+    channel_order="RGB",
+    mean=(123.675, 116.28, 103.53),  # (0.485, 0.456, 0.406) * 255
+    std=(58.395, 57.12, 57.375),  # (0.229, 0.224, 0.225) * 255
+    train_crop=480,
+    test_crop=520,
+    pad="training: RandomCrop pads a smaller image with 0 (image) / 255 (label)",
+    crop="training: smaller side resized to a random value in [260, 1040], flip, random 480 crop; "
+    "test: smaller side resized to 520, no crop",
+    resize="bilinear for images, nearest for labels; logits resized with align_corners=False",
+)
 
 NAME = "torchvision"
 DESCRIPTION = "torchvision: deeplabv3_resnet50/101, deeplabv3_mobilenet_v3_large (state dict, with or without aux)"
@@ -146,4 +160,5 @@ def detect(state: dict[str, torch.Tensor], path: str | os.PathLike, *, output_st
     return Target(peer_model=f"deeplabv3_{backbone}" + (" (aux_loss=True)" if aux else ""), arch=arch,
                   num_classes=num_classes, manifest=manifest(backbone, num_classes, aux), rules=RULES[family],
                   kwargs={"aux": True} if aux else {},
-                  notes=["forward returns torchvision's 'out' (a tensor); forward_dict returns {'out', 'aux'}"])
+                  notes=["forward returns torchvision's 'out' (a tensor); forward_dict returns {'out', 'aux'}"],
+                  preprocessing=PREPROCESSING)

@@ -36,11 +36,24 @@ from converters.peers.common import (
     torchvision_resnet,
 )
 from converters.peers.torchvision import aspp_manifest, aspp_rules
+from reference_models.preprocessing import Preprocessing
 from reference_models.torchvision_style import MNV2_SETTING
 
 NAME = "vainf"
 DESCRIPTION = "VainF/DeepLabV3Plus-Pytorch: deeplabv3[plus]_{resnet50,resnet101,mobilenet} (best_*.pth)"
 DEFAULT_OUTPUT_STRIDE = 16  # main.py --output_stride default
+# main.py get_dataset (VOC): ImageNet normalisation on [0, 1] RGB; ExtRandomScale(0.5, 2), 513 crop
+PREPROCESSING = Preprocessing(
+    channel_order="RGB",
+    mean=(123.675, 116.28, 103.53),
+    std=(58.395, 57.12, 57.375),
+    train_crop=513,
+    test_crop=513,
+    pad="training: ExtRandomCrop(pad_if_needed) pads a smaller image on both sides with 0, the label too "
+    "(fill 0: background, not ignore)",
+    crop="training: random scale in [0.5, 2], random 513 crop, flip; test: the whole image (--crop_val off)",
+    resize="bilinear for images, nearest for labels; logits resized with align_corners=False",
+)
 
 
 def mobilenet_v2_manifest() -> dict[str, Shape]:
@@ -168,4 +181,5 @@ def detect(state: dict[str, torch.Tensor], path: str | os.PathLike, *, output_st
         kwargs["separable_convs"] = True
     return Target(peer_model=f"{peer} (output_stride={output_stride}{', separable_conv' if separable else ''})",
                   arch=arch, num_classes=num_classes, manifest=manifest(backbone, plus, num_classes, separable),
-                  rules=_BACKBONE_RULES[family] + _HEAD_RULES[plus], kwargs=kwargs, notes=notes)
+                  rules=_BACKBONE_RULES[family] + _HEAD_RULES[plus], kwargs=kwargs, notes=notes,
+                  preprocessing=PREPROCESSING)
