@@ -40,6 +40,8 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 class CaffeBottleneck(nn.Module):
     """MSRA/Caffe bottleneck: the stride is on the first 1x1 conv, not the 3x3."""
 
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))  # foldable for inference
+
     def __init__(self, in_ch: int, mid: int, out: int, *, stride: int, dilation: int, project: bool) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, mid, 1, stride=stride, bias=False)
@@ -58,7 +60,8 @@ class CaffeBottleneck(nn.Module):
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return self.relu(y + identity)
+        y += identity  # bn3's fresh output (BatchNorm's backward needs its input, not its output)
+        return self.relu(y)
 
 
 class CaffeResNet(nn.Module):
@@ -69,6 +72,8 @@ class CaffeResNet(nn.Module):
     of ``res3a`` only; res4 uses dilation 2 and res5 dilation 4. Returns
     ``{"low_level": res2c (256 ch, stride 4), "out": res5c (2048 ch, stride 8)}``.
     """
+
+    conv_bn_pairs = (("conv1", "bn1"),)  # foldable for inference
 
     def __init__(self, blocks: Sequence[int] = (3, 4, 23, 3)) -> None:
         super().__init__()

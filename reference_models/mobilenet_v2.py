@@ -67,7 +67,7 @@ class ExpandedConv(nn.Module):
         h = self.expand(x) if self.expand is not None else x
         depthwise = self.depthwise(h)
         out = self.project(depthwise)
-        return (out + x if self.residual else out), depthwise
+        return (out.add_(x) if self.residual else out), depthwise  # project's fresh output, summed in place
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_tap(x)[0]

@@ -74,7 +74,9 @@ class BottleneckV1(nn.Module):
         return torch.relu(shortcut + residual), residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_tap(x)[0]
+        shortcut = self.shortcut(x) if self.shortcut is not None else _subsample(x, self.stride)
+        # conv3's output is fresh and untapped here: sum and ReLU in place (x itself is never written)
+        return torch.relu_(self.conv3(self.conv2(self.conv1(x))).add_(shortcut))
 
 
 class BottleneckV2(nn.Module):
@@ -105,7 +107,7 @@ class BottleneckV2(nn.Module):
         preact = self.preact(x)
         # The identity shortcut subsamples the raw input, the projection reads the pre-activation.
         shortcut = self.shortcut(preact) if self.shortcut is not None else _subsample(x, self.stride)
-        out = shortcut + self.conv3(self.conv2(self.conv1(preact)))
+        out = self.conv3(self.conv2(self.conv1(preact))).add_(shortcut)  # conv3's fresh output, summed in place
         return out, out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -54,10 +54,12 @@ def fixed_pad_amounts(kernel: int, dilation: int = 1) -> tuple[int, int]:
 
 
 def _activate(x: torch.Tensor, activation: Activation) -> torch.Tensor:
+    """In place: ``x`` is always a fresh conv / BatchNorm output nobody else holds (neither op's
+    backward needs its own output), so no second activation-sized buffer is written."""
     if activation == "relu":
-        return F.relu(x)
+        return F.relu(x, inplace=True)
     if activation == "relu6":
-        return F.relu6(x)
+        return F.relu6(x, inplace=True)
     return x
 
 
@@ -132,11 +134,20 @@ class BatchNormAct(nn.BatchNorm2d):
 
 
 def max_pool_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """``max_pool2d(padding='SAME')``: -inf padding placed as TF places it (extra pixel after)."""
+    """``max_pool2d(padding='SAME')``: -inf padding placed as TF places it (extra pixel after).
+
+    The pool pads itself (implicit -inf, no padded copy of ``x``) when it can: symmetric amounts
+    are its ``padding``; one extra pixel at the end is ``ceil_mode`` (the last window may run
+    past the end, where nothing wins the max), which gives TF's ``ceil(n / stride)`` outputs.
+    Other amounts (none at kernel 3) fall back to an explicit -inf pad.
+    """
     top, bottom = same_pad_amounts(x.shape[-2], kernel, stride)
     left, right = same_pad_amounts(x.shape[-1], kernel, stride)
-    if top or bottom or left or right:
-        x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+    if 2 * max(top, left) <= kernel and bottom - top in (0, 1) and right - left in (0, 1):
+        out = F.max_pool2d(x, kernel, stride, padding=(top, left), ceil_mode=bottom > top or right > left)
+        if out.shape[-2:] == (math.ceil(x.shape[-2] / stride), math.ceil(x.shape[-1] / stride)):
+            return out
+    x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
     return F.max_pool2d(x, kernel, stride)
 
 

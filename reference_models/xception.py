@@ -94,7 +94,7 @@ class XceptionModule(nn.Module):
             residual = getattr(self, f"separable_conv{i}_pointwise")(residual)
             taps.append(residual)
         if self.skip == "conv":
-            return residual + self.shortcut(x), taps
+            return self.shortcut(x).add_(residual), taps  # the shortcut conv's fresh output (not a tap), in place
         if self.skip == "sum":
             return residual + x, taps
         return residual, taps

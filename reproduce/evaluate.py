@@ -29,7 +29,14 @@ from the CRF output, so both rows are reported from one inference run. Results: 
 difference). A ``--compare-to`` row whose settings say ``crf: true`` is compared with the CRF
 result, any other row with the plain one.
 
-Exit codes: 0 done, 1 bad input (one line on stderr), 2 usage error.
+The forward runs on :class:`reproduce.inference.Segmenter` (BatchNorm folded, channels_last, the
+precision ``--precision auto`` picks, ``torch.compile`` for long fixed-size runs with
+``--compile auto``); decoding runs in DataLoader workers and the CRF in its own processes, beside
+the forward. ``--on-error skip`` skips (and counts, in ``result.json``) images or labels that
+cannot be read; the default stops at the first with a one-line error naming it.
+``result.json`` is strict JSON: an undefined score (a class absent from the split) is ``null``.
+
+Exit codes: 0 done, 1 bad input (one line on stderr), 2 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -49,14 +56,18 @@ import numpy as np
 import torch
 
 from reproduce.inference import (
+    COMPILE_MIN_IMAGES,
+    MEMORY_FORMATS,
+    PRECISIONS,
     PROTOCOLS,
     InferenceConfig,
     InferenceError,
     LoadedModel,
-    load_model,
+    Segmenter,
     parse_scales,
     predict_probs,
     prepare_input,
+    resolve_device,
 )
 
 __all__ = ["EvalOptions", "evaluate", "resolve_rows", "write_results", "main"]
@@ -80,6 +91,29 @@ def _first(batch: list) -> Any:
     return batch[0]
 
 
+class _Guarded:
+    """The dataset with read failures turned into ``{"error": message}`` samples (counted or raised in order).
+
+    The base datasets' own ``on_error="skip"`` substitutes the next sample (right for training, where
+    the draw order must not change); an evaluation must neither count a sample twice nor stop inside
+    a worker process with a wrapped traceback, so failures travel to the main process as data.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        from reproduce.datasets import DatasetError
+
+        try:
+            return self.dataset[index]
+        except DatasetError as e:
+            return {"error": " ".join(str(e).split())}
+
+
 @dataclass
 class EvalOptions:
     """Everything :func:`evaluate` needs besides the model and the dataset."""
@@ -91,6 +125,7 @@ class EvalOptions:
     classes: str = "present_in_gt"
     limit: int | None = None
     progress: bool = True
+    on_error: str = "error"  # "skip": unreadable samples are skipped and counted
 
 
 def build_eval_dataset(name: str, root: str | Path, split: str, protocol: str, crop_size: int) -> Any:
@@ -105,16 +140,22 @@ def build_eval_dataset(name: str, root: str | Path, split: str, protocol: str, c
     return build_dataset(name, root=root, split=split, **kwargs)
 
 
-def evaluate(lm: LoadedModel, dataset: Any, options: EvalOptions) -> dict[str, Any]:
-    """Run ``lm`` over ``dataset``; return ``{"plain": ConfusionMatrix, "crf": ConfusionMatrix | None, ...}``.
+def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions) -> dict[str, Any]:
+    """Run ``model`` over ``dataset``; return ``{"plain": ConfusionMatrix, "crf": ConfusionMatrix | None, ...}``.
 
-    ``dataset`` yields ``(image, label, meta)`` (the :mod:`reproduce.datasets` contract).
-    Predictions and labels are compared at the label's size; nothing is averaged per image.
+    ``model`` is a :class:`~reproduce.inference.Segmenter` (the engine; a plain
+    :class:`~reproduce.inference.LoadedModel` runs as it is, eager fp32). ``dataset`` yields
+    ``(image, label, meta)`` (the :mod:`reproduce.datasets` contract). Predictions and labels are
+    compared at the label's size; nothing is averaged per image. A Segmenter made with
+    ``compile="auto"`` compiles when the run is long and every input has one shape (``pad``).
     """
     from torch.utils.data import DataLoader, Subset
 
     from reproduce.metrics import ConfusionMatrix
 
+    lm = model.lm if isinstance(model, Segmenter) else model
+    if options.on_error not in ("error", "skip"):
+        raise InferenceError(f"on_error must be 'error' or 'skip', got {options.on_error!r}")
     if dataset.num_classes != lm.num_classes:
         raise InferenceError(
             f"the model predicts {lm.num_classes} classes but {dataset.name} has {dataset.num_classes}"
@@ -122,7 +163,12 @@ def evaluate(lm: LoadedModel, dataset: Any, options: EvalOptions) -> dict[str, A
     # Inference sees "whole" after the warp: the warped image is the crop size already.
     config = options.config
     dataset.transform = _Prepare(lm.preprocessing, config)
+    if hasattr(dataset, "on_error"):
+        dataset.on_error = "error"  # never substitute another sample in an evaluation (see _Guarded)
     data = Subset(dataset, range(min(options.limit, len(dataset)))) if options.limit else dataset
+    if isinstance(model, Segmenter) and model.want_compile(len(data), fixed_shape=config.protocol == "pad"):
+        model.enable_compile()
+    data = _Guarded(data)
     loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=options.workers, collate_fn=_first,
                         pin_memory=lm.device.type == "cuda", persistent_workers=False)
     plain = ConfusionMatrix(lm.num_classes, dataset.ignore_index)
@@ -140,8 +186,14 @@ def evaluate(lm: LoadedModel, dataset: Any, options: EvalOptions) -> dict[str, A
         iterator = tqdm(loader, desc=f"eval {dataset.name} {dataset.split}", unit="img", dynamic_ncols=True)
     t0 = time.perf_counter()
     count, oversize = 0, 0
+    skipped: list[str] = []
     try:
         for sample in iterator:
+            if "error" in sample:
+                if options.on_error == "skip":
+                    skipped.append(sample["error"])
+                    continue
+                raise InferenceError(sample["error"])
             label = sample["label"]
             h, w = label.shape
             if config.protocol == "pad" and max(h, w) > config.crop_size:
@@ -161,7 +213,7 @@ def evaluate(lm: LoadedModel, dataset: Any, options: EvalOptions) -> dict[str, A
         if pool is not None:
             pool.close()
     return {"plain": plain, "crf": refined, "images": count, "oversize_images": oversize,
-            "seconds": time.perf_counter() - t0}
+            "skipped": skipped, "seconds": time.perf_counter() - t0}
 
 
 # ---------------------------------------------------------------------------------------- comparison
@@ -248,7 +300,8 @@ def _markdown(result: dict[str, Any], table: str) -> str:
         f"- protocol: {run['protocol']} (crop {run['crop_size']}), scales {list(run['scales'])}, "
         f"flip {run['flip']}, output stride {run['model']['build_kwargs'].get('output_stride', 'default')}",
         f"- images: {run['images']}, classes averaged: {run['classes']}, device: {run['device']}, "
-        f"{run['seconds']:.1f} s",
+        f"{run['seconds']:.1f} s" + (f", skipped (unreadable): {run['skipped_images']}"
+                                     if run.get("skipped_images") else ""),
         "",
         "| variant | pixel acc | mean acc | mIoU | FWIoU |",
         "|---|---:|---:|---:|---:|",
@@ -265,45 +318,59 @@ def _markdown(result: dict[str, Any], table: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN / infinity replaced by ``None`` (JSON ``null``), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return strict_json(value.item())
+    return value
+
+
 def write_results(out: Path, result: dict[str, Any], table: str) -> tuple[Path, Path]:
-    """Write ``result.json`` and ``result.md`` atomically into ``out``."""
-    from converters.io import write_atomic, write_json_atomic
+    """Write ``result.json`` (strict JSON: undefined scores are ``null``) and ``result.md`` atomically into ``out``."""
+    import json
+
+    from converters.io import write_atomic
 
     out.mkdir(parents=True, exist_ok=True)
-    json_path = write_json_atomic(out / "result.json", result)
+    text_json = json.dumps(strict_json(result), indent=2, allow_nan=False) + "\n"
+    json_path = write_atomic(out / "result.json", lambda p: p.write_text(text_json, encoding="utf-8"))
     text = _markdown(result, table)
     md_path = write_atomic(out / "result.md", lambda p: p.write_text(text, encoding="utf-8"))
     return json_path, md_path
 
 
 # ---------------------------------------------------------------------------------------- CLI
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InferenceError("--device cuda: no CUDA device is available to torch (use --device cpu)")
-    return name
-
-
 def build_parser() -> argparse.ArgumentParser:
     from reproduce.datasets import DATASETS
 
     parser = argparse.ArgumentParser(
         prog="python -m reproduce.evaluate",
         description="Evaluate DeepLab weights on a dataset split (official protocols) and compare with the paper.",
-        epilog=__doc__.split("Examples (from the repository root)::", 1)[1].split("Protocols", 1)[0],
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = parser.add_argument_group("model")
     g.add_argument("--model", help="registered model name (default: the architecture in the weights' provenance JSON)")
-    g.add_argument("--weights", type=Path, required=True, help="converted weights (.pth / .safetensors)")
+    g.add_argument("--weights", type=Path, required=True,
+                   help="converted weights (.pth / .safetensors); a bare name is looked up in --models-dir")
+    g.add_argument("--models-dir", type=Path, default=Path("data") / "models",
+                   help="folder holding converted weights (default data/models)")
     g.add_argument("--num-classes", type=int, help="classes (default: from the provenance or the weights)")
     g.add_argument("--output-stride", type=int, choices=(8, 16), help="v3/v3+ output stride (default 16)")
     d = parser.add_argument_group("data")
     d.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="dataset reader")
-    d.add_argument("--root", type=Path, required=True, help="dataset folder (e.g. data/VOCdevkit)")
+    d.add_argument("--data-root", "--root", dest="root", type=Path, required=True,
+                   help="dataset folder (e.g. data/VOCdevkit)")
     d.add_argument("--split", default="val", help="split to evaluate (default: val)")
     d.add_argument("--limit", type=int, help="evaluate only the first N images (debugging)")
+    d.add_argument("--on-error", choices=("error", "skip"), default="error",
+                   help="an unreadable image or label: stop naming it (default) or skip it and count it")
     p = parser.add_argument_group("protocol")
     p.add_argument("--protocol", choices=ALL_PROTOCOLS, default="pad",
                    help="pad: bottom/right pad to --crop-size (official VOC); whole: as is; "
@@ -317,8 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", choices=("present_in_gt", "present_in_union", "all"), default="present_in_gt",
                    help="classes averaged into mIoU (see reproduce/metrics.py; default present_in_gt)")
     r = parser.add_argument_group("run")
-    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    r.add_argument("--amp", action="store_true", help="float16 autocast on CUDA (ignored on CPU)")
+    r.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
+    r.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (default: bf16 only where native and faster, fp16/bf16 on CUDA, else fp32), "
+                        "fp32, bf16, fp16")
+    r.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto", help="auto: channels_last")
+    r.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help=f"torch.compile (inductor, frozen weights); auto: for pad runs of >= "
+                        f"{COMPILE_MIN_IMAGES} images")
+    r.add_argument("--amp", action="store_true", help="same as --precision fp16 (CUDA)")
     r.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     r.add_argument("--compare-to", action="append", default=[], metavar="ROW",
                    help="published row: TABLE[INDEX] or TABLE:key=value,... (repeatable; see reproduce/tables)")
@@ -345,22 +419,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         flip=args.flip,
         amp=args.amp,
     )
-    device = _device(args.device)
+    device = str(resolve_device(args.device))
     try:
         dataset = build_eval_dataset(args.dataset, args.root, args.split, args.protocol, args.crop_size)
     except DatasetError as e:
         raise InferenceError(f"dataset {args.dataset}: {e}") from None
     if len(dataset) == 0:
         raise InferenceError(f"{args.root}: split {args.split!r} of {args.dataset} has no images")
-    lm = load_model(args.model, args.weights, num_classes=args.num_classes, output_stride=args.output_stride,
-                    device=device)
+    from reproduce.predict import resolve_weights
+
+    precision = "fp16" if args.amp and args.precision == "auto" else args.precision
+    engine = Segmenter(resolve_weights(args.weights, args.models_dir), model=args.model,
+                       num_classes=args.num_classes, output_stride=args.output_stride, device=device,
+                       precision=precision, memory_format=args.memory_format,
+                       compile={"auto": "auto", "on": True, "off": False}[args.compile], config=config)
+    lm = engine.lm
+    if not args.quiet:
+        print(engine.summary(), file=sys.stderr)
     if lm.family == "deeplab_v2" and config.scales != (1.0,):
         raise InferenceError("--scales is for DeepLab v3/v3+; DeepLab v2's MSC (1, 0.75, 0.5, max) is the "
                              "deeplabv2_resnet101_msc model itself")
     options = EvalOptions(config=config, crf=args.crf, crf_workers=args.crf_workers, workers=args.workers,
-                          classes=args.classes, limit=args.limit, progress=not args.quiet)
+                          classes=args.classes, limit=args.limit, progress=not args.quiet, on_error=args.on_error)
     try:
-        out = evaluate(lm, dataset, options)
+        out = evaluate(engine, dataset, options)
     except DatasetError as e:
         raise InferenceError(str(e)) from None
     results = {"plain": _scores(out["plain"], args.classes),
@@ -383,7 +465,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "images": out["images"],
             "oversize_images": out["oversize_images"],
             "device": device,
-            "amp": bool(args.amp and device.startswith("cuda")),
+            "engine": engine.describe(),
+            "on_error": args.on_error,
+            "skipped_images": len(out["skipped"]),
+            "skipped": out["skipped"],
             "seconds": round(out["seconds"], 2),
             "torch": torch.__version__,
             "command": " ".join(sys.argv) if sys.argv else None,
@@ -406,12 +491,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (InferenceError, CRFUnavailable) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+_EPILOG = """examples:
+  python -m reproduce.evaluate --weights weights/deeplabv2_resnet101_msc_voc12.pth --dataset voc12 \\
+      --data-root data/VOCdevkit --split val --crf --crf-workers 2 --out results/voc_v2
+  python -m reproduce.evaluate --model deeplabv3plus_xception65 --weights weights/xception65_voc.pth \\
+      --output-stride 8 --scales 0.5:0.25:1.75 --flip --dataset voc12 --data-root data/VOCdevkit --split val
+
+exit codes: 0 done, 1 bad input (one line on stderr), 2 usage, 130 interrupted
+"""
 
 
 if __name__ == "__main__":

@@ -111,6 +111,8 @@ class LoadedModel:
     provenance: dict[str, Any] | None = None
     build_kwargs: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # Set by :class:`Segmenter`: the engine's forward (fused, channels_last, autocast, compiled); None = plain.
+    runner: Any = None
 
     @property
     def logits_stride(self) -> int:
@@ -213,10 +215,16 @@ def load_model(
         raise InferenceError(f"{weights}: no provenance JSON beside the weights; pass --model NAME")
     if name not in list_models():
         raise InferenceError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    _refuse_foreign_weights(weights)
     try:
         state = load_state_dict(weights)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing line
-        raise InferenceError(f"{weights}: cannot load weights ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        if "weights_only" in str(e) or isinstance(e, __import__("pickle").UnpicklingError):
+            # torch's own advice here is to unpickle the file: never repeated, never done
+            raise InferenceError(f"{weights}: not a plain tensor state dict (it holds pickled objects, which are "
+                                 f"never unpickled here); {_TORCH_COMMANDS}") from None
+        lines = str(e).splitlines() or [""]
+        raise InferenceError(f"{weights}: cannot load weights ({type(e).__name__}: {lines[0]})") from None
     if num_classes is None:
         num_classes = (record or {}).get("num_classes")
     if num_classes is None:
@@ -249,6 +257,36 @@ def load_model(
     dev = torch.device(device)
     model.eval().to(dev)
     return LoadedModel(model, name, family, int(num_classes), pre, source, weights, record, kwargs, dev)
+
+
+_TORCH_COMMANDS = ("convert the original release with converters/caffe2torch.py (Caffe, DeepLab v2) or "
+                   "converters/tf2torch.py (TF, DeepLab v3/v3+), same --dataset, and pass the .pth it writes")
+
+
+def _refuse_foreign_weights(path: Path) -> None:
+    """A one-line error for a file of another framework (named by its kind, with the right command).
+
+    Checked from the first bytes and the name before ``torch.load`` is tried, so the user never sees
+    torch's unpickling advice (which suggests ``weights_only=False``: never unpickle a foreign file).
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as e:
+        raise InferenceError(f"{path}: cannot read weights ({e.strerror or e})") from None
+    name = path.name.lower()
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        raise InferenceError(f"{path}: is a Keras/HDF5 weights file (.weights.h5), not PyTorch weights; "
+                             f"load it with reference_models.keras, or {_TORCH_COMMANDS}")
+    if head.startswith(b"PK\x03\x04") and name.endswith(".keras"):
+        raise InferenceError(f"{path}: is a whole Keras model (.keras), not PyTorch weights; load it with "
+                             f"reference_models.keras.load_keras_model, or {_TORCH_COMMANDS}")
+    if name.endswith(".caffemodel"):
+        raise InferenceError(f"{path}: is a Caffe model, not PyTorch weights; convert it with "
+                             "converters/caffe2torch.py and pass the .pth it writes")
+    if name.endswith(".index") or ".data-" in name or name.endswith(".ckpt"):
+        raise InferenceError(f"{path}: is part of a TensorFlow checkpoint, not PyTorch weights; convert it with "
+                             "converters/tf2torch.py and pass the .pth it writes")
 
 
 def scale_dimension(dim: int, scale: float) -> int:
@@ -284,6 +322,8 @@ def prepare_input(image_rgb: np.ndarray, preprocessing: Preprocessing, config: I
 
 
 def _forward(lm: LoadedModel, x: torch.Tensor, amp: bool) -> torch.Tensor:
+    if lm.runner is not None:
+        return lm.runner(x)
     if amp and x.device.type == "cuda":
         with torch.autocast(device_type="cuda", dtype=torch.float16):
             out = lm.model(x)
@@ -336,3 +376,272 @@ def run_image(lm: LoadedModel, image_rgb: np.ndarray, config: InferenceConfig) -
     """Convenience: one RGB uint8 image -> ``(C, H, W)`` probabilities on the CPU."""
     x = prepare_input(image_rgb, lm.preprocessing, config)
     return predict_probs(lm, x, config, image_rgb.shape[:2])[0].cpu()
+
+
+# ---------------------------------------------------------------------------------------------- the engine
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
+COMPILE_MIN_IMAGES = 300  # compile="auto" pays back from here (a compile costs ~30-90 s; it saves ~0.1-0.3 s/image)
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is an :class:`InferenceError`."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InferenceError(f"--device {name}: no CUDA device is available to torch (use --device cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InferenceError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty off Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+_BF16_PROBE: dict[str, Any] = {}
+
+
+def _probe_cpu_bf16() -> dict[str, Any]:
+    """Time one DeepLab-sized conv (256->256 3x3, rate 2, 33x33, channels_last) in fp32 and under bf16 autocast.
+
+    A CPU can list ``avx512_bf16`` and still run bf16 convolutions slower than fp32 (a virtual
+    machine that hides AMX does: measured 2x slower here); the flag alone is not proof.
+    Median of 5 after 2 warm-ups each, interleaved; cached for the process.
+    """
+    if _BF16_PROBE:
+        return _BF16_PROBE
+    import time
+
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(256, 256, 3, padding=2, dilation=2, bias=False).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 256, 33, 33, generator=gen).contiguous(memory_format=torch.channels_last)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    with torch.inference_mode():
+        for i in range(7):
+            for kind in ("fp32", "bf16"):
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind == "bf16"):
+                    conv(x)
+                if i >= 2:
+                    times[kind].append(time.perf_counter() - t0)
+    fp32, bf16 = (sorted(times[k])[len(times[k]) // 2] for k in ("fp32", "bf16"))
+    _BF16_PROBE.update(fp32_ms=fp32 * 1e3, bf16_ms=bf16 * 1e3, speedup=fp32 / bf16)
+    return _BF16_PROBE
+
+
+def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """``(precision, why)``: what ``requested`` (``auto|fp32|bf16|fp16``) means on ``device``.
+
+    ``auto``: on CUDA bf16 autocast where the GPU supports it, else fp16; on a CPU bf16 only where it is
+    native and faster: AMX (``amx_bf16``), or ``avx512_bf16`` confirmed by a 1-conv probe that runs at
+    least 1.3x faster than fp32; fp32 everywhere else (a CPU without native bf16 runs it 2-5x slower).
+    """
+    if requested not in PRECISIONS:
+        raise InferenceError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested == "fp16" and device.type != "cuda":
+        raise InferenceError("precision fp16 is for CUDA; on a CPU use fp32 or bf16")
+    if requested != "auto":
+        return requested, "asked for"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: CUDA device supports bf16"
+        return "fp16", "auto: CUDA device without bf16"
+    if device.type != "cpu":
+        return "fp32", f"auto: {device.type} device"
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "bf16", "auto: CPU has AMX (amx_bf16)"
+    if "avx512_bf16" in flags:
+        probe = _probe_cpu_bf16()
+        verdict = "faster" if probe["speedup"] >= 1.3 else "not faster"
+        why = (f"auto: CPU lists avx512_bf16 but no AMX; probe conv {probe['bf16_ms']:.1f} ms bf16 vs "
+               f"{probe['fp32_ms']:.1f} ms fp32 ({verdict})")
+        return ("bf16" if probe["speedup"] >= 1.3 else "fp32"), why
+    return "fp32", f"auto: CPU without native bf16 (no amx_bf16/avx512_bf16; torch capability " \
+                   f"{torch.backends.cpu.get_cpu_capability()})"
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold eval-mode ``bn`` into ``conv``'s weight and bias (``torch.nn.utils.fusion``), in place."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+    conv.weight, conv.bias = w, b
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every BatchNorm that follows a convolution folded into it.
+
+    ``model`` itself (and so the state-dict layout that is saved and loaded) is not touched. Folded:
+    :class:`~reference_models.tf_ops.Conv2dTF` with its ``bn``, ``Sequential(conv, bn)`` and the
+    ``conv_bn_pairs`` a module declares (DeepLab v2's Caffe ResNet). BatchNorms that follow no conv
+    (ResNet v2's pre-activations) stay.
+    """
+    import copy
+
+    from reference_models.tf_ops import Conv2dTF
+
+    fused = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for module in list(fused.modules()):
+            if isinstance(module, Conv2dTF) and isinstance(module.bn, nn.BatchNorm2d):
+                _fold(module, module.bn)
+                module.bn = None
+            for conv_name, bn_name in getattr(module, "conv_bn_pairs", ()):
+                conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    _fold(conv, bn)
+                    setattr(module, bn_name, nn.Identity())
+            if isinstance(module, nn.Sequential):
+                items = list(module._modules.items())
+                for (_, conv), (bn_name, bn) in zip(items, items[1:]):
+                    if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                        _fold(conv, bn)
+                        module._modules[bn_name] = nn.Identity()
+    return fused.requires_grad_(False)
+
+
+class Segmenter:
+    """The inference engine: what ``reproduce.evaluate``, ``reproduce.predict`` and Python users run.
+
+    ``Segmenter("weights/model.pth")`` loads converted weights (architecture from the provenance JSON)
+    and prepares the fast forward once:
+
+    * BatchNorm folded into the convolutions (:func:`fuse_for_inference`, a copy: the weights file and
+      the model's state-dict layout are unchanged);
+    * ``memory_format="auto"``: channels_last (oneDNN on CPU and cuDNN run these convolutions faster in
+      NHWC; measured in ``benchmarks/``), ``contiguous`` to keep NCHW;
+    * ``precision="auto"``: see :func:`choose_precision` (the choice and the reason are in
+      :attr:`precision` / :attr:`precision_reason` and :meth:`describe`);
+    * ``compile=True``: ``torch.compile`` (inductor, with weight freezing) of the fused model; one graph per
+      input shape, reused for every image of that shape (inductor's on-disk cache keeps compiled kernels
+      across runs where torch allows). ``"auto"`` leaves the choice to the caller's
+      :meth:`want_compile` (long evaluations at a fixed size).
+
+    ``predict(image)`` -> ``(H, W)`` uint8 label map; ``scores(image)`` -> ``(C, H, W)`` float32
+    probabilities; both take an RGB uint8 ``(H, W, 3)`` array and follow :class:`InferenceConfig`
+    (protocol, crop size, scales, flips), exactly as :func:`run_image` on the plain model.
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | LoadedModel,
+        *,
+        model: str | None = None,
+        num_classes: int | None = None,
+        output_stride: int | None = None,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        memory_format: str = "auto",
+        compile: bool | str = False,  # noqa: A002 - the public keyword is the torch name
+        fuse: bool = True,
+        config: InferenceConfig | None = None,
+    ) -> None:
+        dev = resolve_device(device)
+        if isinstance(weights, LoadedModel):
+            lm = weights
+            lm.model.eval().to(dev)
+            lm.device = dev
+        else:
+            lm = load_model(model, weights, num_classes=num_classes, output_stride=output_stride, device=dev)
+        if memory_format not in MEMORY_FORMATS:
+            raise InferenceError(f"memory format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
+        if compile not in (True, False, "auto"):
+            raise InferenceError(f"compile must be true, false or auto, got {compile!r}")
+        self.lm = lm
+        self.device = dev
+        self.config = config or InferenceConfig()
+        self.precision, self.precision_reason = choose_precision(precision, dev)
+        self.memory_format = "channels_last" if memory_format == "auto" else memory_format
+        self.fused = fuse
+        net = fuse_for_inference(lm.model) if fuse else lm.model.eval()
+        if fuse:
+            lm.model = net  # the unfused copy is not needed for inference; free it
+        self._format = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
+        self.net = net.to(memory_format=self._format)
+        self._compile_request = compile
+        self.compiled = False
+        self._fn: Any = self.net
+        if compile is True:
+            self.enable_compile()
+        lm.runner = self.forward
+
+    # ---- construction helpers
+    @classmethod
+    def from_module(cls, model: nn.Module, *, preprocessing: Preprocessing | None = None, **kwargs: Any) -> Segmenter:
+        """An engine around an in-memory DeepLab ``model`` (random weights in the benchmarks, tests)."""
+        family = _family(model)
+        pre = preprocessing or default_preprocessing(model)
+        num_classes = _num_classes_of(model)
+        lm = LoadedModel(model, type(model).__name__, family, num_classes, pre, "given", Path("<in memory>"))
+        return cls(lm, **kwargs)
+
+    def want_compile(self, images: int, fixed_shape: bool) -> bool:
+        """Whether ``compile="auto"`` compiles for a run of ``images`` inputs (all one shape if ``fixed_shape``)."""
+        return self._compile_request is True or (
+            self._compile_request == "auto" and fixed_shape and images >= COMPILE_MIN_IMAGES)
+
+    def enable_compile(self) -> None:
+        """Compile the fused model with inductor and weight freezing (idempotent)."""
+        if self.compiled:
+            return
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # weights become constants: folded and laid out once for inference
+        self._fn = torch.compile(self.net, backend="inductor", dynamic=False)
+        self.compiled = True
+
+    # ---- running
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's raw output (logits / score map) in float32 for a preprocessed NCHW batch."""
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self._format)
+        dtype = _AUTOCAST_DTYPES.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = self._fn(x)
+        return out.float()
+
+    def scores(self, image_rgb: np.ndarray, config: InferenceConfig | None = None) -> torch.Tensor:
+        """``(C, H, W)`` float32 probabilities on the CPU for an RGB uint8 image."""
+        return run_image(self.lm, image_rgb, config or self.config)
+
+    def predict(self, image_rgb: np.ndarray, config: InferenceConfig | None = None) -> np.ndarray:
+        """``(H, W)`` uint8 label map for an RGB uint8 image."""
+        return self.scores(image_rgb, config).argmax(0).to(torch.uint8).numpy()
+
+    @property
+    def num_classes(self) -> int:
+        return self.lm.num_classes
+
+    def describe(self) -> dict[str, Any]:
+        """The engine's settings, for result files and logs."""
+        return {"device": str(self.device), "precision": self.precision, "precision_reason": self.precision_reason,
+                "memory_format": self.memory_format, "batchnorm_folded": self.fused, "compiled": self.compiled,
+                "torch_threads": torch.get_num_threads()}
+
+    def summary(self) -> str:
+        """One line: what the engine chose."""
+        return (f"engine: {self.device}, {self.precision} ({self.precision_reason}), {self.memory_format}, "
+                f"BatchNorm {'folded' if self.fused else 'separate'}, {'compiled' if self.compiled else 'eager'}")
+
+
+def _num_classes_of(model: nn.Module) -> int:
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            last = m
+    if last is None:
+        raise InferenceError(f"{type(model).__name__} has no convolution")
+    return int(last.out_channels)

@@ -1,4 +1,4 @@
-"""Segment your own images with converted DeepLab weights: a colour-mapped mask and an overlay per image.
+"""Segment your own images, videos or a camera with converted DeepLab weights: masks and overlays.
 
 Examples (from the repository root)::
 
@@ -6,29 +6,56 @@ Examples (from the repository root)::
   python -m reproduce.predict --weights weights/deeplabv2_resnet101_msc_voc12.pth cat.jpg --crf
   python -m reproduce.predict --model deeplabv3plus_xception65 --weights xception65_voc.pth \\
       --output-stride 8 --scales 0.5:0.25:1.75 --flip street.jpg --out masks/
+  python -m reproduce.predict --weights v3plus.pth street.mp4 --out videos/ --frame-masks
+  python -m reproduce.predict --weights v3plus.pth --camera 0 --out videos/   # Ctrl-C stops, the video is kept
 
 For each image ``NAME.ext`` it writes ``<out>/NAME.png``, a palette ("P" mode) PNG whose pixel
 values are the class indices and whose palette shows them in colour (``--palette``), and
 ``<out>/NAME_overlay.jpg`` (or ``.png``), the image blended with the coloured mask. Inference is
 :mod:`reproduce.inference`'s (same preprocessing, protocol, scales and flips as the evaluation);
-``--crf`` adds the DeepLab v2 dense CRF (:mod:`reproduce.crf`). Exit codes: 0, 1 (bad input), 2 (usage).
+``--crf`` adds the DeepLab v2 dense CRF (:mod:`reproduce.crf`). The forward runs on
+:class:`reproduce.inference.Segmenter` (folded BatchNorm, channels_last, the precision ``auto``
+picks); decoding the next image and encoding the last outputs run in threads beside it.
+
+A video file (any format OpenCV reads) or ``--camera N`` gives ``<out>/NAME_overlay.mp4`` at the
+source's frame rate and size (and with ``--frame-masks`` ``<out>/NAME/frame_NNNNNN.png``); Ctrl-C
+stops cleanly and keeps a playable video of the frames done so far.
+
+Nothing is written over an input: an output path that resolves to an input file, or ``--out``
+naming an input folder, is an error. ``--on-error skip`` skips (and counts) unreadable images
+instead of stopping at the first one. Exit codes: 0, 1 (bad input), 2 (usage), 130 (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from reproduce.inference import PROTOCOLS, InferenceConfig, InferenceError, load_model, parse_scales, run_image
+from reproduce.inference import (
+    MEMORY_FORMATS,
+    PRECISIONS,
+    PROTOCOLS,
+    InferenceConfig,
+    InferenceError,
+    Segmenter,
+    parse_scales,
+    run_image,
+)
 
-__all__ = ["PALETTES", "palette", "find_images", "save_mask", "overlay", "predict_files", "main"]
+__all__ = ["PALETTES", "palette", "find_images", "save_mask", "overlay", "predict_files", "predict_video",
+           "check_outputs", "PredictReport", "main"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 PALETTES = ("voc", "cocostuff", "gray")
 
 
@@ -63,21 +90,24 @@ def palette(name: str) -> np.ndarray:
 
 
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given plus the images directly inside given folders (sorted); one-line error when none."""
+    """Files as given plus the images (and videos) directly inside given folders (sorted); one-line error when none."""
     found: list[Path] = []
+    paths = list(paths)
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(q for q in p.iterdir()
+                            if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
         elif p.is_file():
             found.append(p)
         else:
             raise InferenceError(f"{p}: no such image or folder")
     if not found:
-        raise InferenceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
+        raise InferenceError(f"no images or videos ({', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}) in "
+                             f"{', '.join(map(str, paths))}")
     stems: dict[str, Path] = {}
     for p in found:
         if p.stem in stems:
-            raise InferenceError(f"{p} and {stems[p.stem]} would write the same output name {p.stem}.png")
+            raise InferenceError(f"{p} and {stems[p.stem]} would write the same output name {p.stem}")
         stems[p.stem] = p
     return found
 
@@ -97,11 +127,85 @@ def overlay(image_rgb: np.ndarray, label: np.ndarray, colours: np.ndarray, alpha
     return np.clip((1 - alpha) * image_rgb.astype(np.float32) + alpha * colour + 0.5, 0, 255).astype(np.uint8)
 
 
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def output_paths(source: Path, out: Path, *, overlay_format: str = "jpg", video_format: str = "mp4") -> list[Path]:
+    """The files ``predict`` writes for ``source`` (per-frame masks go into a folder ``<out>/<stem>/``)."""
+    if is_video(source):
+        return [out / f"{source.stem}_overlay.{video_format}", out / source.stem]
+    return [out / f"{source.stem}.png", out / f"{source.stem}_overlay.{overlay_format}"]
+
+
+def check_outputs(inputs: Sequence[str | Path], sources: Sequence[Path], out: Path, *, overlay_format: str = "jpg",
+                  video_format: str = "mp4") -> None:
+    """Refuse (one line) an ``out`` that would write over an input: never overwrite what we read.
+
+    Errors: ``out`` is an existing file; ``out`` is a folder given as input (its images would be
+    mixed with, and later read back as, outputs); any output path resolves to an input file.
+    """
+    out_r = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise InferenceError(f"--out {out}: is a file; give a folder for the masks and overlays")
+    for given in map(Path, inputs):
+        if given.is_dir() and given.resolve() == out_r:
+            raise InferenceError(f"--out {out}: is the input folder {given}; its images would be overwritten or "
+                                 "mixed with the outputs, choose another folder")
+    taken = {p.resolve(): p for p in sources}
+    for source in sources:
+        for path in output_paths(source, out, overlay_format=overlay_format, video_format=video_format):
+            if path.resolve() in taken:
+                raise InferenceError(f"--out {out}: output {path} would overwrite the input {taken[path.resolve()]}")
+
+
+@dataclass
+class PredictReport:
+    """What a run did: outputs written, inputs skipped (``--on-error skip``) and why, frames and seconds."""
+
+    written: list[tuple[Path, Path]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one line per skipped input: "path: problem"
+    videos: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class _Writer:
+    """Encodes and writes outputs in one background thread (PNG/JPEG encoding overlaps the next forward)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="predict-writer")
+        self._pending: list[Future] = []
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        if len(self._pending) > 4:  # bounded memory: wait for the oldest
+            self._pending.pop(0).result()
+
+    def close(self) -> None:
+        try:
+            for f in self._pending:
+                f.result()
+        finally:
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
+
+
+def _write_image_outputs(path: Path, out: Path, image: np.ndarray, label: np.ndarray, colours: np.ndarray,
+                         overlay_format: str, alpha: float) -> tuple[Path, Path]:
+    from converters.io import write_atomic
+
+    mask_path = save_mask(out / f"{path.stem}.png", label, colours)
+    blend = Image.fromarray(overlay(image, label, colours, alpha))
+    fmt = "JPEG" if overlay_format == "jpg" else "PNG"
+    ov_path = write_atomic(out / f"{path.stem}_overlay.{overlay_format}", lambda p: blend.save(p, format=fmt))
+    return mask_path, ov_path
+
+
 def predict_files(
     images: Sequence[Path],
     *,
-    model: str | None,
-    weights: Path,
+    model: str | None = None,
+    weights: Path | None = None,
     out: Path,
     config: InferenceConfig,
     palette_name: str = "voc",
@@ -110,45 +214,69 @@ def predict_files(
     overlay_format: str = "jpg",
     num_classes: int | None = None,
     output_stride: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     alpha: float = 0.5,
     progress: bool = False,
+    on_error: str = "error",
+    engine: Segmenter | None = None,
+    precision: str = "auto",
+    report: PredictReport | None = None,
 ) -> list[tuple[Path, Path]]:
-    """Segment ``images``; return the ``(mask, overlay)`` paths written, in input order."""
-    from converters.io import write_atomic
+    """Segment still ``images``; return the ``(mask, overlay)`` paths written, in input order.
+
+    ``on_error="skip"`` skips an image that cannot be decoded and records it in ``report.skipped``;
+    ``"error"`` stops at it with a one-line :class:`InferenceError` naming it (what was written before
+    stays: every file is written atomically). Decoding the next image and writing the previous outputs
+    run in background threads while the network runs.
+    """
     from reproduce.datasets import DatasetError, read_image
 
+    if on_error not in ("error", "skip"):
+        raise InferenceError(f"on_error must be 'error' or 'skip', got {on_error!r}")
     colours = palette(palette_name)
-    lm = load_model(model, weights, num_classes=num_classes, output_stride=output_stride, device=device)
+    seg = engine or Segmenter(weights, model=model, num_classes=num_classes, output_stride=output_stride,
+                              device=device, precision=precision, config=config)
+    lm = seg.lm
     if lm.num_classes > 255:
         raise InferenceError(f"{lm.num_classes} classes do not fit an 8-bit palette PNG")
+    report = report if report is not None else PredictReport()
     pool = None
     if crf:
         from reproduce.crf import CRFPool
 
         pool = CRFPool(crf_workers)
     out.mkdir(parents=True, exist_ok=True)
-    written: list[tuple[Path, Path]] = []
     queued: list[tuple[Path, np.ndarray]] = []
+    writer = _Writer()
 
     def write(path: Path, image: np.ndarray, label: np.ndarray) -> None:
-        mask_path = save_mask(out / f"{path.stem}.png", label, colours)
-        blend = Image.fromarray(overlay(image, label, colours, alpha))
-        fmt = "JPEG" if overlay_format == "jpg" else "PNG"
-        ov_path = write_atomic(out / f"{path.stem}_overlay.{overlay_format}", lambda p: blend.save(p, format=fmt))
-        written.append((mask_path, ov_path))
+        report.written.append((out / f"{path.stem}.png", out / f"{path.stem}_overlay.{overlay_format}"))
+        writer.submit(_write_image_outputs, path, out, image, label, colours, overlay_format, alpha)
 
-    it: Iterable[Path] = images
+    def read(path: Path) -> np.ndarray | DatasetError:
+        try:
+            return read_image(path)
+        except DatasetError as e:
+            return e
+
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(images, desc="predict", unit="img")
+        bar = tqdm(total=len(images), desc="predict", unit="img")
+    reader = ThreadPoolExecutor(1, thread_name_prefix="predict-reader")
     try:
-        for path in it:
-            try:
-                image = read_image(path)
-            except DatasetError as e:
-                raise InferenceError(str(e)) from None
+        upcoming = reader.submit(read, images[0]) if images else None
+        for i, path in enumerate(images):
+            image = upcoming.result()
+            upcoming = reader.submit(read, images[i + 1]) if i + 1 < len(images) else None
+            if bar is not None:
+                bar.update(1)
+            if isinstance(image, DatasetError):
+                if on_error == "skip":
+                    report.skipped.append(str(image))
+                    continue
+                raise InferenceError(str(image)) from None
             probs = run_image(lm, image, config)
             if pool is None:
                 write(path, image, probs.argmax(0).numpy().astype(np.uint8))
@@ -161,68 +289,256 @@ def predict_files(
             for label in pool.drain():
                 write(*queued.pop(0), label)
     finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.close()
         if pool is not None:
             pool.close()
-    return written
+        writer.close()
+    return report.written
 
 
+# ---------------------------------------------------------------------------------------------- video and camera
+_FOURCC = {"mp4": "mp4v", "avi": "MJPG"}
+
+
+def predict_video(
+    source: Path | int,
+    *,
+    engine: Segmenter,
+    out: Path,
+    config: InferenceConfig,
+    palette_name: str = "voc",
+    alpha: float = 0.5,
+    frame_masks: bool = False,
+    video_format: str = "mp4",
+    max_frames: int | None = None,
+    progress: bool = False,
+    report: PredictReport | None = None,
+) -> dict:
+    """Segment a video file (any format OpenCV reads) or camera ``source`` (an int) frame by frame.
+
+    Writes ``<out>/<name>_overlay.<video_format>`` at the source's frame rate and frame size (25 frames/s
+    when the source reports no rate, as some cameras do) and, with ``frame_masks``, one palette PNG per frame in ``<out>/<name>/``. The video is written
+    to a temporary name and renamed when finalized, also after Ctrl-C (``KeyboardInterrupt`` is
+    re-raised after the video with the frames done so far is closed and in place). Returns a record
+    with frames, seconds and frames per second.
+    """
+    import cv2
+
+    colours = palette(palette_name)
+    name = f"camera{source}" if isinstance(source, int) else Path(source).stem
+    cap = cv2.VideoCapture(source)
+    if not cap.isOpened():
+        what = f"camera {source}" if isinstance(source, int) else str(source)
+        raise InferenceError(f"{what}: OpenCV cannot open it as a video"
+                             + (" (no such camera?)" if isinstance(source, int) else ""))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    fps = fps if fps and fps > 0 and fps < 1000 else 25.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not isinstance(source, int) else 0
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{name}_overlay.{video_format}"
+    masks_dir = out / name
+    if frame_masks:
+        masks_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{name}_overlay.partial.{video_format}"
+    writer = None
+    frames, t0 = 0, time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total or None, desc=f"video {name}", unit="frame")
+    background = _Writer()
+    record: dict = {"source": str(source), "output": str(target), "fps": fps}
+    try:
+        while max_frames is None or frames < max_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+            if writer is None:
+                h, w = rgb.shape[:2]
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*_FOURCC[video_format]), fps, (w, h))
+                if not writer.isOpened():
+                    raise InferenceError(f"{target}: OpenCV cannot write {video_format} video here")
+                record["size"] = [w, h]
+            label = engine.predict(rgb, config)
+            writer.write(np.ascontiguousarray(overlay(rgb, label, colours, alpha)[:, :, ::-1]))
+            if frame_masks:
+                background.submit(save_mask, masks_dir / f"frame_{frames:06d}.png", label, colours)
+            frames += 1
+            if bar is not None:
+                bar.update(1)
+    except KeyboardInterrupt:
+        record["interrupted"] = True
+        if report is not None:
+            report.interrupted = True
+        raise
+    finally:
+        cap.release()
+        if bar is not None:
+            bar.close()
+        background.close()
+        if writer is not None:
+            writer.release()  # finalizes the container (also after Ctrl-C)
+            if frames:
+                os.replace(tmp, target)
+            else:
+                tmp.unlink(missing_ok=True)
+        seconds = time.perf_counter() - t0
+        record.update(frames=frames, seconds=round(seconds, 3),
+                      frames_per_second=round(frames / seconds, 3) if seconds > 0 else None,
+                      written=frames > 0)
+        if report is not None:
+            report.videos.append(record)
+    if frames == 0:
+        raise InferenceError(f"{source}: no frame could be read")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m reproduce.predict",
-        description="Segment images with DeepLab weights: a palette PNG mask and an overlay per image.",
-        epilog=__doc__.split("Examples (from the repository root)::", 1)[1].split("For each image", 1)[0],
+        description="Segment images, videos or a camera with DeepLab weights: a palette PNG mask and an overlay "
+                    "per image, an overlay video per video.",
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="image files, video files and/or folders of them (relative to --data-root)")
+    parser.add_argument("--camera", type=int, metavar="N", help="segment camera N (OpenCV index) until Ctrl-C")
     parser.add_argument("--model", help="registered model name (default: from the weights' provenance JSON)")
-    parser.add_argument("--weights", type=Path, required=True, help="converted weights (.pth / .safetensors)")
+    parser.add_argument("--weights", type=Path, required=True,
+                        help="converted weights (.pth / .safetensors); a bare name is looked up in --models-dir")
+    parser.add_argument("--models-dir", type=Path, default=Path("data") / "models",
+                        help="folder holding converted weights (default data/models)")
+    parser.add_argument("--data-root", type=Path, default=Path("."),
+                        help="folder relative INPUT paths start from (default: the current folder)")
     parser.add_argument("--num-classes", type=int, help="classes (default: from the provenance or the weights)")
     parser.add_argument("--output-stride", type=int, choices=(8, 16), help="v3/v3+ output stride (default 16)")
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default predictions/)")
     parser.add_argument("--palette", choices=PALETTES, default="voc", help="mask colours (default voc)")
     parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay file type")
+    parser.add_argument("--video-format", choices=tuple(_FOURCC), default="mp4", help="overlay video type (mp4)")
+    parser.add_argument("--frame-masks", action="store_true", help="videos: also one mask PNG per frame")
+    parser.add_argument("--max-frames", type=int, help="videos/camera: stop after N frames")
     parser.add_argument("--alpha", type=float, default=0.5, help="mask weight in the overlay (default 0.5)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="pad",
                         help="pad: bottom/right pad to --crop-size as in evaluation (default); whole: as is")
     parser.add_argument("--crop-size", type=int, default=513, help="pad size (default 513)")
     parser.add_argument("--scales", default="1.0", help="v3/v3+ test scales, START:STEP:STOP or a comma list")
     parser.add_argument("--flip", action="store_true", help="average with the left-right flipped image")
-    parser.add_argument("--crf", action="store_true", help="dense CRF post-processing (needs pydensecrf2)")
+    parser.add_argument("--crf", action="store_true", help="dense CRF post-processing of images (needs pydensecrf2)")
     parser.add_argument("--crf-workers", type=int, default=0, help="CRF worker processes (default 0)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
-    parser.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    parser.add_argument("--on-error", choices=("error", "skip"), default="error",
+                        help="an unreadable image: stop with an error naming it (default) or skip and count it")
+    parser.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto (default: bf16 only where native and faster, else fp32), fp32, bf16, fp16 (CUDA)")
+    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto", help="auto: channels_last")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays back on long videos)")
+    parser.add_argument("--amp", action="store_true", help="same as --precision fp16 (CUDA)")
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
     return parser
+
+
+_EPILOG = """examples:
+  python -m reproduce.predict --weights weights/deeplabv2_resnet101_msc_voc12.pth photos/ --out masks/
+  python -m reproduce.predict --weights v3plus.pth street.mp4 --out videos/ --frame-masks
+  python -m reproduce.predict --weights v3plus.pth --camera 0 --out videos/   (Ctrl-C stops; the video is kept)
+
+exit codes: 0 done, 1 bad input (one line on stderr), 2 usage, 130 interrupted (outputs so far are complete)
+"""
+
+
+def resolve_weights(weights: Path, models_dir: Path) -> Path:
+    """``weights`` as given when it exists, else looked up in ``models_dir`` (directly, then below it)."""
+    if weights.exists() or weights.is_absolute():
+        return weights
+    direct = models_dir / weights
+    if direct.exists():
+        return direct
+    if models_dir.is_dir():
+        found = sorted(models_dir.rglob(weights.name))
+        if found:
+            return found[0]
+    return weights
+
+
+def run(args: argparse.Namespace, report: PredictReport) -> None:
+    """Predict as ``args`` say (raises :class:`InferenceError` / ``KeyboardInterrupt``)."""
+    if args.crf:
+        from reproduce.crf import require_pydensecrf
+
+        require_pydensecrf()
+    if not args.inputs and args.camera is None:
+        raise InferenceError("give images, videos or folders, or --camera N")
+    if args.crf_workers < 0:
+        raise InferenceError("--crf-workers must be >= 0")
+    inputs = [p if Path(p).is_absolute() else str(args.data_root / p) for p in args.inputs]
+    sources = find_images(inputs) if inputs else []
+    check_outputs(inputs, sources, args.out, overlay_format=args.overlay_format, video_format=args.video_format)
+    config = InferenceConfig(protocol=args.protocol, crop_size=args.crop_size, scales=parse_scales(args.scales),
+                             flip=args.flip)
+    precision = "fp16" if args.amp and args.precision == "auto" else args.precision
+    engine = Segmenter(resolve_weights(args.weights, args.models_dir), model=args.model,
+                       num_classes=args.num_classes, output_stride=args.output_stride, device=args.device,
+                       precision=precision, memory_format=args.memory_format, compile=bool(args.compile),
+                       config=config)
+    if not args.quiet:
+        print(engine.summary(), file=sys.stderr)
+    images = [p for p in sources if not is_video(p)]
+    if images:
+        predict_files(images, out=args.out, config=config, palette_name=args.palette, crf=args.crf,
+                      crf_workers=args.crf_workers, overlay_format=args.overlay_format, alpha=args.alpha,
+                      progress=not args.quiet, on_error=args.on_error, engine=engine, report=report)
+    videos: list[Path | int] = [p for p in sources if is_video(p)]
+    if args.camera is not None:
+        videos.append(args.camera)
+    for video in videos:
+        try:
+            predict_video(video, engine=engine, out=args.out, config=config, palette_name=args.palette,
+                          alpha=args.alpha, frame_masks=args.frame_masks, video_format=args.video_format,
+                          max_frames=args.max_frames, progress=not args.quiet, report=report)
+        except InferenceError as e:
+            if args.on_error != "skip" or isinstance(video, int):
+                raise
+            report.skipped.append(str(e))
+
+
+def _summary(report: PredictReport, out: Path) -> str:
+    parts = []
+    if report.written:
+        parts.append(f"{len(report.written)} masks and overlays")
+    for v in report.videos:
+        if v.get("written"):
+            parts.append(f"{v['output']} ({v['frames']} frames, {v['frames_per_second']} frames/s)")
+    text = f"wrote {', '.join(parts) or 'nothing'} to {out}"
+    if report.skipped:
+        text += f"; skipped {len(report.skipped)} unreadable input(s): " + "; ".join(report.skipped)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from reproduce.crf import CRFUnavailable
 
+    report = PredictReport()
     try:
-        if args.crf:
-            from reproduce.crf import require_pydensecrf
-
-            require_pydensecrf()
-        if args.device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise InferenceError("--device cuda: no CUDA device is available to torch (use --device cpu)")
-        images = find_images(args.inputs)
-        config = InferenceConfig(protocol=args.protocol, crop_size=args.crop_size, scales=parse_scales(args.scales),
-                                 flip=args.flip, amp=args.amp)
-        written = predict_files(
-            images, model=args.model, weights=args.weights, out=args.out, config=config, palette_name=args.palette,
-            crf=args.crf, crf_workers=args.crf_workers, overlay_format=args.overlay_format,
-            num_classes=args.num_classes, output_stride=args.output_stride, device=args.device, alpha=args.alpha,
-            progress=not args.quiet,
-        )
+        run(args, report)
     except (InferenceError, CRFUnavailable) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {_summary(report, args.out)}", file=sys.stderr)
+        return 130
+    if report.skipped:
+        print(f"warning: skipped {len(report.skipped)} unreadable input(s): " + "; ".join(report.skipped),
+              file=sys.stderr)
     if not args.quiet:
-        print(f"wrote {len(written)} masks and overlays to {args.out}")
+        print(_summary(report, args.out))
     return 0
 
 

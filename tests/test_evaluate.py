@@ -287,3 +287,90 @@ def test_cli_usage_error_is_exit_2(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         ev.main(["--weights", "x.pth"])
     assert exc.value.code == 2
+
+
+# ------------------------------------------------------------------------------ robustness: strict JSON, bad samples
+def _no_nan(text: str) -> dict:
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_result_json_is_strict_with_null_for_undefined_scores(tmp_path) -> None:
+    cm = ConfusionMatrix(21)
+    cm.update(torch.zeros(4, 4, dtype=torch.long), torch.zeros(4, 4, dtype=torch.uint8))  # class 0 only
+    scores = ev._scores(cm, "present_in_gt")
+    assert any(isinstance(v, float) and np.isnan(v) for v in scores["iou"])  # undefined classes exist
+    result = {"format": "deeplab-repro evaluation v1", "results": {"plain": scores, "crf": None},
+              "run": {"x": float("inf")}}
+    ev.write_results(tmp_path, {**result, "run": {**_minimal_run(), "x": float("inf")}}, "")
+    text = (tmp_path / "result.json").read_text()
+    record = _no_nan(text)
+    assert "NaN" not in text and "Infinity" not in text
+    iou = record["results"]["plain"]["iou"]
+    assert iou[0] == 1.0 and iou[1] is None and record["run"]["x"] is None
+
+
+def _minimal_run() -> dict:
+    return {"model": {"name": "m", "weights": "w.pth", "preprocessing_source": "test", "build_kwargs": {}},
+            "dataset": {"name": "voc12", "split": "val"}, "protocol": "pad", "crop_size": 65, "scales": [1.0],
+            "flip": False, "images": 1, "classes": "present_in_gt", "device": "cpu", "seconds": 0.1}
+
+
+def _voc_with_a_truncated_jpeg(tmp_path: Path) -> Path:
+    root = tmp_path / "voc"
+    write_voc(root, train_ids=["2007_000032"], val_ids=VAL_IDS, seed=3, sizes=(24, 41))
+    jpeg = next(root.rglob(f"{VAL_IDS[1]}.jpg"))
+    data = jpeg.read_bytes()
+    jpeg.write_bytes(data[: len(data) // 2])
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_image_stops_with_its_name_or_is_skipped_and_counted(tmp_path, workers) -> None:
+    voc = _voc_with_a_truncated_jpeg(tmp_path)
+    config = InferenceConfig(protocol="pad", crop_size=65)
+    lm = pixel_model(seed=4)
+    with pytest.raises(InferenceError, match=f"{VAL_IDS[1]}.jpg") as info:
+        ev.evaluate(lm, ev.build_eval_dataset("voc12", voc, "val", "pad", 65),
+                    ev.EvalOptions(config=config, workers=workers, progress=False))
+    assert "\n" not in str(info.value)
+    out = ev.evaluate(lm, ev.build_eval_dataset("voc12", voc, "val", "pad", 65),
+                      ev.EvalOptions(config=config, workers=workers, progress=False, on_error="skip"))
+    assert out["images"] == len(VAL_IDS) - 1 and len(out["skipped"]) == 1 and VAL_IDS[1] in out["skipped"][0]
+    # the skipped image is not replaced by another one: the matrix is the sum over the readable three
+    good = [i for i in VAL_IDS if i != VAL_IDS[1]]
+    dataset = ev.build_eval_dataset("voc12", voc, "val", "pad", 65)
+    mats = [m for i, m in zip(VAL_IDS, _per_image_safe(lm, dataset, config)) if i in good]
+    np.testing.assert_array_equal(out["plain"].matrix, ConfusionMatrix.sum(mats).matrix)
+
+
+def _per_image_safe(lm: LoadedModel, dataset, config: InferenceConfig) -> list:
+    from reproduce.datasets import DatasetError
+
+    mats = []
+    for i in range(len(dataset)):
+        try:
+            image, label, _ = dataset.load(i)
+        except DatasetError:
+            mats.append(None)
+            continue
+        cm = ConfusionMatrix(21)
+        cm.update(run_image(lm, image, config).argmax(0), label)
+        mats.append(cm)
+    return mats
+
+
+def test_cli_on_error_skip_counts_in_the_result(tmp_path, v2_weights, capsys) -> None:
+    voc = _voc_with_a_truncated_jpeg(tmp_path)
+    out = tmp_path / "res"
+    assert ev.main(_cli(voc, v2_weights, out)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and f"{VAL_IDS[1]}.jpg" in err
+    assert not (out / "result.json").exists()
+    assert ev.main(_cli(voc, v2_weights, out, "--on-error", "skip", "--data-root", str(voc))) == 0
+    run = _no_nan((out / "result.json").read_text())["run"]
+    assert run["skipped_images"] == 1 and run["images"] == len(VAL_IDS) - 1
+    assert run["engine"]["batchnorm_folded"] and run["engine"]["precision"] in ("fp32", "bf16")
+    assert "skipped (unreadable): 1" in (out / "result.md").read_text()

@@ -294,7 +294,7 @@ def test_depthwise_layout_with_multiplier() -> None:
     assert rel_err(conv(_nchw(x)), ref) <= 1e-5
 
 
-@pytest.mark.parametrize("size", [(9, 10), (8, 8)])
+@pytest.mark.parametrize("size", [(9, 10), (8, 8), (10, 9), (257, 256), (7, 7)])
 def test_max_pool_same(size: tuple[int, int]) -> None:
     x = np.random.default_rng(5).standard_normal((1, *size, 2)).astype(np.float32) - 3.0  # negative: -inf pad matters
     ref = tf.nn.max_pool2d(x, 3, 2, "SAME").numpy()

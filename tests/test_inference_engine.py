@@ -1,0 +1,159 @@
+"""reproduce.inference.Segmenter: folded BatchNorm equals the model, state dict untouched, precision choice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from reference_models import build_model
+from reproduce import inference
+from reproduce.inference import (
+    InferenceConfig,
+    InferenceError,
+    Segmenter,
+    choose_precision,
+    fuse_for_inference,
+    load_model,
+    run_image,
+)
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so folding them wrongly changes the output."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name, size", [("deeplabv3plus_tiny", 65), ("deeplabv3_tiny", 33),
+                                        ("deeplabv2_tiny_msc", 65), ("deeplabv2_resnet101", 41),
+                                        ("deeplabv3plus_resnet50", 49), ("deeplabv3_mobilenetv2", 33)])
+def test_folded_engine_equals_the_model_and_leaves_its_state_dict(name: str, size: int) -> None:
+    torch.manual_seed(0)
+    model = _randomize_bn(build_model(name, num_classes=5))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        ref = model(x)
+    fused = fuse_for_inference(model)
+    convs_after_bn = [n for n, m in fused.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    # only BatchNorms that follow no convolution may remain (none in these models)
+    assert convs_after_bn == []
+    engine = Segmenter.from_module(model, device="cpu", precision="fp32")
+    out = engine.forward(x)
+    assert out.shape == ref.shape
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
+    # the model one saves and loads is untouched: same keys, same values
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == any(
+        isinstance(m, nn.BatchNorm2d) for m in build_model(name, num_classes=5).modules())
+
+
+def test_resnet_v2_preactivations_stay_and_channels_last_runs() -> None:
+    from reference_models.resnet_tf import ResNetTF
+
+    torch.manual_seed(0)
+    trunk = _randomize_bn(ResNetTF(depth=50, version=2, output_stride=16))
+    fused = fuse_for_inference(trunk)
+    kept = [n for n, m in fused.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert kept and all(n.endswith("preact") or n == "postnorm" for n in kept)
+    x = torch.randn(1, 3, 37, 37)
+    with torch.inference_mode():
+        ref = trunk(x)["out"]
+        out = fused.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))["out"]
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_auto_precision_needs_native_and_faster_bf16(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
+    assert choose_precision("auto", cpu)[0] == "fp32"
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
+    assert choose_precision("auto", cpu) == ("bf16", "auto: CPU has AMX (amx_bf16)")
+    # avx512_bf16 without AMX: the probe decides (a VM hiding AMX runs bf16 slower than fp32)
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(inference, "_probe_cpu_bf16", lambda: {"fp32_ms": 10.0, "bf16_ms": 20.0, "speedup": 0.5})
+    precision, why = choose_precision("auto", cpu)
+    assert precision == "fp32" and "not faster" in why and "20.0 ms bf16" in why
+    monkeypatch.setattr(inference, "_probe_cpu_bf16", lambda: {"fp32_ms": 20.0, "bf16_ms": 8.0, "speedup": 2.5})
+    assert choose_precision("auto", cpu)[0] == "bf16"
+    assert choose_precision("bf16", cpu) == ("bf16", "asked for")
+    with pytest.raises(InferenceError, match="fp16 is for CUDA"):
+        choose_precision("fp16", cpu)
+    with pytest.raises(InferenceError, match="precision must be one of"):
+        choose_precision("int8", cpu)
+
+
+def test_auto_precision_on_this_machine_is_honest() -> None:
+    """Whatever this CPU is, auto says why; where it picks bf16 the probe measured bf16 faster."""
+    precision, why = choose_precision("auto", torch.device("cpu"))
+    assert why.startswith("auto: ")
+    flags = inference.cpu_flags()
+    if precision == "bf16":
+        assert "amx_bf16" in flags or inference._probe_cpu_bf16()["speedup"] >= 1.3
+    elif "avx512_bf16" in flags and "amx_bf16" not in flags:
+        assert "probe" in why
+
+
+def test_segmenter_from_weights_predicts_like_the_plain_model(tmp_path: Path) -> None:
+    from converters.io import save_state_dict
+
+    torch.manual_seed(3)
+    model = _randomize_bn(build_model("deeplabv3plus_tiny", num_classes=4))
+    weights = tmp_path / "tiny.pth"
+    save_state_dict(model.state_dict(), weights)
+    weights.with_suffix(".json").write_text(json.dumps({"architecture": "deeplabv3plus_tiny", "num_classes": 4,
+                                                        "preprocessing": {"channel_order": "RGB",
+                                                                          "mean": [127.5] * 3,
+                                                                          "std": [127.5] * 3}}))
+    config = InferenceConfig(protocol="pad", crop_size=49)
+    engine = Segmenter(weights, device="cpu", config=config)
+    assert engine.describe()["batchnorm_folded"] and engine.memory_format == "channels_last"
+    image = np.random.default_rng(0).integers(0, 256, (40, 45, 3), dtype=np.uint8)
+    plain = run_image(load_model(None, weights), image, config)
+    scores = engine.scores(image)
+    torch.testing.assert_close(scores, plain, rtol=1e-4, atol=1e-5)
+    label = engine.predict(image)
+    assert label.dtype == np.uint8 and label.shape == (40, 45)
+    top2 = plain.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) > 1e-4
+    np.testing.assert_array_equal(label[clear.numpy()], plain.argmax(0).numpy()[clear.numpy()])
+
+
+@pytest.mark.parametrize("kind", ["keras_h5", "keras_zip", "pickle"])
+def test_foreign_weight_files_are_named_never_unpickled(tmp_path: Path, kind: str) -> None:
+    import zipfile
+
+    if kind == "keras_h5":
+        h5py = pytest.importorskip("h5py")
+        path = tmp_path / "model.weights.h5"
+        with h5py.File(path, "w") as fh:
+            fh["layers/dense/vars/0"] = np.zeros(3, np.float32)
+        expect = "Keras/HDF5 weights file"
+    elif kind == "keras_zip":
+        path = tmp_path / "model.keras"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("config.json", "{}")
+        expect = "whole Keras model"
+    else:
+        path = tmp_path / "model.pth"
+        torch.save({"config": InferenceConfig()}, path)  # a pickled object, not a tensor dict
+        expect = "never unpickled"
+    with pytest.raises(InferenceError) as info:
+        load_model("deeplabv3plus_tiny", path)
+    message = str(info.value)
+    assert expect in message and "\n" not in message and str(path) in message
+    assert "weights_only=False" not in message and "caffe2torch" in message
