@@ -9,6 +9,9 @@ are checked equal.
 
 Dense CRF: images/s of ``reproduce.crf.CRFPool`` in-process and with 1..N worker processes,
 when that module and ``pydensecrf`` are installed (skipped with the reason otherwise).
+
+Evaluation pipeline (:func:`eval_pipeline_throughput`): images/s of a whole ``reproduce.evaluate``
+run (decode + forward + metrics) against the engine's forward alone, on generated VOC-sized JPEGs.
 """
 
 from __future__ import annotations
@@ -141,7 +144,9 @@ def crf_scaling(*, images: int, size: int, num_classes: int, max_workers: int,
 
 
 def run_eval(devices: list[torch.device], timing: Timing, *, batch: int, size: int, num_classes: int,
-             crf_images: int, crf_size: int, crf_workers: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+             crf_images: int, crf_size: int, crf_workers: int, pipeline_model: str = "deeplabv3plus_resnet101",
+             pipeline_images: int = 0, pipeline_size: int = 513,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
     """The suite's JSON body (without the environment)."""
     cm_results: list[dict[str, Any]] = []
     for device in devices:
@@ -166,4 +171,60 @@ def run_eval(devices: list[torch.device], timing: Timing, *, batch: int, size: i
     else:
         crf = crf_scaling(images=crf_images, size=crf_size, num_classes=num_classes,
                           max_workers=crf_workers or os.cpu_count() or 1, log=log)
-    return {"confusion_matrix": cm_results, "crf": crf, "timing": asdict(timing)}
+    pipeline: dict[str, Any] | None = None
+    if pipeline_images:
+        log(f"evaluation pipeline: {pipeline_model} at {pipeline_size}, {pipeline_images} images")
+        try:
+            pipeline = eval_pipeline_throughput(model=pipeline_model, images=pipeline_images, size=pipeline_size,
+                                                num_classes=num_classes, log=log)
+        except Exception as exc:  # noqa: BLE001 - recorded, the suite goes on
+            pipeline = failed(exc, model=pipeline_model)
+    return {"confusion_matrix": cm_results, "crf": crf, "pipeline": pipeline, "timing": asdict(timing)}
+
+
+def eval_pipeline_throughput(*, model: str = "deeplabv3plus_resnet101", images: int = 8, size: int = 513,
+                             workers: int = 2, rounds: int = 2, num_classes: int = 21,
+                             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Images/s of a whole evaluation (decode + forward + metrics) against the engine's forward alone.
+
+    A generated VOC split of ``images`` JPEGs of 375-500 px (VOC's sizes) is evaluated with
+    ``reproduce.evaluate.evaluate`` on the engine, ``pad`` protocol at ``size`` (decoding in
+    ``workers`` DataLoader processes); the forward-only rate is ``Segmenter.forward`` on ``images``
+    padded ``size x size`` inputs. The two are run alternately ``rounds`` times and compared by their
+    best round (a shared machine slows single rounds). Pool start-up (DataLoader workers) is included
+    in the evaluation's time, as a user sees it.
+    """
+    import tempfile
+
+    from reference_models import build_model
+    from reproduce import evaluate as ev
+    from reproduce.inference import InferenceConfig, Segmenter
+    from reproduce.synthetic import write_voc
+
+    config = InferenceConfig(protocol="pad", crop_size=size)
+    torch.manual_seed(0)
+    engine = Segmenter.from_module(build_model(model, num_classes=num_classes), device="cpu", config=config)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    engine.forward(x)  # warm-up
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
+        ids = [f"2007_{i:06d}" for i in range(images)]
+        voc = write_voc(tmp, train_ids=[], val_ids=ids, seed=0, sizes=(375, 500)).parent
+        forward_s, eval_s = [], []
+        for r in range(rounds):
+            log(f"  round {r + 1}: forward only, {images} images")
+            t0 = time.perf_counter()
+            for _ in range(images):
+                engine.forward(x)
+            forward_s.append(time.perf_counter() - t0)
+            log(f"  round {r + 1}: evaluate (decode in {workers} workers + forward + metrics), {images} images")
+            dataset = ev.build_eval_dataset("voc12", voc, "val", "pad", size)
+            t0 = time.perf_counter()
+            out = ev.evaluate(engine, dataset, ev.EvalOptions(config=config, workers=workers, progress=False))
+            eval_s.append(time.perf_counter() - t0)
+            assert out["images"] == images
+    fwd, evl = images / min(forward_s), images / min(eval_s)
+    log(f"    forward only {fwd:.3f} images/s, evaluation {evl:.3f} images/s ({evl / fwd:.3f}x)")
+    return {"status": "ok", "model": model, "size": size, "protocol": "pad", "images": images, "workers": workers,
+            "rounds": rounds, "forward_seconds": forward_s, "eval_seconds": eval_s,
+            "forward_images_per_s": fwd, "eval_images_per_s": evl, "eval_over_forward": evl / fwd,
+            "engine": engine.describe()}

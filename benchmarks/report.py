@@ -31,7 +31,7 @@ MIB = 1 << 20
 
 def classify(record: dict[str, Any]) -> str | None:
     """``inference``/``train``/``convert``/``eval``/``reproduction`` or ``None`` for an unknown JSON."""
-    if record.get("suite") in ("inference", "train", "convert", "eval"):
+    if record.get("suite") in ("inference", "train", "convert", "eval", "engine"):
         return record["suite"]
     if str(record.get("benchmark", "")).startswith("caffe conversion"):
         return "convert_legacy"
@@ -90,7 +90,7 @@ def _variant(r: dict[str, Any]) -> str:
 
 def environment_section(groups: dict[str, list[tuple[Path, dict[str, Any]]]]) -> str:
     rows = []
-    for kind in ("inference", "train", "convert", "eval"):
+    for kind in ("engine", "inference", "train", "convert", "eval"):
         for path, rec in groups.get(kind, []):
             env = rec.get("environment", {})
             git = env.get("git") or {}
@@ -105,6 +105,74 @@ def environment_section(groups: dict[str, list[tuple[Path, dict[str, Any]]]]) ->
         ["suite", "file", "device", "torch", "CUDA", "threads", "load avg at start", "commit", "mode"], rows) + \
         "\nA load average above the thread count means other processes shared the cores: expect slower, " \
         "noisier numbers.\n"
+
+
+# ---- engine --------------------------------------------------------------------------------------------------------
+
+_ENGINE_COLUMNS = ("eager", "engine", "compile", "bf16")
+
+
+def engine_section(groups) -> str:
+    """The table users need: plain eager fp32 NCHW vs the engine (default, compiled, bf16 where native)."""
+    recs = groups.get("engine", [])
+    if not recs:
+        return ""
+    parts = ["## Inference engine vs plain eager\n",
+             "Batch 1, random input and weights; the variants of one model and size are timed interleaved "
+             "(round-robin, one call each per round) and compared by their medians, so a busy neighbour slows "
+             "them alike. Ratio = variant median / plain eager fp32 NCHW median (< 1 is faster). Agreement = "
+             "share of output pixels whose argmax equals eager fp32's. % ceiling = achieved FLOP/s over the best "
+             "of several matmul sizes and the models' conv shapes in the same dtype and thread count "
+             "(re-measured when a model beats it; never above 100 %).\n"]
+    for path, rec in recs:
+        env = rec.get("environment", {})
+        auto = rec.get("precision_auto", {})
+        parts.append(f"- `{path.name}`: {env.get('device_name', '?')}, {env.get('torch_threads', '?')} threads, "
+                     f"load average at start {env.get('loadavg_at_start', '–')}, {rec.get('rounds', '?')} rounds; "
+                     f"precision auto chose **{auto.get('choice', '?')}**: {auto.get('reason', '–')}\n")
+        for p, c in sorted(rec.get("ceilings", {}).items()):
+            parts.append(f"- ceiling {p}: {_f(c['tflops_median'] * 1e3)} GFLOP/s ({c.get('kernel')}, "
+                         f"{c.get('source', 'kernels')})\n")
+        by_point: dict[tuple, dict[str, dict]] = defaultdict(dict)
+        for r in rec["results"]:
+            by_point[(r["model"], tuple(r["size"]))][r.get("variant", "?")] = r
+        rows = []
+        for (model, size), variants in sorted(by_point.items()):
+            eager = variants.get("eager") or variants.get("external")
+            cells = [model, _size(list(size))]
+            base = eager["latency"]["median_s"] if eager and eager.get("status") == "ok" else None
+            for v in ("eager", "external") if "external" in variants else ("eager",):
+                if v in variants and variants[v].get("status") == "ok":
+                    cells.append(f"{_f(variants[v]['latency']['median_s'] * 1e3)} ms")
+            for v in (("engine", "compile", "bf16") if "external" not in variants else ("external_cl",)):
+                r = variants.get(v)
+                if r is None:
+                    cells.append("–")
+                elif r.get("status") != "ok":
+                    cells.append(r.get("status", "?"))
+                else:
+                    ratio = r["latency"]["median_s"] / base if base else None
+                    agree = f", {100 * r['argmax_agreement']:.2f} %" if "argmax_agreement" in r else ""
+                    cells.append(f"{_f(r['latency']['median_s'] * 1e3)} ms ({_f(ratio, 3)}x{agree})")
+            frac = [100 * r["ceiling_fraction"] for r in variants.values() if r.get("ceiling_fraction")]
+            cells.append(_f(max(frac)) if frac else "–")
+            cells += [""] * (7 - len(cells))
+            rows.append(cells[:7])
+        parts.append("\n" + _table(["model", "size", "plain eager fp32 NCHW", "engine default",
+                                     "engine + compile", "bf16 where native", "best % ceiling"], rows, "lrrrrrr"))
+        notes = sorted({f"{r.get('variant')}: {r.get('reason') or r.get('error')}" for r in rec["results"]
+                        if r.get("status") != "ok"})
+        if notes:
+            parts.append("\nNot measured: " + "; ".join(notes) + "\n")
+        compiled = [r for r in rec["results"] if r.get("variant") == "compile" and r.get("status") == "ok"]
+        if compiled:
+            parts.append("\nCompile time (first call): " + ", ".join(
+                f"{r['model']} {_size(r['size'])} {_f(r.get('first_call_s'))} s" for r in compiled) + "\n")
+        ext = [r for r in rec["results"] if r.get("role") == "external"]
+        if ext:
+            parts.append("\nExternal builders (`--external`) are in the same table: their columns are eager fp32 "
+                         "NCHW and fp32 channels_last.\n")
+    return "\n".join(parts)
 
 
 # ---- inference -----------------------------------------------------------------------------------------------------
@@ -444,6 +512,24 @@ def eval_section(groups, out: Path, plots: list[str]) -> str:
     for c in crf:
         if c.get("status") != "ok":
             parts.append(f"\n- dense CRF {c.get('status')}: {c.get('reason') or c.get('error')}\n")
+    if len(ok) > 1:
+        one = next((c for c in ok if c["workers"] == 1), None)
+        if one:
+            parts.append("\nCRF scaling (rate with N workers / (N x the 1-worker rate)): " + ", ".join(
+                f"{c['workers']} workers {_f(c['images_per_s'] / (c['workers'] * one['images_per_s']), 2)}"
+                for c in ok if c["workers"] > 1) + "\n")
+    for _, rec in recs:
+        p = rec.get("pipeline")
+        if not p:
+            continue
+        if p.get("status") != "ok":
+            parts.append(f"\n- evaluation pipeline {p.get('status')}: {p.get('reason') or p.get('error')}\n")
+            continue
+        parts.append(f"\nEvaluation pipeline ({p['model']}, {p['protocol']} {p['size']}, {p['images']} generated "
+                     f"VOC-sized JPEGs, decoding in {p['workers']} DataLoader workers, best of {p['rounds']} "
+                     f"alternating rounds): forward only {_f(p['forward_images_per_s'], 3)} images/s, whole "
+                     f"evaluation (decode + forward + metrics) {_f(p['eval_images_per_s'], 3)} images/s = "
+                     f"**{_f(100 * p['eval_over_forward'])} %** of the forward-only rate.\n")
     return "\n".join(parts)
 
 
@@ -495,7 +581,7 @@ def render(paths: list[Path], out: Path, title: str | None = None) -> Path:
     groups = load_inputs(paths)
     out.mkdir(parents=True, exist_ok=True)
     plots: list[str] = []
-    sections = [environment_section(groups), inference_section(groups, out, plots),
+    sections = [environment_section(groups), engine_section(groups), inference_section(groups, out, plots),
                 train_section(groups, out, plots), convert_section(groups, out, plots),
                 eval_section(groups, out, plots), reproduction_section(groups)]
     text = f"# {title or 'Benchmark report'}\n\nGenerated by `python -m benchmarks.report` from " + \

@@ -9,6 +9,8 @@ Suites::
                              [--amp off,on] [--memory-format ...] [--quick]
     python -m benchmarks.run --suite convert [--quick] [--workdir DIR]
     python -m benchmarks.run --suite eval [--quick]
+    python -m benchmarks.run --suite engine [--models A,B] [--sizes 321,513] [--variants eager,engine,compile,bf16]
+                             [--external MODULE:FACTORY ...] [--quick]
 
 Every suite takes ``--device auto|cpu|cuda`` (GPU-only points are recorded as skipped
 with the reason on CPU), ``--threads N``, ``--out FILE`` or ``--out-dir DIR`` (default
@@ -40,7 +42,7 @@ from benchmarks._common import (
 )
 from benchmarks.inference import PEERS, Grid, Timing
 
-SUITES = ("inference", "train", "convert", "eval")
+SUITES = ("inference", "train", "convert", "eval", "engine")
 FULL_TIMING = Timing(warmup=2, repeats=10, min_seconds=2.0, max_seconds=60.0)
 QUICK_TIMING = Timing(warmup=1, repeats=3, min_seconds=0.0, max_seconds=5.0)
 
@@ -75,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "names (default: all but tiny ones; quick: a tiny MobileNet-v2 one)")
     g.add_argument("--amp", help="train: off,on (default: both)")
     g.add_argument("--num-classes", type=int, default=21, help="output classes (default: 21, VOC)")
+    g.add_argument("--variants", help="engine: eager,engine,compile,bf16 (default: all; quick: eager,engine)")
+    g.add_argument("--external", action="append", default=[], metavar="MODULE:FACTORY",
+                   help="engine: also time this nn.Module builder side by side (repeatable)")
     t = p.add_argument_group("timing")
     t.add_argument("--warmup", type=int, default=None, help="untimed calls per point (default 2, quick 1)")
     t.add_argument("--repeats", type=int, default=None, help="minimum timed calls per point (default 10, quick 3)")
@@ -190,13 +195,32 @@ def suite_eval(args: argparse.Namespace, device: torch.device, log) -> dict[str,
     devices = [torch.device("cpu"), torch.device("cuda")]
     size, batch = (129, 2) if args.quick else (513, 8)
     body = run_eval(devices, _timing(args), batch=batch, size=size, num_classes=args.num_classes,
-                    crf_images=4 if args.quick else 16, crf_size=size, crf_workers=args.crf_workers, log=log)
+                    crf_images=4 if args.quick else 16, crf_size=size, crf_workers=args.crf_workers,
+                    pipeline_model="deeplabv3plus_tiny" if args.quick else "deeplabv3plus_resnet101",
+                    pipeline_images=3 if args.quick else 8, pipeline_size=size, log=log)
     if device.type == "cpu" and torch.cuda.is_available():
         body["note"] = "--device cpu: the CUDA confusion-matrix figure is measured anyway when a GPU is present"
     return body
 
 
-SUITE_FUNCS = {"inference": suite_inference, "train": suite_train, "convert": suite_convert, "eval": suite_eval}
+def suite_engine(args: argparse.Namespace, device: torch.device, log) -> dict[str, Any]:
+    from benchmarks.inference import ENGINE_VARIANTS, run_engine
+    from reference_models import list_models
+
+    registered = list_models()
+    models = parse_list(args.models, choices=registered, what="model") or (
+        ["deeplabv3plus_tiny"] if args.quick else registered)
+    variants = parse_list(args.variants, choices=ENGINE_VARIANTS, what="variant") or (
+        ["eager", "engine"] if args.quick else list(ENGINE_VARIANTS))
+    if "eager" not in variants:
+        variants = ["eager", *variants]  # every ratio is to plain eager fp32 NCHW
+    sizes = parse_sizes(args.sizes or ("65" if args.quick else "321,513"))
+    return run_engine(models, sizes, variants, _timing(args), device, externals=args.external, quick=args.quick,
+                      num_classes=args.num_classes, log=log)
+
+
+SUITE_FUNCS = {"inference": suite_inference, "train": suite_train, "convert": suite_convert, "eval": suite_eval,
+               "engine": suite_engine}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,6 +89,55 @@ def test_eval_quick(results: Path):
     assert crf and all(c["status"] in ("ok", "skipped") for c in crf)
     if crf[0]["status"] == "ok":  # reproduce/crf.py and pydensecrf are installed
         assert [c["workers"] for c in crf] == [0, 1] and all(c["same_labels_as_first"] for c in crf)
+    pipeline = record["pipeline"]
+    assert pipeline["status"] == "ok" and pipeline["images"] == 3
+    assert pipeline["forward_images_per_s"] > 0 and pipeline["eval_images_per_s"] > 0
+
+
+def test_engine_quick_with_an_external_builder(results: Path):
+    out = results / "engine.json"
+    assert _run(["--suite", "engine", "--quick", "--device", "cpu", "--variants", "eager,engine,bf16",
+                 "--external", "reference_models.tiny:deeplabv3_tiny", "--repeats", "3", "--out", str(out)]) == 0
+    record = _load(out)
+    assert record["precision_auto"]["choice"] in ("fp32", "bf16") and record["precision_auto"]["reason"]
+    by = {(r["model"], r["variant"]): r for r in record["results"]}
+    eager, engine = by[("deeplabv3plus_tiny", "eager")], by[("deeplabv3plus_tiny", "engine")]
+    assert eager["ratio_to_eager"] == 1.0 and engine["ratio_to_eager"] > 0
+    assert engine["argmax_agreement"] > 0.99 and engine["max_rel_diff"] < 1e-4
+    assert len(engine["samples_s"]) == len(eager["samples_s"]) >= 3  # interleaved: one call each per round
+    assert engine["engine"]["batchnorm_folded"] and engine["engine"]["memory_format"] == "channels_last"
+    bf16 = by[("deeplabv3plus_tiny", "bf16")]
+    if record["precision_auto"]["choice"] == "fp32":
+        assert bf16["status"] == "skipped" and "does not pick bf16" in bf16["reason"]
+    ext = by[("reference_models.tiny:deeplabv3_tiny", "external")]
+    assert ext["status"] == "ok" and ext["role"] == "external" and ext["latency"]["median_s"] > 0
+    # the ceiling is a best over matmuls and conv shapes, and no point exceeds it
+    ceiling = record["ceilings"]["fp32"]
+    assert {k["kernel"].split()[0] for k in ceiling["kernels"]} == {"matmul", "conv1x1"}
+    assert all(0 < r["ceiling_fraction"] <= 1.0 for r in record["results"] if r.get("ceiling_fraction"))
+
+
+def test_a_model_faster_than_the_ceiling_remeasures_then_becomes_it():
+    calls = []
+    ceilings = {"fp32": {"tflops_median": 1.0, "kernel": "matmul 512"}}
+
+    def remeasure():
+        calls.append(1)
+        return {"tflops_median": 1.5, "kernel": "conv3x3"}
+
+    inference.raise_ceiling_if_beaten(ceilings, "fp32", 0.9, "m", remeasure, lambda _m: None)
+    assert not calls and ceilings["fp32"]["tflops_median"] == 1.0  # not beaten: nothing measured
+    inference.raise_ceiling_if_beaten(ceilings, "fp32", 1.2, "m", remeasure, lambda _m: None)
+    assert calls and ceilings["fp32"]["kernel"] == "conv3x3" and ceilings["fp32"]["tflops_median"] == 1.5
+    inference.raise_ceiling_if_beaten(ceilings, "fp32", 2.0, "model x", remeasure, lambda _m: None)
+    assert ceilings["fp32"]["tflops_median"] == 2.0 and ceilings["fp32"]["source"].startswith("model")
+
+
+def test_external_spec_errors():
+    with pytest.raises(ValueError, match="MODULE:FACTORY"):
+        inference.load_external("no_colon")
+    with pytest.raises(ValueError, match="cannot import"):
+        inference.load_external("no_such_module_xyz:f")
 
 
 @pytest.mark.slow
@@ -109,7 +158,7 @@ def test_convert_quick(results: Path, tmp_path: Path):
 
 def test_report_renders_markdown_and_pngs(results: Path, tmp_path: Path):
     inputs = sorted(results.glob("*.json"))
-    assert {p.stem for p in inputs} >= {"inference", "train", "eval"}
+    assert {p.stem for p in inputs} >= {"inference", "train", "eval", "engine"}
     repro = tmp_path / "result.json"
     repro.write_text(json.dumps({
         "format": "deeplab-repro evaluation v1",
@@ -121,7 +170,8 @@ def test_report_renders_markdown_and_pngs(results: Path, tmp_path: Path):
     out = tmp_path / "report"
     assert report.main([*map(str, inputs), str(repro), "--out", str(out)]) == 0
     text = (out / "README.md").read_text(encoding="utf-8")
-    for heading in ("## Environment", "## Inference", "## Training step", "## Evaluation", "## Reproduction"):
+    for heading in ("## Environment", "## Inference engine vs plain eager", "## Inference", "## Training step",
+                    "## Evaluation", "## Reproduction"):
         assert heading in text, heading
     assert "75.12" in text and "Peers" in text and "Speed-ups" in text
     pngs = sorted(out.glob("*.png"))
