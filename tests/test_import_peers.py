@@ -331,3 +331,25 @@ def test_separable_flavour_keras_twin() -> None:
         ref = model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
     ours = np.asarray(keras_model(x, training=False)).transpose(0, 3, 1, 2)
     assert float(np.abs(ours - ref).max() / np.abs(ref).max()) <= 1e-4
+
+
+@pytest.mark.slow
+def test_aux_flavour_keras_twin_returns_forward_dict() -> None:
+    """torchvision's published files carry aux_classifier: the aux=True twin holds and computes it."""
+    pytest.importorskip("tensorflow")
+    from converters.keras_writer import load_state_dict_into_keras
+    from reference_models.keras import build_keras_model
+
+    model = build_model("torchvision_deeplabv3_mobilenet_v3_large", num_classes=3, aux=True).eval()
+    state = random_state({k: tuple(v.shape) for k, v in model.state_dict().items()}, seed=4)
+    model.load_state_dict(state)
+    keras_model = load_state_dict_into_keras(
+        build_keras_model("torchvision_deeplabv3_mobilenet_v3_large", num_classes=3, aux=True), state)
+    x = np.random.default_rng(1).standard_normal((1, 57, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = model.forward_dict(torch.from_numpy(x).permute(0, 3, 1, 2))
+    ours = keras_model(x, training=False)
+    assert set(ours) == {"out", "aux"}
+    for key in ("out", "aux"):
+        got = np.asarray(ours[key]).transpose(0, 3, 1, 2)
+        assert float(np.abs(got - ref[key].numpy()).max() / np.abs(ref[key].numpy()).max()) <= 1e-4, key

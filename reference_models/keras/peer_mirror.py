@@ -150,14 +150,18 @@ def torch_deeplab(mirror: KerasMirror, m: TorchDeepLab, x: Tensor) -> Tensor:
     if m.project is not None:
         low = seq(mirror, m.project, features["low_level"])
         y = L.Concatenate(axis=-1)([low, TorchBilinear()([y, low])])
-    return TorchBilinear()([seq(mirror, m.head, y), x])  # logits at the input size, align_corners=False
+    out = TorchBilinear()([seq(mirror, m.head, y), x])  # logits at the input size, align_corners=False
+    if m.aux_classifier is None:
+        return out
+    # aux=True (torchvision's published files carry the FCN head): the twin returns forward_dict's {"out", "aux"}
+    return {"out": out, "aux": TorchBilinear()([seq(mirror, m.aux_classifier, features["aux"]), x])}
 
 
 def model(mirror: KerasMirror, m: Any, x: Tensor) -> Tensor | None:
     """The Keras graph of a peer-flavoured model, or ``None`` if ``m`` is not one.
 
-    torchvision's auxiliary head is training-only: a model built with ``aux=True`` has no Keras twin
-    of it (build the twin with ``aux=False`` and leave the ``aux_classifier.*`` tensors out).
+    A torchvision flavour built with ``aux=True`` gives a Keras model with two outputs, ``{"out", "aux"}``
+    (its ``forward_dict``), so every tensor of an imported torchvision file has a Keras home.
     """
     if isinstance(m, KazutoMSC):
         return kazuto_msc(mirror, m, x)
