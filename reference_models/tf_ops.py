@@ -42,8 +42,15 @@ def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> 
     TF keeps ``out = ceil(size / stride)`` and puts the extra pixel after (bottom/right).
     """
     k_eff = (kernel - 1) * dilation + 1
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + k_eff - size, 0)
+    # Integer arithmetic only, and no max() where the amount cannot be negative: with symbolic
+    # sizes (torch.export, dynamic ONNX) the expressions stay small and need no guard.
+    if stride == 1:
+        total = k_eff - 1  # size independent
+    else:
+        out = (size + stride - 1) // stride  # ceil(size / stride)
+        total = (out - 1) * stride + k_eff - size  # >= k_eff - stride, as out * stride >= size
+        if k_eff < stride:
+            total = torch.sym_max(total, 0)  # builtin max for ints
     return total // 2, total - total // 2
 
 
@@ -108,7 +115,10 @@ class Conv2dTF(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top, bottom, left, right = self._pad_amounts(x)
-        if top == bottom and left == right:
+        # Under torch.export with dynamic sizes the amounts of a strided SAME conv are symbolic
+        # (they depend on the size's parity); only F.pad takes symbolic amounts, a conv's padding does not.
+        static = all(type(p) is int for p in (top, bottom, left, right))
+        if static and top == bottom and left == right:
             # symmetric (every stride-1 conv): the conv's own zero padding, no padded copy of x
             x = F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
         else:
@@ -143,7 +153,9 @@ def max_pool_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
     """
     top, bottom = same_pad_amounts(x.shape[-2], kernel, stride)
     left, right = same_pad_amounts(x.shape[-1], kernel, stride)
-    if 2 * max(top, left) <= kernel and bottom - top in (0, 1) and right - left in (0, 1):
+    # symbolic amounts (torch.export with dynamic sizes): the explicit pad, whose amounts may be symbolic
+    static = all(type(p) is int for p in (top, bottom, left, right))
+    if static and 2 * max(top, left) <= kernel and bottom - top in (0, 1) and right - left in (0, 1):
         out = F.max_pool2d(x, kernel, stride, padding=(top, left), ceil_mode=bottom > top or right > left)
         if out.shape[-2:] == (math.ceil(x.shape[-2] / stride), math.ceil(x.shape[-1] / stride)):
             return out
@@ -153,7 +165,8 @@ def max_pool_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
 
 def resize_bilinear_align_corners(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """``tf.image.resize_bilinear(x, size, align_corners=True)`` (identity when the size already matches)."""
-    size = (int(size[0]), int(size[1]))
+    # int() would freeze a symbolic size (torch.export with dynamic shapes) to the traced value
+    size = tuple(n if isinstance(n, torch.SymInt) else int(n) for n in size[:2])
     if tuple(x.shape[-2:]) == size:
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
