@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -40,8 +41,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converters import __version__  # noqa: E402
-from converters.cli import run_cli  # noqa: E402
-from converters.errors import ConversionError  # noqa: E402
+from converters.cli import run_main  # noqa: E402
+from converters.errors import ConversionError, DeeplabError  # noqa: E402
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -79,15 +80,22 @@ def _onnx_program(model: Any, example: Any, *, dynamic: bool, opset: int) -> Any
     axes = {0: dim.DYNAMIC, 2: dim.DYNAMIC, 3: dim.DYNAMIC} if dynamic else {0: dim.DYNAMIC}
     import contextlib
     import io
+    import logging
     import warnings
 
-    # the exporter reports its progress on stdout; keep the command's output to our own lines
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        return torch.onnx.export(
-            model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes={"x": axes}, opset_version=opset, optimize=True, verbose=False,
-        )
+    # the exporter reports its progress on stdout and logs optional-op notes; keep our output to our lines
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(
+                model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes={"x": axes}, opset_version=opset, optimize=True, verbose=False,
+            )
+    finally:
+        log.setLevel(level)
 
 
 def _session(path: Path) -> Any:
@@ -277,7 +285,7 @@ def run(args: argparse.Namespace) -> Path:
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as e:
-        raise ConversionError(None, f"{e.name} is not installed; pip install -e .[onnx]") from None
+        raise DeeplabError(f"{e.name} is not installed; pip install -e .[onnx]") from None
     from converters.io import provenance_path
     from reproduce.inference import InferenceError, load_model
 
@@ -286,6 +294,12 @@ def run(args: argparse.Namespace) -> Path:
         raise ConversionError(out, "output must end in .onnx")
     if out.resolve() == args.weights.resolve():
         raise ConversionError(out, "output would overwrite the weights")
+    try:  # before minutes of export: the folder must take the file
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConversionError(out, f"cannot create the output folder ({e.strerror or e})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ConversionError(out, "the output folder is not writable")
     record = None
     prov = provenance_path(args.weights)
     if prov.is_file() and prov != args.weights:
@@ -303,13 +317,11 @@ def run(args: argparse.Namespace) -> Path:
             else:
                 raise
     except InferenceError as e:
-        raise ConversionError(None, str(e)) from None
+        raise DeeplabError(str(e)) from None
     height = args.height or loaded.preprocessing.test_crop
     width = args.width or height
-    if args.dynamic and args.width is not None:
-        raise ConversionError(None, "--width fixes the size; it cannot go with --dynamic")
     if min(height, width) < 17 or max(height, width) > 4096:
-        raise ConversionError(None, f"input size {height}x{width} is outside 17..4096")
+        raise DeeplabError(f"input size {height}x{width} is outside 17..4096")
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     meta = metadata_for(loaded, dynamic=args.dynamic, height=None if args.dynamic else height,
                         width=None if args.dynamic else width, opset=args.opset)
@@ -327,14 +339,16 @@ def run(args: argparse.Namespace) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.width is not None and args.height is None and not args.dynamic:
-        parser.error("--width needs --height")
+def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage rules (exit 2)."""
     if args.dynamic and args.width is not None:
         parser.error("--width fixes the size; it cannot go with --dynamic")
-    return run_cli(run, args)
+    if args.width is not None and args.height is None:
+        parser.error("--width needs --height")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser(), run, argv, check=check_usage)
 
 
 if __name__ == "__main__":
