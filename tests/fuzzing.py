@@ -1,9 +1,10 @@
 """Seeded mutation fuzzing of every reader of foreign files, each case under a time and memory limit.
 
 Formats (``FORMATS``): ``caffemodel``, ``tf_index`` and ``tf_data`` (a V2 checkpoint's two files),
+``tf_v1`` (a V1 TensorSlice checkpoint file),
 ``palette_png``, ``mat`` (SBD / COCO-Stuff 10k labels) and ``deepfashion2_json``. Each has a small
-valid seed written here (no TensorFlow needed: the checkpoint is written by :func:`write_v2_checkpoint`,
-which the tests check against our reader and, when installed, TensorFlow's), a reader call that
+valid seed written here (no TensorFlow needed: the checkpoints are written by :func:`write_v2_checkpoint`
+and :func:`write_v1_checkpoint`, which the tests check against our reader and, when installed, TensorFlow's), a reader call that
 must either accept the file or raise the project's error (``ConversionError`` / ``DatasetError``),
 and mutators: generic byte ones (bit flips, byte insertions and deletions, truncations, random runs,
 huge varints, duplicated ranges) plus structured ones per format (swapped and reshaped blobs, changed
@@ -175,6 +176,36 @@ def write_v2_checkpoint(prefix: Path, values: dict[str, np.ndarray]) -> Path:
     Path(f"{prefix}.index").write_bytes(sstable(entries))
     Path(f"{prefix}.data-00000-of-00001").write_bytes(bytes(data))
     return prefix
+
+
+def write_v1_checkpoint(path: Path, values: dict[str, np.ndarray]) -> Path:
+    """A V1 (TensorSliceWriter) checkpoint file: the table of contents under the empty key, then one
+    full-extent slice record per tensor (``float_val`` / ``double_val`` / ``int_val`` / ``int64_val``)."""
+    from converters.proto import load_messages
+    from converters.tf.reader import _ordered_encode
+
+    m = load_messages("tensor_bundle")
+    toc = m["tensorflow.SavedTensorSlices"]()
+    records = []
+    fields = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 9: "int64_val"}
+    for name in sorted(values):
+        a = values[name]
+        dtype = _TF_DTYPES[a.dtype.newbyteorder("<") if a.dtype.itemsize > 1 else a.dtype]
+        meta = toc.meta.tensor.add(name=name, type=dtype)
+        for d in a.shape:
+            meta.shape.dim.add(size=d)
+        slice_ = meta.slice.add()
+        for _ in a.shape:
+            slice_.extent.add()  # start 0, no length: the whole dimension
+        record = m["tensorflow.SavedTensorSlices"]()
+        record.data.name = name
+        record.data.slice.CopyFrom(slice_)
+        record.data.data.dtype = dtype
+        getattr(record.data.data, fields[dtype]).extend(a.reshape(-1).tolist())
+        records.append((_ordered_encode(name, tuple((0, -1) for _ in a.shape)), record.SerializeToString()))
+    toc.meta.versions.producer = 1
+    path.write_bytes(sstable(sorted([(b"", toc.SerializeToString()), *records])))
+    return path
 
 
 def seed_tensors() -> dict[str, np.ndarray]:
@@ -371,6 +402,59 @@ def _tf_index_mutate(r: random.Random, seed: Path, case: Path) -> None:
     index = _tf_index_structured(r, index) if r.random() < 0.6 else mutate_bytes(r, index)
     (case / "model.ckpt.index").write_bytes(index)
     (case / "model.ckpt.data-00000-of-00001").write_bytes((seed / "model.ckpt.data-00000-of-00001").read_bytes())
+
+
+def _tf_v1_seed(folder: Path) -> None:
+    write_v1_checkpoint(folder / "model.ckpt", seed_tensors())
+
+
+def _tf_v1_structured(r: random.Random, data: bytes) -> bytes:
+    from converters.proto import load_messages
+    from converters.tf.reader import _table_entries
+
+    cls = load_messages("tensor_bundle")["tensorflow.SavedTensorSlices"]
+    entries = list(_table_entries(data))
+    i = r.randrange(len(entries))
+    key, value = entries[i]
+    msg = cls.FromString(value)
+    if key == b"":
+        meta = r.choice(list(msg.meta.tensor))
+        choice = r.randrange(5)
+        if choice == 0:
+            meta.type = r.choice([0, 2, 3, 7, 8, 14, 19, 20, 100])
+        elif choice == 1:
+            del meta.shape.dim[:]
+            for _ in range(r.choice([0, 1, 3, 40])):
+                meta.shape.dim.add(size=r.choice([0, 1, 5, -1, 2**40]))
+        elif choice == 2:
+            ext = meta.slice.add().extent.add()
+            ext.start, ext.length = r.choice([(0, 1), (2**40, 2), (-1, 3), (0, 2**40)])
+        elif choice == 3:
+            meta.name = r.choice(["", "a/weights", "x" * 300, "\x00"])
+        else:
+            del meta.slice[:]
+    else:
+        t = msg.data.data
+        choice = r.randrange(4)
+        if choice == 0:
+            t.dtype = r.choice([0, 1, 2, 3, 7, 9, 10, 100])
+        elif choice == 1:
+            for f in ("float_val", "double_val", "int_val", "int64_val"):
+                vals = getattr(t, f)
+                if len(vals):
+                    del vals[r.randrange(len(vals)) :]
+        elif choice == 2:
+            t.tensor_content = bytes(r.randrange(256) for _ in range(r.choice([1, 3, 8, 4 * 288])))
+        else:
+            t.float_val.extend([1.0] * r.randint(1, 50))
+    entries[i] = (key, msg.SerializeToString())
+    return sstable(entries)
+
+
+def _tf_v1_mutate(r: random.Random, seed: Path, case: Path) -> None:
+    data = (seed / "model.ckpt").read_bytes()
+    data = _tf_v1_structured(r, data) if r.random() < 0.5 else mutate_bytes(r, data)
+    (case / "model.ckpt").write_bytes(data)
 
 
 def _tf_data_mutate(r: random.Random, seed: Path, case: Path) -> None:
@@ -571,11 +655,13 @@ FORMATS: dict[str, Format] = {
     "caffemodel": Format("caffemodel", _caffe_seed, _caffe_mutate, _caffe_read),
     "tf_index": Format("tf_index", _tf_seed, _tf_index_mutate, _tf_read),
     "tf_data": Format("tf_data", _tf_seed, _tf_data_mutate, _tf_read),
+    "tf_v1": Format("tf_v1", _tf_v1_seed, _tf_v1_mutate, _tf_read),
     "palette_png": Format("palette_png", _png_seed, _png_mutate, _png_read),
     "mat": Format("mat", _mat_seed, _mat_mutate, _mat_read),
     "deepfashion2_json": Format("deepfashion2_json", _json_seed, _json_mutate, _json_read),
 }
 OUR_ERRORS = {"caffemodel": _conversion_error, "tf_index": _conversion_error, "tf_data": _conversion_error,
+              "tf_v1": _conversion_error,
               "palette_png": _dataset_error, "mat": _dataset_error, "deepfashion2_json": _dataset_error}
 
 

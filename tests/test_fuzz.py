@@ -45,10 +45,16 @@ def test_seed_checkpoint_reads_back(tmp_path: Path) -> None:
         assert ckpt.names() == sorted(values)
         for name, value in values.items():
             np.testing.assert_array_equal(ckpt.read(name), value)
+    v1 = fuzzing.write_v1_checkpoint(tmp_path / "v1.ckpt", values)
+    with open_checkpoint(v1) as ckpt:
+        assert ckpt.format_version == 1 and ckpt.names() == sorted(values)
+        for name, value in values.items():
+            np.testing.assert_array_equal(ckpt.read(name), value)
     tf = pytest.importorskip("tensorflow")
-    reader = tf.train.load_checkpoint(str(prefix))
-    for name, value in values.items():
-        np.testing.assert_array_equal(reader.get_tensor(name), value)
+    for path in (prefix, v1):
+        reader = tf.train.load_checkpoint(str(path))
+        for name, value in values.items():
+            np.testing.assert_array_equal(reader.get_tensor(name), value)
 
 
 # ------------------------------------------------------------------------------ what the fuzzer found

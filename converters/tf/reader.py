@@ -623,6 +623,8 @@ class TFCheckpoint:
             raise ConversionError(path, str(exc)) from None
         except DecodeError as exc:
             raise ConversionError(path, f"unparseable checkpoint entry ({exc})") from None
+        except OSError as exc:
+            raise ConversionError(path, f"cannot read the checkpoint index ({exc.strerror or exc})") from None
         if header is None:
             raise ConversionError(path, "checkpoint index has no header entry")
         if not 1 <= header.num_shards <= _MAX_SHARDS:
