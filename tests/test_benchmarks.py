@@ -152,6 +152,11 @@ def test_convert_quick(results: Path, tmp_path: Path):
     tf = record["tf"]
     if tf["status"] == "ok":
         assert tf["results"]["ours"]["peak_rss_bytes"] > 0 and tf["naive_over_ours"]["peak_rss"] > 0
+        crc = tf["crc_cost"]  # the CRC-32C check on by default, costed against the conversion
+        assert tf["results"]["ours_no_verify"]["seconds"] > 0 and crc["bytes"] > 0
+        assert crc["met"] and 0 < crc["crc_over_ours"] <= crc["limit"]
+        text = report.convert_section({"convert": [(out, record)]}, tmp_path, [])
+        assert "CRC-32C check of every tensor" in text
     else:
         assert tf["reason"]
 

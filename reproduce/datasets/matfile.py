@@ -21,6 +21,7 @@ import sys
 if __name__ == "__main__":  # the helper runs this file as a script: keep the package folder off the path
     sys.path.pop(0)
 
+import atexit  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import select  # noqa: E402
@@ -152,6 +153,22 @@ class _Helper:
         self.buf = bytearray()
         return self.proc
 
+    def close(self) -> None:
+        """End the helper (it also ends by itself when this process closes its stdin, e.g. on exit)."""
+        proc = self.proc
+        if proc is None or self.pid != os.getpid():
+            return
+        self.proc = None
+        try:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
     def _stop(self) -> None:
         if self.proc is not None and self.pid == os.getpid():
             self.proc.kill()
@@ -211,6 +228,7 @@ class _Helper:
 
 
 _HELPER = _Helper()
+atexit.register(_HELPER.close)
 
 
 def read_label(kind: str, path: str | os.PathLike, *, contained: bool = True,
