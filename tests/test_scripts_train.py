@@ -54,3 +54,29 @@ def test_missing_weights_are_explained(tmp_path):
                           capture_output=True, text=True, env={**os.environ, **PY, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 1
     assert "init.caffemodel" in proc.stderr and "download" in proc.stderr.lower()
+
+
+def test_recipe_help_lists_recipes_without_docstrings():
+    proc = subprocess.run([sys.executable, "-OO", "-m", "reproduce.recipe", "--help"], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert proc.returncode == 0 and "voc_v3plus_xception65" in proc.stdout and "voc_v2_official" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "reproduce.recipe", "voc_v22"], cwd=REPO, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert bad.returncode == 1 and "did you mean voc_v2?" in bad.stderr
+
+
+@pytest.mark.slow
+def test_xception65_recipe_is_one_config_file(tmp_path):
+    """The Xception-65 v3+ training recipe has no script: its config alone runs every step (TF writes the smoke ckpt)."""
+    pytest.importorskip("tensorflow", reason="the smoke run writes the Xception-65 ImageNet checkpoint with TensorFlow")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "reproduce.recipe", "voc_v3plus_xception65", "--smoke", "--out",
+                           str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=1500,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+                               "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "== [7/7] report" in proc.stdout
+    for name in ("final.pth", "best.pth", "last.pth", "best.json"):
+        assert (out / "train" / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "best checkpoint" in report and "deeplab_v3plus_xception65_voc12_val[3]" in report
