@@ -65,7 +65,6 @@ class OfficialRecipe:
     smoke: Literal["v2", "v3plus"]            # reproduce._smoke kind (miniature VOC + random official weights)
     eval: EvalCfg = field(default_factory=EvalCfg)
     report_title: str = ""
-    weights_help: str = ""
     smoke_help: str = ""
     smoke_crop: int = 129
     options: list[str] = field(default_factory=list)   # extra flags: amp, crf-workers
@@ -83,6 +82,13 @@ def _load_official(path: Path) -> OfficialRecipe:
     if find_release(rec.release) is None:
         raise RecipeError(f"{path}: release {rec.release!r} is not in converters/releases.py")
     return rec
+
+
+def _weights_help(release: str) -> str:
+    """Where an official recipe looks for its release's file, from the release registry."""
+    rel = find_release(release)
+    return (f"folder holding {rel.folder}/{rel.file_name} of release {rel.name} "
+            f"(python -m reproduce.download {rel.name} puts it there; default: data/models)")
 
 
 def find_recipes() -> dict[str, Path]:
@@ -166,7 +172,7 @@ def build_parser(name: str | None = None, recipe: Config | OfficialRecipe | None
     p.add_argument("--data-root", type=Path, default=Path("data"),
                    help=f"folder holding the dataset ({data_help}; default: data)")
     p.add_argument("--models-dir", "--weights-dir", dest="models_dir", type=Path, default=Path("data/models"),
-                   help=(recipe.weights_help if official and recipe.weights_help else
+                   help=(_weights_help(recipe.release) if official else
                          "folder holding the official source weights (default: data/models)")
                    + "; --weights-dir is the same option")
     p.add_argument("--out", type=Path, default=Path(default_out), help=f"results folder (default: {default_out})")

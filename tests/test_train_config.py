@@ -102,3 +102,13 @@ def test_editing_a_comment_or_hint_in_a_file_keeps_resume(tmp_path):
                           str(tmp_path / "run"), "--set", "solver.base_lr=0.1"], cwd=REPO, env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "solver.base_lr" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_missing_dataset_names_the_registry_commands(tmp_path):
+    """A config without a download hint gets the release registry's (download + prepare) for its data root."""
+    from reproduce.training.data import build_train_dataset
+
+    cfg = C.load_config(CONFIGS / "deeplabv2_resnet101_msc-cocoinit-cocostuff10k-321-20k.yaml")
+    cfg = C.apply_overrides(cfg, [f"data.root={tmp_path}/cocostuff-10k-v1.1"])
+    with pytest.raises(C.ConfigError, match=rf"python -m reproduce\.download cocostuff10k --data-root {tmp_path}$"):
+        build_train_dataset(cfg)

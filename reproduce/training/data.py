@@ -15,6 +15,7 @@ batch back to the training loop, which counts them in the log, the checkpoint an
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -149,7 +150,8 @@ def build_train_dataset(cfg: Config | Mapping[str, Any]) -> Any:
     try:
         return build_dataset(data.dataset, root=data.root, split=data.split, **kwargs)
     except (DatasetError, FileNotFoundError) as e:
-        raise ConfigError(f"{e}" + (f". {data.how_to_get}" if data.how_to_get else "")) from None
+        hint = data.how_to_get or _registry_hint(data.dataset, data.root)
+        raise ConfigError(f"{e}" + (f". {hint}" if hint else "")) from None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"data: {e}") from None
 
@@ -191,3 +193,15 @@ def build_loader(cfg: Config, base: Any, *, rank: int, world: int, start_iter: i
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global torch RNG untouched (dropout)
     )
     return loader, sampler
+
+
+def _registry_hint(dataset: str, root: str) -> str | None:
+    """How to get ``dataset`` (a reader name) from the release registry, for the data root that holds ``root``."""
+    from converters.releases import DATA_ROOT, DATASETS
+
+    for d in DATASETS.values():
+        if dataset in d.readers:
+            parts, top = Path(root).parts, Path(d.folder).parts[0]
+            data_root = (Path(*parts[:parts.index(top)]) or Path(".")) if top in parts else DATA_ROOT
+            return d.how_to_get(data_root)
+    return None
