@@ -25,12 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from converters.errors import DeeplabError
+
 __all__ = ["CRFParams", "RESNET101", "VGG16", "CRFUnavailable", "require_pydensecrf", "dense_crf", "CRFPool"]
 
 INSTALL_HINT = "dense CRF needs pydensecrf: pip install pydensecrf2 (or pip install -e .[crf])"
 
 
-class CRFUnavailable(ImportError):
+class CRFUnavailable(DeeplabError, ImportError):
     """``pydensecrf`` is not installed; ``str(error)`` is a one-line install hint."""
 
 

@@ -484,19 +484,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from reproduce.crf import CRFUnavailable
+    """The command line: exit 0 done, 1 bad input (one line on stderr), 2 usage, 130 interrupted."""
+    from converters.cli import run_main
 
-    try:
-        run(args)
-    except (InferenceError, CRFUnavailable) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_main(build_parser(), run, argv)
 
 
 _EPILOG = """examples:

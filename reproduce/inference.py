@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from converters.errors import DeeplabError
 from reference_models.preprocessing import CAFFE_DEEPLAB_V2, Preprocessing
 
 __all__ = [
@@ -74,7 +75,7 @@ except ImportError:  # pragma: no cover
                                       test_crop=513)
 
 
-class InferenceError(ValueError):
+class InferenceError(DeeplabError, ValueError):
     """Bad user input (missing weights, mismatched model, bad option): ``str(error)`` is one line."""
 
 

@@ -521,25 +521,25 @@ def _summary(report: PredictReport, out: Path) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from reproduce.crf import CRFUnavailable
-
+def _run_and_report(args: argparse.Namespace) -> None:
     report = PredictReport()
     try:
         run(args, report)
-    except (InferenceError, CRFUnavailable) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print(f"error: interrupted; {_summary(report, args.out)}", file=sys.stderr)
-        return 130
+        print(f"interrupted: {_summary(report, args.out)} (complete files)")  # the error line follows on stderr
+        raise
     if report.skipped:
         print(f"warning: skipped {len(report.skipped)} unreadable input(s): " + "; ".join(report.skipped),
               file=sys.stderr)
     if not args.quiet:
         print(_summary(report, args.out))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: exit 0 done, 1 bad input (one line on stderr), 2 usage, 130 interrupted."""
+    from converters.cli import run_main
+
+    return run_main(build_parser(), _run_and_report, argv)
 
 
 if __name__ == "__main__":
