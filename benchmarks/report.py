@@ -164,6 +164,18 @@ def engine_section(groups) -> str:
                         if r.get("status") != "ok"})
         if notes:
             parts.append("\nNot measured: " + "; ".join(notes) + "\n")
+        targets = []
+        for (model, size), variants in sorted(by_point.items()):
+            if "resnet101" not in model or size != (513, 513):
+                continue
+            for v, limit in (("engine", 0.85), ("compile", 0.75), ("bf16", 0.5)):
+                r = variants.get(v)
+                if r and r.get("status") == "ok":
+                    ok = r["ratio_to_eager"] <= limit and (v != "bf16" or r["argmax_agreement"] >= 0.995)
+                    targets.append(f"{model} {v} {_f(r['ratio_to_eager'], 3)}x (target <= {limit}x): "
+                                   f"{'met' if ok else 'NOT met'}")
+        if targets:
+            parts.append("\nTargets at 513 (ResNet-101 models): " + "; ".join(targets) + "\n")
         compiled = [r for r in rec["results"] if r.get("variant") == "compile" and r.get("status") == "ok"]
         if compiled:
             parts.append("\nCompile time (first call): " + ", ".join(
@@ -515,7 +527,8 @@ def eval_section(groups, out: Path, plots: list[str]) -> str:
         plots.append("crf_scaling.png")
     for c in crf:
         if c.get("status") != "ok":
-            parts.append(f"\n- dense CRF {c.get('status')}: {c.get('reason') or c.get('error')}\n")
+            why = " ".join(str(c.get("reason") or c.get("error")).split())[:300]
+            parts.append(f"\n- dense CRF, {c.get('workers', '?')} workers, {c.get('status')}: {why}\n")
     if len(ok) > 1:
         one = next((c for c in ok if c["workers"] == 1), None)
         if one:
