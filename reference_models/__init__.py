@@ -28,6 +28,7 @@ from . import (  # noqa: E402,F401  (TF-ported v3/v3+)
     drn,
     jfzhang95_style,
     kazuto_style,  # noqa: E402,F401  (a peer's flavour: kazuto1011's MSC fusion, for converters/peers)
+    leimao_style,  # noqa: E402,F401  (seed leimao/DeepLab-V3's v3: resnet_v2 / MobileNet-v2 + linear ASPP)
     mobilenet_v1,
     mobilenet_v2,
     resnet_tf,

@@ -69,10 +69,11 @@ def build_keras_backbone(name: str, *, output_stride: int,
 def custom_objects() -> dict[str, type]:
     """The custom layers, for ``keras.models.load_model`` (importing this package's ``layers`` registers them too)."""
     from .layers import CaffeInterp, CaffeMaxPool, ResizeLike
+    from .leimao_mirror import TF1LegacyBilinear
     from .peer_layers import TorchBilinear
 
     return {"CaffeInterp": CaffeInterp, "CaffeMaxPool": CaffeMaxPool, "ResizeLike": ResizeLike,
-            "TorchBilinear": TorchBilinear}
+            "TorchBilinear": TorchBilinear, "TF1LegacyBilinear": TF1LegacyBilinear}
 
 
 def load_keras_model(path: str | os.PathLike) -> keras.Model:

@@ -42,7 +42,7 @@ from reference_models.resnet_tf import BottleneckV1, BottleneckV2, ResNetTF
 from reference_models.tf_ops import BatchNormAct, Conv2dTF, fixed_pad_amounts
 from reference_models.xception import XceptionModule, XceptionTF
 
-from . import jfzhang95_mirror, peer_mirror
+from . import jfzhang95_mirror, leimao_mirror, peer_mirror
 from .layers import CaffeInterp, CaffeMaxPool, ResizeLike
 
 try:  # the tiny test/smoke models (reference_models/tiny.py)
@@ -361,7 +361,7 @@ class KerasMirror:
         return self.module(m, x)
 
     def backbone(self, m: nn.Module, x: Tensor) -> dict[str, Tensor]:
-        for peer in (peer_mirror, jfzhang95_mirror):  # the peers' flavours first
+        for peer in (peer_mirror, jfzhang95_mirror, leimao_mirror):  # the peers' flavours first
             if (out := peer.backbone(self, m, x)) is not None:
                 return out
         for cls, fn in ((CaffeResNet, self.caffe_resnet), (CaffeVGG16, self.caffe_vgg), (ResNetTF, self.resnet_tf),
@@ -372,7 +372,7 @@ class KerasMirror:
         raise NotImplementedError(f"backbone {type(m).__name__} has no Keras mirror")
 
     def model(self, m: nn.Module, x: Tensor) -> Tensor:
-        for peer in (peer_mirror, jfzhang95_mirror):  # the peers' flavours (some subclass ours) first
+        for peer in (peer_mirror, jfzhang95_mirror, leimao_mirror):  # the peers' flavours (some subclass ours) first
             if (out := peer.model(self, m, x)) is not None:
                 return out
         if isinstance(m, DeepLabV2):
