@@ -20,32 +20,38 @@ plus a provenance JSON beside it (``x.weights.h5`` -> ``x.weights.json``, ``x.ke
 the PyTorch weights' ``x.json``: source sha256, release,
 architecture, steps, TensorFlow/Keras versions, preprocessing contract). The Keras models take NHWC
 input preprocessed as the release says (BGR, mean 104.008/116.669/122.675 subtracted).
-Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error.
+Needs TensorFlow and Keras (``pip install '.[tf]'``); TensorFlow's start-up log lines are silenced.
+Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file (`python converters/caffe2tf.py`): run it as the package module it is, with the
+    # repository root importable, instead of editing sys.path.
+    from os import environ, execve, pathsep
+    from os.path import abspath, dirname
+
+    _root = dirname(dirname(abspath(__file__)))
+    execve(sys.executable, [sys.executable, "-m", "converters.caffe2tf", *sys.argv[1:]],
+           {**environ, "PYTHONPATH": pathsep.join(filter(None, (_root, environ.get("PYTHONPATH"))))})
+
+import argparse
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from converters import caffe2torch  # noqa: E402
-from converters.cli import run_main  # noqa: E402
-from converters.io import check_outputs_spare_inputs  # noqa: E402
-from converters.keras_writer import (  # noqa: E402
+from converters import caffe2torch
+from converters.cli import run_main
+from converters.io import check_outputs_spare_inputs
+from converters.keras_writer import (
     KERAS_SUFFIXES,
     check_keras_output,
-    convert_via_state_dict,
+    import_tensorflow,
     keras_provenance_path,
     set_help,
+    write_keras,
 )
-from converters.releases import CAFFE_RELEASES  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,20 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_output(args: argparse.Namespace) -> Path:
-    release = CAFFE_RELEASES.get(args.dataset) if args.dataset else None
-    if args.out is not None:
-        return args.out
-    # caffe2torch's defaults with the Keras suffix
-    return (release.default_output if release else args.caffemodel).with_suffix(".weights.h5")
+    """``--out``, else caffe2torch.py's default output with the ``.weights.h5`` suffix."""
+    return caffe2torch.default_output(args, suffix=".weights.h5")
 
 
 def run(args: argparse.Namespace) -> Path:
-    """Convert as ``args`` say; return the Keras output path. Raises ConversionError for bad input."""
+    """Convert as ``args`` say; return the Keras output path. Raises DeeplabError for bad input."""
     out = default_output(args)
     check_keras_output(out)
-    src = args.caffemodel or CAFFE_RELEASES[args.dataset].default_path
-    check_outputs_spare_inputs([out, keras_provenance_path(out)], [src])
-    return convert_via_state_dict(caffe2torch.run, args, out, tool="converters/caffe2tf.py")
+    check_outputs_spare_inputs([out, keras_provenance_path(out)], [caffe2torch.source_path(args)])
+    import_tensorflow()  # fails fast, in one line, without TensorFlow
+    converted = caffe2torch.convert(args, tool="converters/caffe2tf.py")
+    return write_keras(converted, out, quiet=args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,31 +11,36 @@ The output is a plain state dict (``torch.load(path, weights_only=True)`` or
 safetensors' ``load_file``) that loads strictly into
 ``reference_models.build_model(arch, num_classes=N)``, plus a provenance JSON
 beside it (source sha256, release, architecture, preprocessing contract).
-Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error.
+The conversion itself is ``converters.caffe.convert.convert_caffemodel`` (weights and provenance in
+memory); this command adds the output path and the file write.
+Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from datetime import datetime, timezone
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file (`python converters/caffe2torch.py`): run it as the package module it is, with the
+    # repository root importable, instead of editing sys.path.
+    from os import environ, execve, pathsep
+    from os.path import abspath, dirname
+
+    _root = dirname(dirname(abspath(__file__)))
+    execve(sys.executable, [sys.executable, "-m", "converters.caffe2torch", *sys.argv[1:]],
+           {**environ, "PYTHONPATH": pathsep.join(filter(None, (_root, environ.get("PYTHONPATH"))))})
+
+import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from converters.cli import run_main, write_weights
+from converters.errors import ConversionError
+from converters.io import WEIGHT_SUFFIXES, WRONG_KIND_HINT, check_outputs_spare_inputs, provenance_path, sniff_kind
+from converters.releases import CAFFE_RELEASES
 
-from converters import __version__  # noqa: E402
-from converters.cli import run_main, write_weights  # noqa: E402
-from converters.errors import ConversionError  # noqa: E402
-from converters.io import (  # noqa: E402
-    WEIGHT_SUFFIXES,
-    WRONG_KIND_HINT,
-    check_outputs_spare_inputs,
-    provenance_path,
-    sha256_file,
-    sniff_kind,
-)
-from converters.releases import CAFFE_RELEASES, Release  # noqa: E402
+if TYPE_CHECKING:  # pragma: no cover
+    from converters.caffe.convert import Converted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,68 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> Path:
-    """Convert as ``args`` say; return the weights path. Raises ConversionError for bad input."""
+def convert(args: argparse.Namespace, *, tool: str = "converters/caffe2torch.py") -> Converted:
+    """The conversion ``args`` ask for, in memory: weights and provenance (shared with caffe2tf.py)."""
     from converters.caffe.convert import convert_caffemodel
-    from converters.caffe.passes import STEPS
 
-    release: Release | None = CAFFE_RELEASES.get(args.dataset) if args.dataset else None
-    arch = args.arch or (release.arch if release else None)
+    release = CAFFE_RELEASES.get(args.dataset) if args.dataset else None
     num_classes = args.num_classes if args.num_classes is not None else (release.num_classes if release else None)
+    return convert_caffemodel(source_path(args), arch=args.arch or release.arch, num_classes=num_classes,
+                              progress=not args.quiet, release=release, tool=tool)
+
+
+def source_path(args: argparse.Namespace) -> Path:
+    """``--caffemodel``, else the release's default location; ConversionError (saying where to get it) if absent."""
+    release = CAFFE_RELEASES.get(args.dataset) if args.dataset else None
     src = args.caffemodel or release.default_path
     if not src.is_file():
         if release is not None and args.caffemodel is None:
             raise ConversionError(src, release.missing_message())
         raise ConversionError(src, "file not found")
     check_kind(src)
-    out = args.out or (release.default_output if release else src.with_suffix(".pth"))
-    if out.suffix not in WEIGHT_SUFFIXES:
-        raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
-    check_outputs_spare_inputs([out, provenance_path(out)], [src])
-
-    converted = convert_caffemodel(src, arch=arch, num_classes=num_classes, progress=not args.quiet)
-    from reference_models.preprocessing import CAFFE_DEEPLAB_V2
-
-    preprocessing = release.preprocessing if release else CAFFE_DEEPLAB_V2
-    source_sha = sha256_file(src)
-    if release is not None and release.sha256 and release.sha256 != source_sha:
-        raise ConversionError(src, f"sha256 {source_sha} does not match the release's {release.sha256}")
-    import google.protobuf
-    import torch
-
-    record = {
-        "format": "deeplab-repro provenance v1",
-        "release": release.name if release else None,
-        "architecture": arch,
-        "num_classes": converted.num_classes,
-        "load_with": f"reference_models.build_model({arch!r}, num_classes={converted.num_classes})",
-        "source": {
-            "file": src.name,
-            "sha256": source_sha,
-            "size_bytes": src.stat().st_size,
-            "official_url": release.url if release else None,
-            "published_sha256": release.sha256 if release else None,
-            "caffe_layers": converted.caffe_layers,
-            # how each Scale layer found its BatchNorm: "bottom/top" (the file's own wiring), or, for
-            # weights-only files whose records carry no bottom/top, "official topology" / "layer names"
-            "scale_layers_paired_by": converted.scale_pairing,
-        },
-        "converter": {
-            "tool": "converters/caffe2torch.py",
-            "version": __version__,
-            "steps": list(STEPS),
-            "torch": torch.__version__,
-            "protobuf": google.protobuf.__version__,
-        },
-        "preprocessing": preprocessing.to_dict(),
-        "weights": {"file": out.name, "tensors": len(converted.state_dict)},
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_weights(converted.state_dict, out, record)
-    if not args.quiet:
-        print(f"wrote {out} ({len(converted.state_dict)} tensors, {arch}, {converted.num_classes} classes) "
-              f"and {provenance_path(out)}")
-    return out
+    return src
 
 
 def check_kind(src: Path) -> None:
@@ -130,6 +93,30 @@ def check_kind(src: Path) -> None:
     kind = sniff_kind(src)
     if kind is not None:
         raise ConversionError(src, f"not a caffemodel: this is {WRONG_KIND_HINT[kind]}")
+
+
+def default_output(args: argparse.Namespace, suffix: str = ".pth") -> Path:
+    """``--out``, else the release's converted path, else beside the caffemodel (with ``suffix``)."""
+    if args.out is not None:
+        return args.out
+    release = CAFFE_RELEASES.get(args.dataset) if args.dataset else None
+    return (release.default_output if release else source_path(args)).with_suffix(suffix)
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Convert as ``args`` say; return the weights path. Raises ConversionError for bad input."""
+    src = source_path(args)  # a missing file or one of another kind is reported before anything else
+    out = default_output(args)
+    if out.suffix not in WEIGHT_SUFFIXES:
+        raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
+    check_outputs_spare_inputs([out, provenance_path(out)], [src])
+    converted = convert(args)
+    record = {**converted.provenance, "weights": {"file": out.name, "tensors": len(converted.state_dict)}}
+    write_weights(converted.state_dict, out, record)
+    if not args.quiet:
+        print(f"wrote {out} ({len(converted.state_dict)} tensors, {record['architecture']}, "
+              f"{converted.num_classes} classes) and {provenance_path(out)}")
+    return out
 
 
 def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

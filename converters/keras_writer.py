@@ -26,17 +26,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from converters.errors import ConversionError
+from converters.errors import ConversionError, DeeplabError
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -44,12 +44,14 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "KERAS_SUFFIXES",
     "PARAM",
-    "convert_via_state_dict",
+    "import_tensorflow",
     "keras_arrays",
     "keras_provenance_path",
+    "keras_record",
     "keras_suffix",
     "load_state_dict_into_keras",
     "save_keras",
+    "write_keras",
 ]
 
 KERAS_SUFFIXES = (".weights.h5", ".keras")
@@ -215,8 +217,50 @@ def check_keras_output(out: Path) -> None:
         raise ConversionError(out, f"output must end in {' or '.join(KERAS_SUFFIXES)}")
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null: TensorFlow's C++ start-up lines (oneDNN notice, "Could not find
+    cuda drivers", "failed call to cuInit") are written before its log level applies."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_tensorflow() -> tuple[Any, Any]:
+    """``(tensorflow, keras)``, imported quietly; a one-line :class:`DeeplabError` when not installed.
+
+    TensorFlow's log level defaults to errors only (``TF_CPP_MIN_LOG_LEVEL=2``, set before the import);
+    its native start-up lines are silenced unless the user set ``TF_CPP_MIN_LOG_LEVEL`` to 0 or 1.
+    """
+    import importlib.util
+
+    if "tensorflow" not in sys.modules:
+        missing = [m for m in ("tensorflow", "keras") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise DeeplabError(f"the Keras converters need TensorFlow and Keras ({' and '.join(missing)} not "
+                               "installed): pip install '.[tf]' (or: pip install 'deeplab-repro[tf]')")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1") and "tensorflow" not in sys.modules
+    with _native_stderr_silenced() if quiet else contextlib.nullcontext():
+        import keras
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")
+        tf.config.list_physical_devices()  # device discovery (and its CUDA probe) happens here, silenced
+    return tf, keras
+
+
 def build_from_record(record: Mapping[str, Any]) -> keras.Model:
     """The Keras twin a provenance record describes (backbone or model, classes, output stride)."""
+    import_tensorflow()
     from reference_models.keras import build_keras_backbone, build_keras_model
 
     arch = record["architecture"]
@@ -238,48 +282,38 @@ def _load_with(record: Mapping[str, Any], out: Path) -> str:
     return f"reference_models.keras.{build}.load_weights({out.name!r})"
 
 
-def convert_via_state_dict(torch_run: Callable[[argparse.Namespace], Path], args: argparse.Namespace, out: Path,
-                           *, tool: str) -> Path:
-    """Run a PyTorch converter's ``run(args)`` into a temporary canonical state dict (with all its checks
-    and its provenance record), then write that state dict as Keras weights to ``out`` plus a provenance
-    JSON beside it. Nothing is left at ``out`` on failure.
-    """
-    from converters.io import load_state_dict, provenance_path, sha256_file, write_json_atomic
+def keras_record(record: Mapping[str, Any], out: Path, model: keras.Model, *, tensors: int) -> dict[str, Any]:
+    """The Keras output's provenance: the PyTorch record (``converters.provenance``) of the same conversion,
+    with the Keras ``load_with``, the ``keras_layout`` step, TensorFlow/Keras versions and the output file."""
+    tf, keras = import_tensorflow()
+    converter = dict(record["converter"])
+    converter.update(steps=[*converter.get("steps", []), "keras_layout"], tensorflow=tf.__version__,
+                     keras=keras.__version__, canonical_state_dict={"tensors": tensors})
+    return {**record, "load_with": _load_with(record, out), "converter": converter,
+            "weights": {"file": out.name, "format": keras_suffix(out), "variables": len(model.weights),
+                        "layout": "NHWC; kernels HWIO, depthwise (H, W, C, M)"}}
 
+
+def write_keras(converted: Any, out: str | os.PathLike, *, quiet: bool = False) -> Path:
+    """Write an in-memory conversion (``state_dict``, ``provenance``, ``source_layer``, as returned by
+    ``convert_caffemodel`` / ``convert_tf_checkpoint``) as Keras weights at ``out`` plus a provenance JSON
+    beside it. Nothing is left at ``out`` on failure."""
+    from converters.io import sha256_file, write_json_atomic
+
+    out = Path(out)
     check_keras_output(out)
-    with tempfile.TemporaryDirectory(prefix="deeplab-repro-keras-") as tmp:
-        canonical = Path(tmp) / "canonical.safetensors"
-        inner = argparse.Namespace(**{**vars(args), "out": canonical, "quiet": True})
-        torch_run(inner)
-        import keras  # only now: bad input fails fast, without loading TensorFlow
-        import tensorflow as tf
-
-        record = json.loads(provenance_path(canonical).read_text(encoding="utf-8"))
-        state_dict = load_state_dict(canonical)
-        model = build_from_record(record)
-        load_state_dict_into_keras(model, state_dict, path=canonical)
-        inner_converter = record["converter"]
-        record["load_with"] = _load_with(record, out)
-        record["converter"] = {
-            "tool": tool,
-            "version": inner_converter.get("version"),
-            "canonical_state_dict": {"tool": inner_converter.get("tool"), "tensors": len(state_dict),
-                                     "sha256": record["weights"].get("sha256")},
-            "steps": [*inner_converter.get("steps", []), "keras_layout"],
-            "torch": inner_converter.get("torch"),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        }
-        record["weights"] = {"file": out.name, "format": keras_suffix(out), "variables": len(model.weights),
-                             "layout": "NHWC; kernels HWIO, depthwise (H, W, C, M)"}
-        save_keras(model, out)
+    model = build_from_record(converted.provenance)
+    load_state_dict_into_keras(model, converted.state_dict, path=converted.provenance["source"].get("file") or converted.provenance["source"].get("checkpoint"),
+                               source_layer=converted.source_layer)
+    record = keras_record(converted.provenance, out, model, tensors=len(converted.state_dict))
+    save_keras(model, out)
     try:
         record["weights"]["sha256"] = sha256_file(out)
         write_json_atomic(keras_provenance_path(out), record)
     except BaseException:
         out.unlink(missing_ok=True)  # never leave weights without their provenance
         raise
-    if not getattr(args, "quiet", False):
+    if not quiet:
         print(f"wrote {out} ({len(model.weights)} Keras variables, {record['architecture']}) and "
               f"{keras_provenance_path(out)}")
     return out

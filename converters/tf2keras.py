@@ -19,32 +19,40 @@ plus a provenance JSON beside it (``x.weights.h5`` -> ``x.weights.json``, ``x.ke
 the PyTorch weights' ``x.json``). Why not read the checkpoint
 with TensorFlow into a Keras model directly: the TF-free reader and the rename table are the ones
 the PyTorch weights are proven with, so both frameworks get identical numbers from one path.
-Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error.
+Needs TensorFlow and Keras (``pip install '.[tf]'``); TensorFlow's start-up log lines are silenced.
+Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file (`python converters/tf2keras.py`): run it as the package module it is, with the
+    # repository root importable, instead of editing sys.path.
+    from os import environ, execve, pathsep
+    from os.path import abspath, dirname
+
+    _root = dirname(dirname(abspath(__file__)))
+    execve(sys.executable, [sys.executable, "-m", "converters.tf2keras", *sys.argv[1:]],
+           {**environ, "PYTHONPATH": pathsep.join(filter(None, (_root, environ.get("PYTHONPATH"))))})
+
+import argparse
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from converters import tf2torch  # noqa: E402
-from converters.cli import run_main  # noqa: E402
-from converters.io import check_outputs_spare_inputs  # noqa: E402
-from converters.keras_writer import (  # noqa: E402
+from converters import tf2torch
+from converters.cli import run_main
+from converters.io import check_outputs_spare_inputs
+from converters.keras_writer import (
     KERAS_SUFFIXES,
     check_keras_output,
-    convert_via_state_dict,
+    import_tensorflow,
     keras_provenance_path,
     set_help,
+    write_keras,
 )
-from converters.releases import TF_RELEASES  # noqa: E402
+from converters.releases import TF_RELEASES
+from converters.tf.convert import find_checkpoint, source_files
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,23 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_output(args: argparse.Namespace) -> Path:
-    if args.out is not None:
-        return args.out
-    release = TF_RELEASES.get(args.dataset) if args.dataset else None
-    if release is not None:
-        return release.default_output.with_suffix(".weights.h5")
-    prefix = tf2torch.resolve_prefix(args.checkpoint) or args.checkpoint
-    return prefix.with_name(f"{prefix.name}_{args.arch}.weights.h5")  # tf2torch's default, Keras suffix
+    """``--out``, else tf2torch.py's default output with the ``.weights.h5`` suffix."""
+    return tf2torch.default_output(args, suffix=".weights.h5")
 
 
 def run(args: argparse.Namespace) -> Path:
-    """Convert as ``args`` say; return the Keras output path. Raises ConversionError for bad input."""
+    """Convert as ``args`` say; return the Keras output path. Raises DeeplabError for bad input."""
     out = default_output(args)
     check_keras_output(out)
-    prefix = tf2torch.resolve_prefix(args.checkpoint or TF_RELEASES[args.dataset].default_path)
-    if prefix is not None:
-        check_outputs_spare_inputs([out, keras_provenance_path(out)], tf2torch.source_files(prefix))
-    return convert_via_state_dict(tf2torch.run, args, out, tool="converters/tf2keras.py")
+    prefix = find_checkpoint(args.checkpoint, TF_RELEASES[args.dataset] if args.dataset else None)
+    check_outputs_spare_inputs([out, keras_provenance_path(out)], source_files(prefix))
+    import_tensorflow()  # fails fast, in one line, without TensorFlow
+    converted = tf2torch.convert(args, tool="converters/tf2keras.py")
+    return write_keras(converted, out, quiet=args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,43 +17,35 @@ output_stride=...)`` (DeepLab releases), plus a provenance JSON beside it (sourc
 and sizes, release, architecture, conversion steps, preprocessing contract). Optimizer slots,
 ``global_step`` and EMA copies are ignored. For a release, the checkpoint must hold exactly the
 variables of ``converters/manifests/<release>.json`` (plus ignorable ones).
-Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error.
+The conversion itself is ``converters.tf.convert.convert_tf_checkpoint`` (weights and provenance in
+memory); this command adds the output path and the file write.
+Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections import Counter
-from datetime import datetime, timezone
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file (`python converters/tf2torch.py`): run it as the package module it is, with the
+    # repository root importable, instead of editing sys.path.
+    from os import environ, execve, pathsep
+    from os.path import abspath, dirname
+
+    _root = dirname(dirname(abspath(__file__)))
+    execve(sys.executable, [sys.executable, "-m", "converters.tf2torch", *sys.argv[1:]],
+           {**environ, "PYTHONPATH": pathsep.join(filter(None, (_root, environ.get("PYTHONPATH"))))})
+
+import argparse
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from converters.cli import run_main, write_weights
+from converters.errors import ConversionError
+from converters.io import WEIGHT_SUFFIXES, check_outputs_spare_inputs, provenance_path
+from converters.releases import TF_MODELS_URL, TF_RELEASES, TFRelease
+from converters.tf.convert import STEPS, Converted, convert_tf_checkpoint, find_checkpoint, source_files, tf_archs
 
-from converters import __version__  # noqa: E402
-from converters.cli import run_main, write_weights  # noqa: E402
-from converters.errors import ConversionError  # noqa: E402
-from converters.io import (  # noqa: E402
-    WEIGHT_SUFFIXES,
-    WRONG_KIND_HINT,
-    check_outputs_spare_inputs,
-    provenance_path,
-    sha256_file,
-    sniff_kind,
-)
-from converters.releases import TF_MODELS_URL, TF_RELEASES, TFRelease  # noqa: E402
-from converters.tf.convert import (  # noqa: E402
-    STEPS,
-    check_complete,
-    check_manifest,
-    check_scope,
-    default_preprocessing,
-    load_manifest,
-    resolve_prefix,
-    source_files,
-    tf_archs,
-)
+__all__ = ["STEPS", "build_parser", "check_usage", "convert", "default_output", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,114 +84,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- conversion
+def convert(args: argparse.Namespace, *, tool: str = "converters/tf2torch.py") -> Converted:
+    """The conversion ``args`` ask for, in memory (shared with tf2keras.py)."""
+    return convert_tf_checkpoint(args.checkpoint, release=args.dataset, arch=args.arch, num_classes=args.num_classes,
+                                 output_stride=args.output_stride, verify=not args.no_verify, tool=tool)
+
+
+def _release(args: argparse.Namespace) -> TFRelease | None:
+    return TF_RELEASES[args.dataset] if args.dataset else None
+
+
+def default_output(args: argparse.Namespace, suffix: str = ".pth") -> Path:
+    """``--out``, else ``data/models/<folder>/<arch>_<release><suffix>``, else beside the checkpoint."""
+    if args.out is not None:
+        return args.out
+    prefix = find_checkpoint(args.checkpoint, _release(args))  # not found: says how to get it; wrong kind: says so
+    if args.dataset:
+        return TF_RELEASES[args.dataset].default_output.with_suffix(suffix)
+    return prefix.with_name(f"{prefix.name}_{args.arch}{suffix}")
+
+
 def run(args: argparse.Namespace) -> Path:
     """Convert as ``args`` say; return the weights path. Raises ConversionError for bad input."""
-    from converters.tf.reader import open_checkpoint
-    from converters.tf.rules import ignore_reason, tf_arrays_to_state_dict
-    from reference_models import build_backbone, build_model
-
-    release: TFRelease | None = TF_RELEASES.get(args.dataset) if args.dataset else None
-    arch = args.arch or release.arch
-    backbones, _ = tf_archs()
-    kind = "backbone" if arch in backbones else "model"
-
-    given = args.checkpoint or release.default_path
-    if given.is_file():
-        file_kind = "caffe" if given.suffix in (".caffemodel", ".prototxt") else sniff_kind(given)
-        if file_kind is not None and file_kind != "tf":
-            raise ConversionError(given, f"not a TensorFlow checkpoint: this is {WRONG_KIND_HINT[file_kind]}")
-    prefix = resolve_prefix(given)
-    if prefix is None and args.checkpoint is None:
-        prefix = resolve_prefix(given.parent)  # e.g. a differently numbered model.ckpt-NNNN in the release folder
-        if prefix is None:
-            raise ConversionError(given, release.missing_message())
-    if prefix is None:
-        raise ConversionError(given, "checkpoint not found (no PREFIX.index of a V2 checkpoint, no V1 file)")
-    out = args.out or (release.default_output if release else prefix.with_name(f"{prefix.name}_{arch}.pth"))
+    out = default_output(args)
     if out.suffix not in WEIGHT_SUFFIXES:
         raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
-    check_outputs_spare_inputs([out, provenance_path(out)], source_files(prefix))
-
-    verify = not getattr(args, "no_verify", False)
-    with open_checkpoint(prefix, verify=verify) as ckpt:
-        path = str(ckpt.index_path if ckpt.format_version == 1 else prefix)
-        num_classes = None
-        if kind == "model":
-            num_classes = args.num_classes
-            if num_classes is None and release is not None and release.arch == arch:
-                num_classes = release.num_classes
-            if num_classes is None:
-                if "logits/semantic/biases" not in ckpt:
-                    raise ConversionError(path, "no 'logits/semantic/biases' to read the class count from; "
-                                          "pass --num-classes")
-                num_classes = int(ckpt.shape("logits/semantic/biases")[0])
-        output_stride = args.output_stride or (release.output_stride if release else 16)
-        try:
-            if kind == "backbone":
-                model = build_backbone(arch, output_stride=output_stride)
-            else:
-                model = build_model(arch, num_classes=num_classes, output_stride=output_stride)
-        except ValueError as exc:
-            raise ConversionError(None, f"--arch {arch}: {exc}") from None
-        scope = getattr(model, "backbone", model).tf_scope
-        check_scope(ckpt, scope, arch, path)
-        manifest = None
-        if release is not None and release.arch == arch:
-            manifest = load_manifest(release)
-            check_manifest(ckpt, manifest, path)
-        check_complete(ckpt, model, arch, path)
-        names = ckpt.names()
-        ignored = Counter(ignore_reason(n) for n in names if ignore_reason(n) is not None)
-        arrays = {n: ckpt.read(n) for n in names if ignore_reason(n) is None}
-        state_dict = tf_arrays_to_state_dict(arrays, model, path=path)
-        del arrays
-        model.load_state_dict(state_dict, strict=True)
-        format_version = ckpt.format_version
-        num_variables = len(names)
-
-    files = source_files(prefix)
-    sources = [{"file": f.name, "sha256": sha256_file(f), "size_bytes": f.stat().st_size} for f in files]
-    import torch
-
-    load_with = (f"reference_models.build_backbone({arch!r}, output_stride={output_stride})" if kind == "backbone"
-                 else f"reference_models.build_model({arch!r}, num_classes={num_classes}, "
-                 f"output_stride={output_stride})")
-    preprocessing = release.preprocessing if release else default_preprocessing(arch)
-    record = {
-        "format": "deeplab-repro provenance v1",
-        "release": release.name if release else None,
-        "architecture": arch,
-        "kind": kind,
-        "num_classes": num_classes,
-        "output_stride": output_stride,
-        "load_with": load_with,
-        "source": {
-            "checkpoint": prefix.name,
-            "format": f"V{format_version}",
-            "files": sources,
-            "official_url": release.url if release else None,
-            "published_sha256": release.sha256 if release else None,
-            "tf_variables": num_variables,
-            "crc32c_verified": verify,
-            "ignored": dict(sorted(ignored.items())),
-            "manifest": f"converters/manifests/{release.name}.json" if manifest else None,
-        },
-        "converter": {
-            "tool": "converters/tf2torch.py",
-            "version": __version__,
-            "steps": [s for s in STEPS if manifest or s != "check_manifest"],
-            "torch": torch.__version__,
-        },
-        "preprocessing": preprocessing.to_dict() if preprocessing else None,
-        "deeplab_preprocessing": (release.deeplab_preprocessing.to_dict()
-                                  if release and release.deeplab_preprocessing else None),
-        "weights": {"file": out.name, "tensors": len(state_dict)},
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_weights(state_dict, out, record)
+    check_outputs_spare_inputs([out, provenance_path(out)], source_files(find_checkpoint(args.checkpoint, _release(args))))
+    converted = convert(args)
+    record = {**converted.provenance, "weights": {"file": out.name, "tensors": len(converted.state_dict)}}
+    write_weights(converted.state_dict, out, record)
     if not args.quiet:
-        classes = f", {num_classes} classes" if num_classes else ""
-        print(f"wrote {out} ({len(state_dict)} tensors, {arch}{classes}) and {provenance_path(out)}")
+        classes = f", {converted.num_classes} classes" if converted.num_classes else ""
+        print(f"wrote {out} ({len(converted.state_dict)} tensors, {record['architecture']}{classes}) and "
+              f"{provenance_path(out)}")
     return out
 
 

@@ -111,3 +111,32 @@ DEEPLAB_TF_UNIT_RANGE = Preprocessing(
     crop=_DEEPLAB_CROP,
     resize=_DEEPLAB_RESIZE,
 )
+
+
+# ----------------------------------------------------------------------------- by architecture
+def preprocessing_for(arch: str | torch.nn.Module, *, backbone: str | None = None) -> Preprocessing:
+    """The contract of an architecture when no release names one (the one place this is decided).
+
+    ``arch``: a registered model or backbone name, or a built reference model. ``backbone``: the
+    backbone a model was built with when it is not the model's default. Caffe DeepLab v1/v2 models:
+    :data:`CAFFE_DEEPLAB_V2`; DeepLab-TF (``feature_extractor.py``): ``resnet_v1_50/101`` subtract the
+    ImageNet mean, ``resnet_v2_*`` take inception's ``[-1, 1]`` (:data:`TF_SLIM_INCEPTION`), and the
+    ``_beta`` ResNets (the ResNet DeepLab models' default), Xception and MobileNet ``[-1, 1]``.
+    """
+    if isinstance(arch, torch.nn.Module):
+        from reference_models.deeplab_v2 import DeepLabV2
+
+        if isinstance(arch, DeepLabV2):
+            return CAFFE_DEEPLAB_V2
+        trunk = getattr(arch, "backbone", arch)
+        scope = str(getattr(trunk, "tf_scope", ""))
+        name = scope + ("_beta" if getattr(trunk, "beta", False) else "")
+    elif arch.startswith("deeplabv1") or "deeplabv2" in arch:
+        return CAFFE_DEEPLAB_V2
+    else:
+        name = backbone or arch
+    if name.startswith("resnet_v2"):
+        return TF_SLIM_INCEPTION
+    if name in ("resnet_v1_50", "resnet_v1_101"):
+        return DEEPLAB_TF_RESNET_V1_MEAN
+    return DEEPLAB_TF_UNIT_RANGE

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +20,11 @@ from converters.caffe import passes, rules, topology
 from converters.caffe.reader import iter_layers
 from converters.errors import ConversionError
 from reference_models import build_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from converters.releases import Release
+
+TOOL = "converters/caffe2torch.py"
 
 # reference model name -> official Caffe topology, for naming the layer a missing tensor should come from
 ARCH_TOPOLOGY = {
@@ -48,6 +54,7 @@ class Converted:
     num_classes: int
     source_layer: dict[str, str] = field(default_factory=dict)
     caffe_layers: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)  # the record, without the output file's entry
     scale_pairing: dict[str, int] = field(default_factory=dict)  # how Scale layers found their BatchNorm -> count
 
 
@@ -84,10 +91,11 @@ def _expected_layer(arch: str, num_classes: int) -> dict[str, str]:
 
 
 def convert_caffemodel(path: str | os.PathLike, *, arch: str, num_classes: int | None = None,
-                       progress: bool = False) -> Converted:
-    """Convert ``path`` into the weights of the registered model ``arch``.
+                       progress: bool = False, release: Release | None = None, tool: str = TOOL) -> Converted:
+    """Convert ``path`` into the weights of the registered model ``arch``, in memory, with its provenance.
 
-    ``num_classes=None`` takes the class count from the file's classifier.
+    ``num_classes=None`` takes the class count from the file's classifier. ``release``: the official
+    release the file is (recorded; its sha256, when published, must match).
     Every problem raises :class:`ConversionError` naming the file and, where one
     exists, the Caffe layer. ``progress`` shows a tqdm bar over the file's bytes.
     """
@@ -162,5 +170,35 @@ def convert_caffemodel(path: str | os.PathLike, *, arch: str, num_classes: int |
         raise ConversionError(path, f"{problem}; is this a {arch} caffemodel?")
 
     model.load_state_dict(state, strict=True)
-    return Converted(state_dict=state, model=model, num_classes=num_classes, source_layer=reverse,
-                     caffe_layers=counter["layers"], scale_pairing=named.pairing_methods())
+    converted = Converted(state_dict=state, model=model, num_classes=num_classes, source_layer=reverse,
+                          caffe_layers=counter["layers"], scale_pairing=named.pairing_methods())
+    converted.provenance = caffe_provenance(path, converted, arch=arch, release=release, tool=tool)
+    return converted
+
+
+def caffe_provenance(path: Path, converted: Converted, *, arch: str, release: Release | None, tool: str) -> dict:
+    """The provenance record of ``converted`` (source sha256 checked against the release's when published)."""
+    from converters.io import sha256_file
+    from converters.provenance import provenance_record
+    from reference_models.preprocessing import preprocessing_for
+
+    source_sha = sha256_file(path)
+    if release is not None and release.sha256 and release.sha256 != source_sha:
+        raise ConversionError(path, f"sha256 {source_sha} does not match the release's {release.sha256}")
+    return provenance_record(
+        tool=tool,
+        steps=passes.STEPS,
+        architecture=arch,
+        num_classes=converted.num_classes,
+        load_with=f"reference_models.build_model({arch!r}, num_classes={converted.num_classes})",
+        source={"file": path.name, "sha256": source_sha, "size_bytes": path.stat().st_size,
+                "official_url": release.url if release else None,
+                "published_sha256": release.sha256 if release else None,
+                "caffe_layers": converted.caffe_layers,
+                # how each Scale layer found its BatchNorm: "bottom/top" (the file's own wiring), or, for
+                # weights-only files whose records carry no bottom/top, "official topology" / "layer names"
+                "scale_layers_paired_by": converted.scale_pairing},
+        release=release.name if release else None,
+        preprocessing=release.preprocessing if release else preprocessing_for(arch),
+        libraries=("google.protobuf",),
+    )

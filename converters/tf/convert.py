@@ -3,17 +3,28 @@
 Pipeline: open the checkpoint (``reader``) -> check the architecture's scope and, for a release,
 its manifest -> ignore non-model variables and rename (``rules``) -> layouts -> checks (nothing
 left over, nothing missing, shapes equal) -> strict ``load_state_dict``.
+
+Memory: the reference model is built on the ``meta`` device (no weights allocated) and the
+tensors are read one at a time, laid out and kept as the state dict's only copy, which the
+model then takes over (``load_state_dict(..., assign=True)``): peak memory is the converted
+weights plus one tensor in flight, not three copies of the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from converters.errors import ConversionError
 from converters.releases import TF_RELEASES, TFRelease
+
+TOOL = "converters/tf2torch.py"
 
 # The named conversion steps, in order (recorded in every provenance file).
 STEPS = (
@@ -130,14 +141,177 @@ def check_complete(ckpt, model, arch: str, path: str) -> None:
     raise ConversionError(path, what, layer=tf_name)
 
 
-def default_preprocessing(arch: str):
-    """The DeepLab-TF contract for ``arch`` when the checkpoint is not a release (feature_extractor.py):
-    ``[-1, 1]`` for xception / mobilenet_v2 / resnet beta (the default backbone of the ResNet DeepLab models),
-    ImageNet-mean subtraction for resnet_v1_50/101, inception's ``[-1, 1]`` for resnet_v2."""
-    from reference_models.preprocessing import DEEPLAB_TF_RESNET_V1_MEAN, DEEPLAB_TF_UNIT_RANGE, TF_SLIM_INCEPTION
 
-    if arch.startswith("resnet_v2"):
-        return TF_SLIM_INCEPTION
-    if arch in ("resnet_v1_50", "resnet_v1_101"):
-        return DEEPLAB_TF_RESNET_V1_MEAN
-    return DEEPLAB_TF_UNIT_RANGE
+
+@dataclass
+class Converted:
+    """The result, in memory: a strict-loadable state dict, the reference model holding it, the
+    provenance record (without the output file's entry) and where each key came from."""
+
+    state_dict: dict[str, Any]
+    model: Any
+    provenance: dict[str, Any]
+    source_layer: dict[str, str] = field(default_factory=dict)
+    prefix: Path | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.provenance["num_classes"]
+
+
+class _LazyArrays(Mapping):
+    """The checkpoint's non-ignored variables as a read-on-access mapping (one tensor in memory at a time)."""
+
+    def __init__(self, ckpt, names: list[str]) -> None:
+        self._ckpt, self._names = ckpt, names
+
+    def __getitem__(self, name: str):
+        if name not in self._names:
+            raise KeyError(name)
+        return self._ckpt.read(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def find_checkpoint(checkpoint: str | os.PathLike | None, release: TFRelease | None) -> Path:
+    """The checkpoint prefix to open: ``checkpoint`` (prefix, V1 file, ``*.index`` or a folder with one
+    checkpoint), else the release's default location; ConversionError (saying how to get it) if absent."""
+    if checkpoint is None and release is None:
+        raise ValueError("give a checkpoint or a release")
+    from converters.io import WRONG_KIND_HINT, sniff_kind
+
+    given = Path(checkpoint) if checkpoint is not None else release.default_path
+    if given.is_file():
+        file_kind = "caffe" if given.suffix in (".caffemodel", ".prototxt") else sniff_kind(given)
+        if file_kind is not None and file_kind != "tf":
+            raise ConversionError(given, f"not a TensorFlow checkpoint: this is {WRONG_KIND_HINT[file_kind]}")
+    prefix = resolve_prefix(given)
+    if prefix is None and checkpoint is None:
+        prefix = resolve_prefix(given.parent)  # e.g. a differently numbered model.ckpt-NNNN in the release folder
+        if prefix is None:
+            raise ConversionError(given, release.missing_message())
+    if prefix is None:
+        raise ConversionError(given, "checkpoint not found (no PREFIX.index of a V2 checkpoint, no V1 file)")
+    return prefix
+
+
+def load_with(arch: str, kind: str, num_classes: int | None, output_stride: int) -> str:
+    """The call that builds the model these weights load into (recorded in the provenance)."""
+    if kind == "backbone":
+        return f"reference_models.build_backbone({arch!r}, output_stride={output_stride})"
+    return f"reference_models.build_model({arch!r}, num_classes={num_classes}, output_stride={output_stride})"
+
+
+def convert_tf_checkpoint(
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    release: str | TFRelease | None = None,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    output_stride: int | None = None,
+    verify: bool = True,
+    tool: str = TOOL,
+) -> Converted:
+    """Convert a TF(-slim) / DeepLab-TF checkpoint into the weights of a reference model, in memory.
+
+    ``release``: an official release (name or record): its default location, architecture, class
+    count and output stride, and its manifest is checked. ``checkpoint``: a checkpoint prefix (or V1
+    file, ``*.index``, or a folder with one checkpoint), required without ``release``; ``arch``: a
+    TF-ported backbone or DeepLab v3/v3+ model, required without ``release``. ``num_classes``
+    defaults to the release's or the checkpoint's ``logits/semantic``; ``output_stride`` to the
+    release's (else 16). ``verify``: check every tensor's CRC-32C (as TensorFlow does on restore). Bad input raises :class:`ConversionError` naming the file and, where one
+    exists, the TF variable.
+    """
+    import torch
+
+    from converters.io import sha256_file
+    from converters.provenance import provenance_record
+    from converters.tf.reader import open_checkpoint
+    from converters.tf.rules import ignore_reason, tf_arrays_to_state_dict
+    from reference_models import build_backbone, build_model
+    from reference_models.preprocessing import preprocessing_for
+
+    if isinstance(release, str):
+        if release not in TF_RELEASES:
+            raise ValueError(f"unknown TF release '{release}'; known: {', '.join(sorted(TF_RELEASES))}")
+        release = TF_RELEASES[release]
+    arch = arch or (release.arch if release else None)
+    if arch is None:
+        raise ValueError("give an architecture (arch=...) or a release")
+    backbones, models = tf_archs()
+    if arch not in backbones and arch not in models:
+        raise ValueError(f"no TF conversion for '{arch}'; backbones: {', '.join(backbones)}; "
+                         f"models: {', '.join(models)}")
+    kind = "backbone" if arch in backbones else "model"
+    prefix = find_checkpoint(checkpoint, release)
+
+    with open_checkpoint(prefix, verify=verify) as ckpt:
+        path = str(ckpt.index_path if ckpt.format_version == 1 else prefix)
+        if kind == "model" and num_classes is None:
+            if release is not None and release.arch == arch:
+                num_classes = release.num_classes
+            elif "logits/semantic/biases" not in ckpt:
+                raise ConversionError(path, "no 'logits/semantic/biases' to read the class count from; "
+                                      "pass --num-classes")
+            else:
+                num_classes = int(ckpt.shape("logits/semantic/biases")[0])
+        if kind == "backbone":
+            num_classes = None
+        output_stride = output_stride or (release.output_stride if release else 16)
+        try:
+            with torch.device("meta"):  # the architecture only: the weights come from the checkpoint
+                if kind == "backbone":
+                    model = build_backbone(arch, output_stride=output_stride)
+                else:
+                    model = build_model(arch, num_classes=num_classes, output_stride=output_stride)
+        except ValueError as exc:
+            raise ConversionError(None, f"--arch {arch}: {exc}") from None
+        scope = getattr(model, "backbone", model).tf_scope
+        check_scope(ckpt, scope, arch, path)
+        manifest = None
+        if release is not None and release.arch == arch:
+            manifest = load_manifest(release)
+            check_manifest(ckpt, manifest, path)
+        check_complete(ckpt, model, arch, path)
+        names = ckpt.names()
+        ignored = Counter(ignore_reason(n) for n in names if ignore_reason(n) is not None)
+        wanted = [n for n in names if ignore_reason(n) is None]
+        state_dict = tf_arrays_to_state_dict(_LazyArrays(ckpt, wanted), model, path=path)
+        model.load_state_dict(state_dict, strict=True, assign=True)  # the model takes these tensors, no copy
+        format_version = ckpt.format_version
+
+    from converters.tf.rules import map_tf_names
+
+    _, source_layer = map_tf_names(wanted, model, path=path)
+    files = source_files(prefix)
+    source = {
+        "checkpoint": prefix.name,
+        "format": f"V{format_version}",
+        "files": [{"file": f.name, "sha256": sha256_file(f), "size_bytes": f.stat().st_size} for f in files],
+        "official_url": release.url if release else None,
+        "published_sha256": release.sha256 if release else None,
+        "tf_variables": len(names),
+        "crc32c_verified": verify,
+        "ignored": dict(sorted(ignored.items())),
+        "manifest": f"converters/manifests/{release.name}.json" if manifest else None,
+    }
+    preprocessing = release.preprocessing if release else preprocessing_for(arch)
+    deeplab = release.deeplab_preprocessing if release else None
+    record = provenance_record(
+        tool=tool,
+        steps=[s for s in STEPS if manifest or s != "check_manifest"],
+        architecture=arch,
+        num_classes=num_classes,
+        load_with=load_with(arch, kind, num_classes, output_stride),
+        source=source,
+        release=release.name if release else None,
+        model={"kind": kind},
+        preprocessing=preprocessing,
+        extra={"output_stride": output_stride,
+               "deeplab_preprocessing": deeplab.to_dict() if deeplab else None},
+    )
+    return Converted(state_dict=state_dict, model=model, provenance=record, source_layer=source_layer, prefix=prefix)

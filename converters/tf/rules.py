@@ -196,7 +196,7 @@ def tf_arrays_to_state_dict(
         if key in out:
             continue
         if key.endswith("num_batches_tracked"):
-            out[key] = torch.zeros_like(value)
+            out[key] = torch.zeros(value.shape, dtype=value.dtype)  # not zeros_like: the model may be on "meta"
             continue
         raise ConversionError(path, f"missing: nothing maps to '{key}'", layer=None)
     assert len(out) == len(expected) and reverse.keys() <= out.keys()
