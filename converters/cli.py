@@ -5,7 +5,8 @@
 * exit 0: success (also ``--help``);
 * exit 1: bad input: a :class:`converters.errors.DeeplabError` (or an ``OSError`` such as a
   missing file or a full disk), printed as ONE line ``error: <message>`` on stderr, no traceback;
-* exit 2: usage error (argparse, or ``parser.error`` from a ``check`` function);
+* exit 2: usage error (argparse, ``parser.error`` from a ``check`` function, or a
+  :class:`converters.errors.UsageError` raised by ``run``);
 * exit 130: interrupted (Ctrl-C), one line on stderr.
 
 Shared flag names: ``--data-root``, ``--models-dir``, ``--out``, ``--device`` (``auto``: cuda when
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from converters.errors import DeeplabError
+from converters.errors import DeeplabError, UsageError
 from converters.io import provenance_path, save_state_dict, sha256_file, write_json_atomic
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -31,10 +32,15 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def run_cli(run: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
-    """Call ``run(args)`` and turn its failures into the exit codes and one-line errors above."""
+def run_cli(run: Callable[[argparse.Namespace], object], args: argparse.Namespace, *,
+            interrupted: str = "interrupted") -> int:
+    """Call ``run(args)`` and turn its failures into the exit codes and one-line errors above
+    (``interrupted``: the line printed after Ctrl-C, e.g. what is kept and how to resume)."""
     try:
         run(args)
+    except UsageError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except DeeplabError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -42,7 +48,7 @@ def run_cli(run: Callable[[argparse.Namespace], object], args: argparse.Namespac
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"error: {interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK
 
@@ -53,6 +59,7 @@ def run_main(
     argv: Sequence[str] | None = None,
     *,
     check: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None,
+    interrupted: str = "interrupted",
 ) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), apply ``check(parser, args)`` (usage rules that call
     ``parser.error``), then ``run(args)``; returns the exit status instead of raising SystemExit."""
@@ -65,7 +72,7 @@ def run_main(
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return run_cli(run, args)
+    return run_cli(run, args, interrupted=interrupted)
 
 
 # --------------------------------------------------------------------------- shared flags

@@ -15,6 +15,10 @@ class DeeplabError(Exception):
     """Bad input or an unmet precondition: a one-line, user-facing message (exit 1 on the command line)."""
 
 
+class UsageError(DeeplabError):
+    """Arguments that parse but do not go together, found after parsing (exit 2, like argparse's errors)."""
+
+
 class ConversionError(DeeplabError):
     """A weights file that cannot be converted: names the file and, where known, the source layer."""
 

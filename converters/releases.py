@@ -468,7 +468,7 @@ DATASETS: dict[str, Dataset] = {
                 "  {train,validation}/image/<id>.jpg\n"
                 "  {train,validation}/annos/<id>.json  polygons per item\n"
                 "  {train,validation}/masks/<id>.png   written by prepare deepfashion2",
-                prepare="python -m reproduce.prepare deepfashion2 --root {data_root}/deepfashion2",
+                prepare="python -m reproduce.prepare deepfashion2 --data-root {data_root}/deepfashion2",
                 manual="its licence allows no direct link: fill in the form linked from "
                        "https://github.com/switchablenorms/DeepFashion2#download-the-data to get the password of "
                        "the zips, download train.zip and validation.zip from the Google Drive folder named there, "

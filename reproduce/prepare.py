@@ -1,7 +1,7 @@
 """Build derived dataset files: VOC's SegmentationClassAug + train_aug list, and DeepFashion2 masks.
 
     python -m reproduce.prepare voc_aug --voc-root data/VOCdevkit --sbd-root data/benchmark_RELEASE
-    python -m reproduce.prepare deepfashion2 --root data/deepfashion2
+    python -m reproduce.prepare deepfashion2 --data-root data/deepfashion2
 
 Every output file is written to a temporary file and renamed into place, so an interrupted run
 leaves only complete files; rerunning the same command skips them and finishes the rest, and a
@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from converters.cli import run_main
+from converters.errors import DeeplabError
 from converters.io import atomic_path
 
 from .datasets.base import _PIL_ERRORS, DatasetError, check_label, read_index_png, read_split_file
@@ -245,7 +247,7 @@ def _parser() -> argparse.ArgumentParser:
         help="rasterise DeepFashion2 polygon annotations to PNG masks",
         description="Write <root>/<split>/masks/<id>.png: 0 background, 1..13 categories, later items painted on top.",
     )
-    df2.add_argument("--root", required=True, type=Path, help="folder holding train/ and validation/")
+    df2.add_argument("--data-root", required=True, type=Path, help="folder holding train/ and validation/")
     df2.add_argument(
         "--splits", nargs="+", default=["train", "validation"], help="splits to convert (default: train validation)"
     )
@@ -254,9 +256,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code (0 ok, 1 bad input, 2 usage, 130 interrupted)."""
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """Do what ``args`` say; bad input raises a DeeplabError (one line, exit 1)."""
     try:
         if args.command in ("voc_aug", "voc-aug"):
             rep = build_voc_aug(
@@ -276,21 +277,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             state = "written" if rep.list_changed else "unchanged"
             print(f"train_aug: {rep.list_size} images{note}, {state} -> {rep.list_file}")
         else:
-            rep = build_deepfashion2_masks(args.root, args.splits, force=args.force, progress=not args.no_progress)
+            rep = build_deepfashion2_masks(args.data_root, args.splits, force=args.force,
+                                           progress=not args.no_progress)
             print(f"DeepFashion2 masks: wrote {rep.written}, kept {rep.kept} existing under {rep.output}")
     except PrepareFailed as e:
-        for line in e.failures:
+        for line in e.failures[1:]:
             print(f"error: {line}", file=sys.stderr)
-        print(f"wrote {e.report.written}, kept {e.report.kept} existing; {len(e.failures)} bad source file(s) "
-              "listed above got no output (fix or remove them, then rerun the same command)")
-        return 1
-    except (DatasetError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: finished files are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+        raise DeeplabError(f"{e.failures[0]}; wrote {e.report.written}, kept {e.report.kept} existing; "
+                           f"{len(e.failures)} bad source file(s) got no output (fix or remove them, then rerun "
+                           "the same command)") from None
+    except DatasetError:
+        raise
+    except ValueError as e:
+        raise DeeplabError(str(e)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code (0 ok, 1 bad input, 2 usage, 130 interrupted)."""
+    return run_main(_parser(), run, argv,
+                    interrupted="interrupted: finished files are kept; rerun the same command to resume")
 
 
 if __name__ == "__main__":

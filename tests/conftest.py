@@ -9,21 +9,12 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "deeplab_v2"
 
 # Parity against BVLC Caffe itself needs a Debian 11 root with python3-caffe: `tox -e caffe` runs it
 # (DEEPLAB_CAFFE=1); the other environments do not collect it at all.
 collect_ignore = [] if os.environ.get("DEEPLAB_CAFFE") == "1" else ["test_caffe_engine.py"]
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-
-
-@pytest.fixture(scope="session")
-def shared_fixtures() -> Path:
-    """The public DeepLab v2 prototxts kept beside the project (skip when absent)."""
-    if not SHARED_FIXTURES.is_dir():
-        pytest.skip(f"official prototxt fixtures not found at {SHARED_FIXTURES} (../shared is not beside the repo)")
-    return SHARED_FIXTURES
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from converters.caffe import reader, synth, topology
-from converters.caffe.reader import caffe_pb, iter_layers, read_prototxt
+from converters.caffe.reader import caffe_pb, iter_layers
 from converters.errors import ConversionError
 from tests.conftest import REPO
 
@@ -74,20 +74,6 @@ def test_reader_matches_protobuf_whole_file_parse(caffemodels):
         for bp, arr in zip(lp.blobs, la.blobs):
             np.testing.assert_array_equal(np.array(bp.data, np.float32), arr.reshape(-1))
             assert list(bp.shape.dim) == list(arr.shape)
-
-
-def test_official_prototxts_parse(shared_fixtures):
-    subs = {"EXP": "voc12", "NUM_LABELS": "21", "NET_ID": "x"}
-    deploy = read_prototxt(shared_fixtures / "resnet101_deploy.prototxt", subs)
-    assert len(deploy.layer) == 451
-    assert sum(lp.type == "BatchNorm" for lp in deploy.layer) == 104
-    msc = read_prototxt(shared_fixtures / "resnet101_msc_test.prototxt", subs)
-    interp = [lp for lp in msc.layer if lp.type == "Interp"]
-    assert {lp.name: (lp.interp_param.shrink_factor, lp.interp_param.zoom_factor) for lp in interp}[
-        "data_res075"] == (4, 3)
-    train = read_prototxt(shared_fixtures / "resnet101_msc_train.prototxt", subs)
-    assert train.layer[0].transform_param.crop_size == 321
-    assert list(train.layer[0].transform_param.scale_factors) == [0.5, 0.75, 1, 1.25, 1.5]
 
 
 def test_descriptor_is_compiled_from_the_proto():

@@ -1,22 +1,29 @@
-"""Our official-topology generator against the public copies of the released prototxts.
+"""Our official-topology generator against the released DeepLab v2 prototxts.
 
 Every layer that carries weights or shapes the network (convolutions, BatchNorm,
 Scale, pooling, element-wise ops, Interp) must agree in name, type, bottoms, tops
-and parameters; so must the parameter-sharing names of the 3-scale net.
+and parameters; so must the parameter-sharing names of the 3-scale net. The official
+side is ``tests/data/official_topology.json``, derived from the public prototxts by
+``tools/make_topology_table.py`` (so a fresh clone runs these tests without them).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from google.protobuf import text_format
 
 from converters.caffe import topology
-from converters.caffe.reader import read_prototxt
+from converters.caffe.reader import parse_prototxt_text
 
-SUBS = {"EXP": "voc12", "NUM_LABELS": "21", "NET_ID": "deeplab"}
-KINDS = ("Convolution", "BatchNorm", "Scale", "Pooling", "Eltwise", "Interp")
+TABLE = json.loads((Path(__file__).parent / "data" / "official_topology.json").read_text(encoding="utf-8"))
+KINDS = tuple(TABLE["kinds"])
 
 
-def signature(lp):
+def signature(lp) -> list:
+    """The table's per-layer record (tools/make_topology_table.py): type, bottoms, tops, parameters, shared names."""
     params = {}
     if lp.type == "Convolution":
         cp = lp.convolution_param
@@ -31,11 +38,11 @@ def signature(lp):
         ip = lp.interp_param
         params = dict(shrink=ip.shrink_factor, zoom=ip.zoom_factor)
     elif lp.type == "BatchNorm":
-        params = dict(eps=lp.batch_norm_param.eps)
+        params = dict(eps=round(float(lp.batch_norm_param.eps), 9))
     elif lp.type == "Scale":
         params = dict(bias=lp.scale_param.bias_term)
-    shared = tuple(p.name for p in lp.param)
-    return (lp.type, tuple(lp.bottom), tuple(lp.top), tuple(sorted(params.items())), shared)
+    return [lp.type, list(lp.bottom), list(lp.top), [[k, v] for k, v in sorted(params.items())],
+            [p.name for p in lp.param]]
 
 
 def layers_of(net, drop=()):
@@ -47,15 +54,33 @@ def layers_of(net, drop=()):
     ("resnet101_msc_test.prototxt", "resnet101_msc"),
     ("vgg16_aspp_test.prototxt", "vgg16_aspp"),
 ])
-def test_generated_topology_equals_official(shared_fixtures, fixture, arch):
-    official = read_prototxt(shared_fixtures / fixture, SUBS)
+def test_generated_topology_equals_official(fixture, arch):
+    official = TABLE["nets"][fixture]["signatures"]
     ours = topology.build_net(arch, num_classes=21)
     # the test nets' final 8x upsampling (fc1_interp / fc8_interp) precedes the argmax we do not model
-    want = layers_of(official, drop=("fc1_interp", "fc8_interp"))
+    want = {name: sig for name, sig in official.items() if name not in ("fc1_interp", "fc8_interp")}
     got = layers_of(ours)
     assert sorted(want) == sorted(got)
     diff = {name: (want[name], got[name]) for name in want if want[name] != got[name]}
     assert not diff, list(diff.items())[:3]
+
+
+def test_table_facts() -> None:
+    """Whole-file facts of the released prototxts that the converters and recipes rely on."""
+    deploy = TABLE["nets"]["resnet101_deploy.prototxt"]
+    assert deploy["layers"] == 451 and deploy["layer_types"]["BatchNorm"] == 104
+    msc = TABLE["nets"]["resnet101_msc_test.prototxt"]["signatures"]
+    assert msc["data_res075"][0] == "Interp" and dict(map(tuple, msc["data_res075"][3])) == {"shrink": 4, "zoom": 3}
+    assert TABLE["train"]["crop_size"] == 321 and TABLE["train"]["scale_factors"] == [0.5, 0.75, 1, 1.25, 1.5]
+
+
+def test_prototxt_text_round_trip() -> None:
+    """The prototxt parser reads a whole 3-scale net in text form back to the official layer table."""
+    text = text_format.MessageToString(topology.build_net("resnet101_msc", num_classes=21))
+    net = parse_prototxt_text(text)
+    official = TABLE["nets"]["resnet101_msc_test.prototxt"]["signatures"]
+    got = layers_of(net)
+    assert {n: s for n, s in official.items() if n != "fc1_interp"} == got
 
 
 def test_every_arch_builds_and_sizes():

@@ -36,6 +36,8 @@ import numpy as np
 import torch.utils.data
 from PIL import Image, UnidentifiedImageError
 
+from converters.errors import DeeplabError
+
 __all__ = [
     "DatasetError",
     "OnError",
@@ -56,7 +58,7 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.D
                IndexError, KeyError, TypeError, EOFError, struct.error, zlib.error)
 
 
-class DatasetError(ValueError):
+class DatasetError(DeeplabError, ValueError):
     """A malformed or missing dataset file; ``str(error)`` is one line: ``<path>: <problem>``."""
 
     def __init__(self, path: str | os.PathLike | None, problem: str) -> None:

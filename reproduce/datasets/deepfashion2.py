@@ -4,7 +4,7 @@ On-disk layout::
 
     <root>/{train,validation}/image/<id>.jpg
     <root>/{train,validation}/annos/<id>.json   {"item1": {"category_id": 1..13, "segmentation": [[x1, y1, ...], ...]}, ...}
-    <root>/{train,validation}/masks/<id>.png    written by `python -m reproduce.prepare deepfashion2 --root <root>`
+    <root>/{train,validation}/masks/<id>.png    written by `python -m reproduce.prepare deepfashion2 --data-root <root>`
 
 Masks use 0 = background and 1..13 = the clothing categories (14 classes, as in
 giovanniguidi/deeplabV3-PyTorch). Items are painted in numeric order (item1, item2, ..., item10),
@@ -143,7 +143,7 @@ class DeepFashion2(SegmentationDataset):
         masks = self.root / split / mask_dir
         if not masks.is_dir():
             raise DatasetError(
-                masks, f"mask folder not found; run `python -m reproduce.prepare deepfashion2 --root {self.root}` first"
+                masks, f"mask folder not found; run `python -m reproduce.prepare deepfashion2 --data-root {self.root}` first"
             )
         refs = [SampleRef(p.stem, p, masks / f"{p.stem}.png") for p in sorted(image_dir.glob("*.jpg"))]
         super().__init__(
