@@ -255,7 +255,7 @@ def work_generate(path: Path, arch: str, num_classes: int, seed: int) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the child: run one workload and print its ``BENCH-RESULT`` line."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks._measure", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks._measure", description="Measured child workloads of the conversion benchmarks.")
     sub = parser.add_subparsers(dest="workload", required=True)
     sub.add_parser("baseline", help="import torch only")
     p = sub.add_parser("naive", help="whole-file parse + list(blob.data)")

@@ -1,6 +1,6 @@
 """Benchmark: converting a full-size 3-scale ResNet-101 caffemodel (time and whole-process peak memory).
 
-Requirement (issue): the Caffe converter handles the full-size 3-scale
+Requirement: the Caffe converter handles the full-size 3-scale
 ResNet-101 caffemodel (~530 MB, every weight stored for the 1x, 0.75x and 0.5x
 branches) with a whole-process peak RSS, torch included, below 2x the file size,
 in seconds. Companion figure: the same file through a naive conversion
@@ -58,7 +58,7 @@ def default_out(quick: bool) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     """The command line (hyphenated flags)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.convert",
-                                     description=__doc__.split("\n")[0],
+                                     description="Benchmark converting a full-size official caffemodel (time, peak RSS) against the usual port recipe.",
                                      epilog="Peak RSS is each child's own ru_maxrss (os.wait4), whole process.")
     parser.add_argument("--quick", action="store_true",
                         help="use the single-scale ResNet-101 file (~177 MB) instead of the 3-scale one (~530 MB)")

@@ -194,7 +194,7 @@ def work_naive(prefix: Path, out: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.convert_tf", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.convert_tf", description="TF conversion benchmark workloads (run as the measured child).")
     sub = parser.add_subparsers(dest="workload", required=True)
     p = sub.add_parser("generate", help="write a random checkpoint from a release manifest")
     p.add_argument("prefix", type=Path)

@@ -93,12 +93,9 @@ def fast_hist_throughput(*, batch: int, size: int, num_classes: int, timing: Tim
 
 def crf_skip_reason() -> str | None:
     """Why the CRF benchmark cannot run here (``None`` if it can)."""
-    reasons = []
-    if importlib.util.find_spec("reproduce.crf") is None:
-        reasons.append("reproduce/crf.py is not in this checkout")
     if importlib.util.find_spec("pydensecrf") is None:
-        reasons.append("pydensecrf is not installed (pip install '.[crf]')")
-    return "; ".join(reasons) or None
+        return "pydensecrf is not installed (pip install '.[crf]')"
+    return None
 
 
 def crf_scaling(*, images: int, size: int, num_classes: int, max_workers: int,

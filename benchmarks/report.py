@@ -23,6 +23,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from converters.cli import run_main
+from converters.errors import DeeplabError
+
 MIB = 1 << 20
 
 
@@ -611,7 +614,7 @@ def render(paths: list[Path], out: Path, title: str | None = None) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description="Render benchmark and reproduction result JSONs as a Markdown report with plots.")
     p.add_argument("results", nargs="+", type=Path, help="suite JSONs and/or reproduction result.json files")
     p.add_argument("--out", type=Path, required=True, help="output directory (README.md + PNGs)")
     p.add_argument("--title", help="report title (default: 'Benchmark report')")
@@ -619,14 +622,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_main(build_parser(), run, argv)
+
+
+def run(args: argparse.Namespace) -> None:
     try:
         md = render(args.results, args.out, args.title)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise DeeplabError(str(exc)) from None
     print(f"wrote {md}")
-    return 0
 
 
 if __name__ == "__main__":

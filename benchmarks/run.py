@@ -37,10 +37,11 @@ from benchmarks._common import (
     parse_list,
     parse_sizes,
     resolve_device,
-    skipped,
     write_result,
 )
 from benchmarks.inference import PEERS, Grid, Timing
+from converters.cli import run_main
+from converters.errors import DeeplabError, UsageError
 
 SUITES = ("inference", "train", "convert", "eval", "engine")
 FULL_TIMING = Timing(warmup=2, repeats=10, min_seconds=2.0, max_seconds=60.0)
@@ -49,7 +50,7 @@ QUICK_TIMING = Timing(warmup=1, repeats=3, min_seconds=0.0, max_seconds=5.0)
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (hyphenated flags; lists are comma-separated)."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description="Run one benchmark suite and write its JSON for benchmarks.report.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="See the module docstrings of benchmarks/{inference,training,evaluation,"
                                        "convert}.py for what each number means.")
@@ -177,14 +178,9 @@ def suite_convert(args: argparse.Namespace, device: torch.device, log) -> dict[s
     log("caffe: " + ("single-scale ResNet-101 (--quick)" if args.quick else "3-scale ResNet-101 (full size)"))
     caffe = convert.run_benchmark(convert.build_parser().parse_args(argv))
     log(convert.format_table(caffe))
-    tf_converter = REPO / "converters" / "tf2torch.py"
-    if tf_converter.is_file():
-        from benchmarks.convert_tf import run_tf_benchmark
+    from benchmarks.convert_tf import run_tf_benchmark
 
-        tf = run_tf_benchmark(args.workdir, quick=args.quick, threads=args.threads, log=log)
-    else:
-        tf = skipped("converters/tf2torch.py is not in this checkout (the TF checkpoint converter is not merged yet)")
-        log(f"tf: skipped ({tf['reason']})")
+    tf = run_tf_benchmark(args.workdir, quick=args.quick, threads=args.threads, log=log)
     return {"caffe": caffe, "tf": tf, "note": "each path runs in its own process; seconds are whole-process wall "
                                               "time, peak RSS the child's own ru_maxrss (benchmarks/_measure.py)"}
 
@@ -225,12 +221,15 @@ SUITE_FUNCS = {"inference": suite_inference, "train": suite_train, "convert": su
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run the suite, write the JSON atomically; 0 ok, 1 the suite failed, 2 bad arguments."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_main(build_parser(), lambda args: run(args, argv), argv)
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> None:
+    """Run the suite ``args`` name and write its JSON; UsageError (exit 2) or DeeplabError (exit 1) on failure."""
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
-        parser.error(str(exc))  # exits 2
+        raise UsageError(str(exc)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
@@ -240,17 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         body = SUITE_FUNCS[args.suite](args, device, log)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     except (RuntimeError, TimeoutError, OSError) as exc:
-        print(f"error: {args.suite} failed: {exc}", file=sys.stderr)
-        return 1
+        raise DeeplabError(f"{args.suite} failed: {exc}") from None
     record = {"schema": SCHEMA_VERSION, "suite": args.suite, "mode": "quick" if args.quick else "full",
               "argv": sys.argv[1:] if argv is None else list(argv), "environment": env, **body,
               "total_seconds": round(time.perf_counter() - t0, 1)}
     path = write_result(record, args.out, args.out_dir, quick=args.quick)
     print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The scripts keep bash to argument parsing and running steps; everything else lives here:
 
-* ``check {v2,v3plus} --data-root D --weights-dir W``: verify VOC 2012 val and the official
+* ``check {v2,v3plus} --data-root D --models-dir W``: verify VOC 2012 val and the official
   weights are where the script expects them, print the resolved source path on stdout, or print a
   one-paragraph message saying what is missing and where to get it (exit 1).
 * ``make {v2,v3plus} --dir D``: ``--smoke`` inputs: a miniature VOC 2012 in the real layout
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.cli import run_main
+from converters.errors import DeeplabError
 from converters.releases import CAFFE_RELEASES, DATASETS, TF_RELEASES
 
 _V2 = CAFFE_RELEASES["voc12"]
@@ -43,7 +45,7 @@ SMOKE_TRAIN_IDS = ("2007_000032",)
 SMOKE_SIZES = (48, 112)  # image sides in pixels; the smoke evaluation pads to 129
 
 
-class CheckError(Exception):
+class CheckError(DeeplabError):
     """A missing input, with the message the user should read."""
 
 
@@ -78,7 +80,7 @@ def check_v2_weights(weights_dir: Path) -> Path:
         if cand.is_file():
             return cand
     raise CheckError(
-        f"{V2_FILE} not found in --weights-dir {weights_dir} (looked at {weights_dir / V2_FILE} and "
+        f"{V2_FILE} not found in --models-dir {weights_dir} (looked at {weights_dir / V2_FILE} and "
         f"{weights_dir / V2_FOLDER / V2_FILE}). It is the DeepLab v2 ResNet-101 VOC model in\n  {_V2.url}\n"
         f"(see {_V2.page}); get it with: python -m reproduce.download {_V2.name} --models-dir {weights_dir}"
     )
@@ -93,19 +95,11 @@ def check_v3plus_weights(weights_dir: Path) -> Path:
                                  "(incomplete extraction?)")
             return prefix
     raise CheckError(
-        f"TF checkpoint {V3PLUS_FOLDER}/{V3PLUS_PREFIX}.index not found in --weights-dir {weights_dir}. "
+        f"TF checkpoint {V3PLUS_FOLDER}/{V3PLUS_PREFIX}.index not found in --models-dir {weights_dir}. "
         f"It is the DeepLab v3+ Xception-65 VOC model (zoo xception65_coco_voc_trainaug):\n"
         f"  python -m reproduce.download {V3PLUS_RELEASE} --models-dir {weights_dir}\n"
         f"(or download {_V3PLUS.url} and run: {_V3PLUS.archive.unpack_command(weights_dir)})"
     )
-
-
-def check_tf2torch() -> Path:
-    path = REPO / "converters" / "tf2torch.py"
-    if not path.is_file():
-        raise CheckError(f"{path} is not in this checkout yet: the TF checkpoint converter is needed for DeepLab v3+ "
-                         "(pull a newer version of the repository)")
-    return path
 
 
 # ---------------------------------------------------------------------------------------- smoke inputs
@@ -199,12 +193,13 @@ def report(out: Path, result_dirs: list[Path], title: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reproduce._smoke", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m reproduce._smoke",
+                                     description="Smoke-run inputs and checks for the reproduction recipes.")
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="check data and weights; print the resolved weights path")
     c.add_argument("which", choices=("v2", "v3plus"))
     c.add_argument("--data-root", type=Path, required=True)
-    c.add_argument("--weights-dir", type=Path, required=True)
+    c.add_argument("--models-dir", type=Path, required=True, help="folder holding the release folders")
     m = sub.add_parser("make", help="write smoke inputs (miniature VOC + random official-format weights)")
     m.add_argument("which", choices=("v2", "v3plus"))
     m.add_argument("--dir", type=Path, required=True)
@@ -212,28 +207,26 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--title", default="Reproduction report")
     r.add_argument("results", type=Path, nargs="+")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "check":
-            check_voc(args.data_root)
-            if args.which == "v2":
-                print(check_v2_weights(args.weights_dir))
-            else:
-                check_tf2torch()
-                print(check_v3plus_weights(args.weights_dir))
-        elif args.command == "make":
-            voc = make_voc(args.dir / "data")
-            if args.which == "v2":
-                weights = make_v2_weights(args.dir / "weights")
-            else:
-                weights = make_tf_checkpoint(V3PLUS_RELEASE, args.dir / "weights" / V3PLUS_FOLDER / V3PLUS_PREFIX)
-            print(f"smoke inputs: {voc} and {weights}", file=sys.stderr)
+    return run_main(parser, _run, argv)
+
+
+def _run(args: argparse.Namespace) -> None:
+    """Do what ``args`` say; a missing input raises CheckError (one line, exit 1)."""
+    if args.command == "check":
+        check_voc(args.data_root)
+        if args.which == "v2":
+            print(check_v2_weights(args.models_dir))
         else:
-            print(report(args.out, args.results, args.title))
-    except CheckError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+            print(check_v3plus_weights(args.models_dir))
+    elif args.command == "make":
+        voc = make_voc(args.dir / "data")
+        if args.which == "v2":
+            weights = make_v2_weights(args.dir / "weights")
+        else:
+            weights = make_tf_checkpoint(V3PLUS_RELEASE, args.dir / "weights" / V3PLUS_FOLDER / V3PLUS_PREFIX)
+        print(f"smoke inputs: {voc} and {weights}", file=sys.stderr)
+    else:
+        print(report(args.out, args.results, args.title))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The main job on its embedded default: the whole DeepLab story in miniature, on the CPU.
+"""The whole DeepLab story in miniature, on the CPU, with nothing to download.
 
 No download is possible or needed. Three parts (``--parts``):
 
@@ -24,6 +24,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from converters.cli import run_main
+from converters.errors import DeeplabError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -129,17 +132,36 @@ def learn(workdir: Path) -> bool:
     return ok
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.demo",
+        description="The whole DeepLab story in miniature, on the CPU, with nothing to download: official-format "
+        "caffemodels converted and checked against OpenCV's Caffe engine (parity), the voc_v2.sh recipe on a "
+        "generated miniature VOC (story), and a tiny DeepLab v3+ that learns (learn).")
     parser.add_argument("--workdir", type=Path, help="where to write the generated files (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=Path("results") / "demo_parity.json", help="JSON parity report")
     parser.add_argument("--parts", default="parity,story,learn",
                         help="comma-separated parts to run: parity, story, learn (default: all)")
-    args = parser.parse_args(argv)
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(parts) - {"parity", "story", "learn"}
+    return parser
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    unknown = set(_parts(args)) - {"parity", "story", "learn"}
     if unknown:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+
+
+def _parts(args: argparse.Namespace) -> list[str]:
+    return [p.strip() for p in args.parts.split(",") if p.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser(), run, argv, check=_check)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the parts; DeeplabError (exit 1) when one fails."""
+    parts = _parts(args)
     import torch
 
     torch.set_num_threads(max(torch.get_num_threads(), 1))
@@ -154,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         if "learn" in parts:
             ok &= learn(workdir)
     print("\n" + ("demo finished: all parts passed" if ok else "demo finished: SOME PARTS FAILED"))
-    return 0 if ok else 1
+    if not ok:
+        raise DeeplabError("demo: some parts failed (see above)")
 
 
 def parity_part(workdir: Path, out: Path) -> bool:

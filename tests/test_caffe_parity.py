@@ -1,6 +1,6 @@
 """Parity: official-topology caffemodels through OpenCV's Caffe importer vs our converted models.
 
-Bound (issue: Caffe path): max|ours - ref| / max|ref| <= 2e-3 and argmax agreement >= 99.9 %,
+Bound (the Caffe path): max|ours - ref| / max|ref| <= 2e-3 and argmax agreement >= 99.9 %,
 on odd and even input sizes. The weights are random but realistic (BN factor 999.98,
 channels with variance near eps, non-zero ASPP biases), so a wrong eps, a missing
 BN factor division, a dropped bias or align_corners=False fail by orders of magnitude.

@@ -66,8 +66,6 @@ def test_v2_smoke(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_v3plus_smoke(tmp_path: Path) -> None:
     pytest.importorskip("tensorflow", reason="the v3+ smoke run writes its TF checkpoint with TensorFlow")
-    if not (REPO / "converters" / "tf2torch.py").is_file():
-        pytest.skip("converters/tf2torch.py is not in this checkout yet")
     proc = _run("voc_v3plus_official.sh", "--smoke", "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json

@@ -40,15 +40,11 @@ from reference_models.mobilenet_v1 import LOW_LEVEL_LAYER, MobileNetV1TF
 from reference_models.mobilenet_v2 import ExpandedConv, MobileNetV2TF
 from reference_models.resnet_tf import BottleneckV1, BottleneckV2, ResNetTF
 from reference_models.tf_ops import BatchNormAct, Conv2dTF, fixed_pad_amounts
+from reference_models.tiny import TinyBackbone
 from reference_models.xception import XceptionModule, XceptionTF
 
 from . import jfzhang95_mirror, leimao_mirror, peer_mirror
 from .layers import CaffeInterp, CaffeMaxPool, ResizeLike
-
-try:  # the tiny test/smoke models (reference_models/tiny.py)
-    from reference_models.tiny import TinyBackbone
-except ImportError:  # pragma: no cover - older checkouts
-    TinyBackbone = None
 
 L = keras.layers
 Tensor = Any  # a KerasTensor while the graph is built
