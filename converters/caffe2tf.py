@@ -56,7 +56,6 @@ from converters.keras_writer import (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = caffe2torch.build_parser()
-    parser.prog = "caffe2tf.py"
     parser.description = ("Convert an official DeepLab v2 caffemodel into Keras 3 weights for "
                           "reference_models.keras (no Caffe needed).")
     set_help(parser, "out", f"output, one of {', '.join(KERAS_SUFFIXES)} (weights, or the whole model) "

@@ -49,7 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     releases = "\n".join(f"  {r.name:<22} {r.file_name:<28} -> {r.arch} ({r.num_classes} classes)"
                          for r in CAFFE_RELEASES.values())
     parser = argparse.ArgumentParser(
-        prog="caffe2torch.py",
         description="Convert an official DeepLab v2 caffemodel into PyTorch weights (no Caffe needed).",
         epilog=f"official releases (--dataset):\n{releases}\n\nDefault locations are data/models/<folder>/<file>; "
                "run with a missing file to be told where to download it.",

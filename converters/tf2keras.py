@@ -57,7 +57,6 @@ from converters.tf.convert import find_checkpoint, source_files
 
 def build_parser() -> argparse.ArgumentParser:
     parser = tf2torch.build_parser()
-    parser.prog = "tf2keras.py"
     parser.description = ("Convert an official TensorFlow DeepLab / TF-slim checkpoint into Keras 3 weights "
                           "for reference_models.keras.")
     set_help(parser, "out", f"output, one of {', '.join(KERAS_SUFFIXES)} (weights, or the whole model) "

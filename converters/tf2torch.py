@@ -54,7 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
         f"  {r.name:<43} {r.folder + '/' + r.file_name:<44} -> {r.arch}" for r in TF_RELEASES.values()
     )
     parser = argparse.ArgumentParser(
-        prog="tf2torch.py",
         description="Convert an official TensorFlow DeepLab / TF-slim checkpoint into PyTorch weights "
         "(no TensorFlow needed).",
         epilog=f"official releases (--dataset), default checkpoint under data/models/:\n{releases}\n\n"

@@ -309,9 +309,8 @@ def convert_tf_checkpoint(
         load_with=load_with(arch, kind, num_classes, output_stride),
         source=source,
         release=release.name if release else None,
-        model={"kind": kind},
+        model={"kind": kind, "output_stride": output_stride},
         preprocessing=preprocessing,
-        extra={"output_stride": output_stride,
-               "deeplab_preprocessing": deeplab.to_dict() if deeplab else None},
+        extra={"deeplab_preprocessing": deeplab.to_dict() if deeplab else None},
     )
     return Converted(state_dict=state_dict, model=model, provenance=record, source_layer=source_layer, prefix=prefix)
