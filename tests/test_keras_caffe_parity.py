@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
 
 from converters import caffe2tf  # noqa: E402
 from converters.caffe import parity, topology  # noqa: E402

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
 
 from converters.errors import ConversionError  # noqa: E402
 from converters.keras_writer import keras_arrays, load_state_dict_into_keras  # noqa: E402

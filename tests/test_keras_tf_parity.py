@@ -20,7 +20,7 @@ import pytest
 import torch
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf  # noqa: E402
+tf = pytest.importorskip("tensorflow")
 
 from converters import tf2keras, tf2torch  # noqa: E402
 from converters.io import load_state_dict  # noqa: E402

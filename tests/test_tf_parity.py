@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-import tf_keras.src.legacy_tf_layers  # noqa: E402
+tf = pytest.importorskip("tensorflow")
+tf_keras = pytest.importorskip("tf_keras")
+pytest.importorskip("tf_keras.src.legacy_tf_layers")
 
 # tf_slim imports "tf_keras.legacy_tf_layers", which TF 2.21's tf_keras only ships under src/.
 sys.modules.setdefault("tf_keras.legacy_tf_layers", tf_keras.src.legacy_tf_layers)
-import tf_slim as slim  # noqa: E402
+slim = pytest.importorskip("tf_slim")
 from tf_slim.nets import resnet_utils, resnet_v1, resnet_v2  # noqa: E402
 
 from converters.errors import ConversionError  # noqa: E402
