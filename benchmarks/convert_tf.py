@@ -115,8 +115,13 @@ def run_tf_benchmark(workdir: Path, *, quick: bool, threads: int | None, log: Ca
         f"({crc_cost['crc_over_ours']:.1%} of ours; ours - no-verify = {crc_cost['difference_over_ours']:+.1%})")
     for p in (out_pth, out_pth.with_suffix(".json"), naive_pth):
         p.unlink(missing_ok=True)
+    floor = runs["baseline"]["peak_rss_bytes"]  # `import torch` alone
     for name, r in runs.items():
-        log(f"  {name:<9}{r['seconds']:>8.2f} s {r['peak_rss_mib']:>9.1f} MiB peak RSS")
+        # what the conversion itself holds, beside the interpreter and torch (1.4x this checkpoint on their own)
+        r["rss_above_baseline_over_file_size"] = round((r["peak_rss_bytes"] - floor) / size, 3)
+        log(f"  {name:<9}{r['seconds']:>8.2f} s {r['peak_rss_mib']:>9.1f} MiB peak RSS "
+            f"({r['rss_over_file_size']:.2f}x the checkpoint; above import torch: "
+            f"{r['rss_above_baseline_over_file_size']:.2f}x)")
     return {
         "status": "ok",
         "file": {"release": release, "prefix": str(prefix), "size_bytes": size, "size_mib": round(size / MIB, 1),
