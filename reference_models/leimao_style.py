@@ -21,6 +21,9 @@ Read, not copied. That project wires TF-slim trunks to its own ASPP with ``tf.la
   ``align_corners=False, half_pixel_centers=False``: the legacy grid ``src = dst * in / out``
   (neither PyTorch's ``align_corners=False`` nor ``True``): :func:`resize_bilinear_legacy`.
 
+Input (``utils.py``): ``cv2.imread`` images (BGR, 0-255) minus per-channel means of the training
+images (``channel_means.npz``, also BGR), although their comments say RGB.
+
 So from the trunk on, the head is affine (nothing between the ASPP convs and the logits is nonlinear).
 The models return (N, classes, H, W) at the input's size, as their ``outputs`` tensor (NCHW here).
 Module names are their TF scope names (``aspp.aspp3x3_1`` <-> ``aspp3x3_1/kernel``).
@@ -107,8 +110,9 @@ class LeimaoASPP(nn.Module):
 
 class LeimaoDeepLabV3(nn.Module):
     """Trunk ``out`` -> :class:`LeimaoASPP` -> ``logits`` (1x1, bias) -> legacy TF1 bilinear resize to
-    the input size. ``forward(x)`` -> (N, classes, H, W); ``x`` preprocessed as their code does (RGB
-    minus per-channel dataset means, no scaling)."""
+    the input size. ``forward(x)`` -> (N, classes, H, W); ``x`` preprocessed as their code does
+    (``utils.py``: ``cv2.imread``, so **BGR**, 0-255, minus the per-channel means of their training images
+    kept in ``channel_means.npz``; no scaling), whatever the ImageNet trunk was trained with."""
 
     def __init__(self, backbone: nn.Module, *, num_classes: int, rates: Sequence[int] = LEIMAO_RATES) -> None:
         super().__init__()
