@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, type=Path, help="a YAML config, e.g. reproduce/configs/<row>.yaml")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<config name>); rerun to resume")
+    p.add_argument("--framework", choices=("pytorch", "keras"), default="pytorch",
+                   help="train in PyTorch (default) or in Keras/TensorFlow (same config, data and solver; "
+                        "MirroredStrategy over the visible GPUs; writes final.pth and final.weights.h5)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (YAML-parsed), e.g. --set solver.base_lr=0.001; repeatable; "
                         "unknown keys are errors")
@@ -186,9 +189,15 @@ def run(args: argparse.Namespace) -> None:
                 raise ConfigError(f"{len(problems)} input(s) of {cfg.name} missing (see above)")
             print(f"ok: data and weights for {cfg.name} are in place")
             return
-        from .loop import train
+        out = args.out or Path("runs") / cfg.name
+        if args.framework == "keras":
+            from .keras_loop import train_keras
 
-        train(cfg, args.out or Path("runs") / cfg.name)
+            train_keras(cfg, out)
+        else:
+            from .loop import train
+
+            train(cfg, out)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         raise
