@@ -200,3 +200,36 @@ def test_tiny_model_learns_shapes_in_keras(tmp_path):
             cm.update(model.predict(pre.apply(image))[0], torch.from_numpy(label))
     scores = cm.compute()
     assert scores["miou"] >= 0.9, scores
+
+
+_MIRRORED = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pathlib import Path
+from tests.test_train_keras import _cfg
+from reproduce.training.keras_loop import train_keras
+over = {"solver.iterations": 3, "solver.batch_size": 4, "checkpoint_every": 0, "model.kwargs.output_stride": 8,
+        "model.kwargs.dropout": 0.0}
+out = Path(sys.argv[1])
+train_keras(_cfg(**over), out / "one", strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
+train_keras(_cfg(**over), out / "two", strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_devices_matches_one(tmp_path):
+    """Two replicas (logical CPUs; GPUs in real use): the batch split, synchronised BatchNorm and summed
+    gradients give one device's first-step loss; later steps agree to float32 noise."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    subprocess.run([sys.executable, "-c", _MIRRORED, str(tmp_path)], check=True, cwd=REPO, env=env, timeout=900)
+    losses = {r: [json.loads(line)["loss"] for line in open(tmp_path / r / "train_log.jsonl")] for r in ("one", "two")}
+    assert abs(losses["one"][0] - losses["two"][0]) <= 1e-5 * losses["one"][0], losses
+    assert all(abs(a - b) <= 1e-2 * a for a, b in zip(losses["one"], losses["two"])), losses
+    assert (tmp_path / "two" / "final.pth").is_file() and (tmp_path / "two" / "final.weights.h5").is_file()
