@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from converters.errors import DeeplabError, UsageError
+from converters.errors import DeeplabError, ReportedError, UsageError
 from converters.io import provenance_path, save_state_dict, sha256_file, write_json_atomic
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -41,6 +41,8 @@ def run_cli(run: Callable[[argparse.Namespace], object], args: argparse.Namespac
     except UsageError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except ReportedError:
+        return EXIT_BAD_INPUT
     except DeeplabError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT

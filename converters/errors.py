@@ -15,6 +15,10 @@ class DeeplabError(Exception):
     """Bad input or an unmet precondition: a one-line, user-facing message (exit 1 on the command line)."""
 
 
+class ReportedError(DeeplabError):
+    """A failure already reported on stderr (e.g. one ``error: ...`` line per bad file): exit 1, nothing more printed."""
+
+
 class UsageError(DeeplabError):
     """Arguments that parse but do not go together, found after parsing (exit 2, like argparse's errors)."""
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from converters.cli import run_main
-from converters.errors import DeeplabError
+from converters.errors import DeeplabError, ReportedError
 from converters.io import atomic_path
 
 from .datasets.base import _PIL_ERRORS, DatasetError, check_label, read_index_png, read_split_file
@@ -280,12 +280,12 @@ def run(args: argparse.Namespace) -> None:
             rep = build_deepfashion2_masks(args.data_root, args.splits, force=args.force,
                                            progress=not args.no_progress)
             print(f"DeepFashion2 masks: wrote {rep.written}, kept {rep.kept} existing under {rep.output}")
-    except PrepareFailed as e:
-        for line in e.failures[1:]:
+    except PrepareFailed as e:  # one line per bad file, then what was done; exit 1
+        for line in e.failures:
             print(f"error: {line}", file=sys.stderr)
-        raise DeeplabError(f"{e.failures[0]}; wrote {e.report.written}, kept {e.report.kept} existing; "
-                           f"{len(e.failures)} bad source file(s) got no output (fix or remove them, then rerun "
-                           "the same command)") from None
+        print(f"wrote {e.report.written}, kept {e.report.kept} existing; {len(e.failures)} bad source file(s) "
+              "listed above got no output (fix or remove them, then rerun the same command)")
+        raise ReportedError(f"{len(e.failures)} bad source file(s)") from None
     except DatasetError:
         raise
     except ValueError as e:

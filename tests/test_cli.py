@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import pytest
 
@@ -64,3 +65,14 @@ def test_device_auto_and_bad_devices() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(DeeplabError, match="no CUDA"):
             resolve_device("cuda:0")
+
+
+def test_an_already_reported_failure_prints_nothing_more(capsys) -> None:
+    from converters.errors import ReportedError
+
+    def run(args: argparse.Namespace) -> None:
+        print("error: a.mat: truncated", file=sys.stderr)
+        raise ReportedError("1 bad file")
+
+    assert run_main(_parser(), run, ["--n", "1"]) == 1
+    assert capsys.readouterr().err == "error: a.mat: truncated\n"
