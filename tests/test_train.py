@@ -121,6 +121,31 @@ def test_final_weights_load_strictly_with_provenance(tmp_path):
     assert (tmp_path / "run" / "train_log.jsonl").is_file()
 
 
+def test_bn_mode_frozen_keeps_batchnorm_fixed_for_any_model(tmp_path):
+    """bn: frozen freezes every BatchNorm (statistics and affine), v3 models included; bn: train trains them."""
+    from reproduce.training.init_weights import build_model
+
+    for mode in ("frozen", "train"):
+        cfg = tiny_config("v3")
+        cfg["bn"] = {"mode": mode, "momentum": 0.1}
+        cfg["solver"]["iterations"] = 2
+        start = build_model(cfg)
+        before = {k: v.clone() for k, v in start.state_dict().items()}
+        final = T.train(cfg, tmp_path / mode)
+        after = load_state_dict(final)
+        stats = [k for k in before if k.endswith("running_mean")]
+        assert stats
+        bn_prefixes = {k.rsplit(".", 1)[0] for k in stats}
+        bn_keys = [k for k in before if k.rsplit(".", 1)[0] in bn_prefixes and before[k].is_floating_point()]
+        moved = [k for k in bn_keys if not torch.equal(before[k], after[k])]
+        if mode == "frozen":
+            assert moved == [], moved
+        else:
+            assert len(moved) == len(bn_keys)
+        others = [k for k in before if k not in bn_keys and before[k].is_floating_point()]
+        assert any(not torch.equal(before[k], after[k]) for k in others)
+
+
 def test_config_change_is_refused_on_resume(tmp_path):
     cfg = tiny_config("v2", iterations=2)
     T.train(cfg, tmp_path / "run")

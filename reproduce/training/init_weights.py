@@ -18,7 +18,7 @@ from reference_models.preprocessing import Preprocessing
 
 from .config import Config, ConfigError, InitCfg, _build, parse_config
 
-__all__ = ["build_model", "load_init_weights"]
+__all__ = ["build_model", "load_init_weights", "set_train_mode"]
 
 
 def build_model(cfg: Config | Mapping[str, Any]) -> nn.Module:
@@ -35,6 +35,22 @@ def build_model(cfg: Config | Mapping[str, Any]) -> nn.Module:
         for mod in model.modules():
             if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                 mod.momentum = float(cfg.bn.momentum)
+    frozen = cfg.bn.mode == "frozen"
+    if hasattr(model, "freeze_bn"):  # DeepLab v2 keeps its own BatchNorm frozen in train() (Caffe's use_global_stats)
+        model.freeze_bn = frozen
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.requires_grad_(not frozen)
+    return model
+
+
+def set_train_mode(model: nn.Module, bn_mode: str, mode: bool = True) -> nn.Module:
+    """``model.train(mode)``, with every BatchNorm left in eval mode (running statistics) when ``bn_mode`` is frozen."""
+    model.train(mode)
+    if mode and bn_mode == "frozen":
+        for mod in model.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.eval()
     return model
 
 

@@ -49,7 +49,7 @@ from ..schedule import build_optimizer, poly_lr, set_lr
 from .config import Config, ConfigError, changed_keys, init_weights_path, parse_config, to_dict, weights_hint
 from .data import Batch, TrainingDataError, build_loader, build_preprocessing, build_train_dataset
 from .distributed import Dist, convert_sync_bn, unwrap
-from .init_weights import build_model, load_init_weights
+from .init_weights import build_model, load_init_weights, set_train_mode
 from .logging import Logger
 
 __all__ = ["StepResult", "train_step", "build_criterion", "build_solver", "train", "device_for"]
@@ -297,7 +297,7 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
     elif d.main:
         logger.write(f"training {cfg.name}: {max_iter} iterations of {global_batch} images "
                      f"({d.world} process(es) x {accum} accumulation step(s) x {sampler.micro}) on {device}")
-    net.train()
+    set_train_mode(net, cfg.bn.mode)
     batches = iter(loader)
     t0 = time.time()
     skipped_before = len(state["skipped"])
@@ -356,7 +356,7 @@ def _evaluate(run_dir: Path, it: int, model: nn.Module, cfg: Config, init_record
         with _KeepRng():
             _write_weights(last, model, cfg, iteration=it, processes=d.world, init_record=init_record)
             result = evaluate_weights(cfg, last, device)
-        model.train(was_training)
+        set_train_mode(model, cfg.bn.mode, was_training)
         score = result["miou"]
         record = {"metric": "miou", "score": score, "iteration": it, "split": result["split"],
                   "images": result["images"]}
