@@ -47,6 +47,8 @@ CLASSIFIER_KEYS = ("fc.weight", "fc.bias")  # the ImageNet head of fyu's checkpo
 class DRNBottleneck(nn.Module):
     """fyu's DRN bottleneck: 1x1 -> 3x3 (stride, dilation) -> 1x1 (x4), projection ``downsample``."""
 
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))  # folded by reproduce.inference.fuse_for_inference
+
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, *, stride: int, dilation: int) -> None:

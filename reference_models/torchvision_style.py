@@ -60,6 +60,8 @@ def _cbr(in_ch: int, out_ch: int, k: int, *, stride: int = 1, padding: int = 0, 
 class TVBottleneck(nn.Module):
     """torchvision ``Bottleneck``: 1x1 -> 3x3 (stride, dilation) -> 1x1, projection on the first block."""
 
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))  # folded by reproduce.inference.fuse_for_inference
+
     def __init__(self, in_ch: int, width: int, *, stride: int, dilation: int, project: bool) -> None:
         super().__init__()
         out = width * 4
@@ -83,6 +85,8 @@ class TVBottleneck(nn.Module):
 class TVResNet(nn.Module):
     """torchvision ResNet-50/101 trunk at output stride 8 or 16. ``forward`` -> ``{"low_level", "aux", "out"}``
     (layer1: 256 ch, stride 4; layer3: 1024 ch; layer4: 2048 ch at the output stride)."""
+
+    conv_bn_pairs = (("conv1", "bn1"),)  # folded by reproduce.inference.fuse_for_inference
 
     def __init__(self, blocks: Sequence[int], *, output_stride: int) -> None:
         super().__init__()
@@ -247,6 +251,8 @@ class VainFMobileNetV2(nn.Module):
 
 class ASPPPooling(nn.Module):
     """Image pooling branch: global mean -> 1x1 -> BN -> ReLU, resized back with ``align_corners=False``."""
+
+    conv_bn_pairs = (("conv", "bn"),)  # folded by reproduce.inference.fuse_for_inference
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()

@@ -156,7 +156,9 @@ def _family(model: nn.Module) -> Literal["deeplab_v2", "deeplab_v3"]:
 
     if isinstance(model, DeepLabV2):
         return "deeplab_v2"
-    if isinstance(model, DeepLabV3):
+    if isinstance(model, DeepLabV3) or hasattr(model, "logits_stride"):
+        # The peers' flavours (torchvision / VainF / seed-v3 style) are single-scale logit models as v3 is:
+        # multi-scale and flip are done by the engine, at the model's logits stride.
         return "deeplab_v3"
     raise InferenceError(f"{type(model).__name__} is neither a DeepLab v2 nor a v3/v3+ model")
 

@@ -38,7 +38,13 @@ def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 
 @pytest.mark.parametrize("name, size", [("deeplabv3plus_tiny", 65), ("deeplabv3_tiny", 33),
                                         ("deeplabv2_tiny_msc", 65), ("deeplabv2_resnet101", 41),
-                                        ("deeplabv3plus_resnet50", 49), ("deeplabv3_mobilenetv2", 33)])
+                                        ("deeplabv3plus_resnet50", 49), ("deeplabv3_mobilenetv2", 33),
+                                        # the peers' flavours (imported checkpoints) run on the same engine
+                                        ("vainf_deeplabv3plus_mobilenet", 47),
+                                        ("torchvision_deeplabv3_mobilenet_v3_large", 45),
+                                        ("leimao_deeplabv3_mobilenet_v2", 43),
+                                        ("jfzhang95_deeplabv3plus_mobilenetv2", 49),
+                                        ("torchvision_deeplabv3_resnet50", 33), ("deeplabv3plus_drn_d_54", 41)])
 def test_folded_engine_equals_the_model_and_leaves_its_state_dict(name: str, size: int) -> None:
     torch.manual_seed(0)
     model = _randomize_bn(build_model(name, num_classes=5))
