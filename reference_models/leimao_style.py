@@ -48,9 +48,12 @@ LEIMAO_FILTERS = 256
 
 
 def _legacy_axis(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(lower index, upper index, upper weight) per output position: TF's ``LegacyScaler`` in float32."""
-    scale = torch.tensor(n_in / n_out, dtype=torch.float32)  # TF: static_cast<float>(in) / out
-    src = torch.arange(n_out, dtype=torch.float32, device=device) * scale.to(device)
+    """(lower index, upper index, upper weight) per output position: TF's ``LegacyScaler`` in float32.
+
+    Sizes may be symbolic (ONNX export with dynamic shapes): no ``int()`` or Python branches on them. The
+    float32 product with the Python quotient equals TF's ``static_cast<float>(in) / out`` for sizes < 2**24.
+    """
+    src = torch.arange(n_out, dtype=torch.float32, device=device) * (n_in / n_out)
     low = src.floor()
     weight = src - low
     low = low.long().clamp(max=n_in - 1)
@@ -59,11 +62,10 @@ def _legacy_axis(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Ten
 
 def resize_bilinear_legacy(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """``tf.compat.v1.image.resize_bilinear(x, size)`` with its defaults (``align_corners=False``,
-    ``half_pixel_centers=False``): source ``dst * in / out``, upper neighbour clamped to the edge."""
-    out_h, out_w = int(size[0]), int(size[1])
+    ``half_pixel_centers=False``): source ``dst * in / out``, upper neighbour clamped to the edge.
+    (Same size: the weights are 0, so the result is ``x`` exactly.)"""
+    out_h, out_w = size[0], size[1]
     h, w = x.shape[-2:]
-    if (h, w) == (out_h, out_w):
-        return x
     lo, hi, wy = _legacy_axis(h, out_h, x.device)
     wy = wy.to(x.dtype)[:, None]
     x = x.index_select(-2, lo) * (1 - wy) + x.index_select(-2, hi) * wy
