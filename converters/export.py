@@ -37,12 +37,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __name__ == "__main__" and not __package__:  # run as a file: re-run as `python -m converters.<name>`
+    import as_module
+    as_module.rerun(__file__)
 
-from converters import __version__  # noqa: E402
-from converters.cli import run_main  # noqa: E402
-from converters.errors import ConversionError, DeeplabError  # noqa: E402
+from converters import __version__
+from converters.cli import run_main
+from converters.errors import ConversionError, DeeplabError
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "image", "logits"

@@ -25,14 +25,15 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __name__ == "__main__" and not __package__:  # run as a file: re-run as `python -m converters.<name>`
+    import as_module
+    as_module.rerun(__file__)
 
-from converters import __version__  # noqa: E402
-from converters.cli import run_main, write_weights  # noqa: E402
-from converters.errors import ConversionError  # noqa: E402
-from converters.io import WEIGHT_SUFFIXES, provenance_path, sha256_file  # noqa: E402
-from converters.peers import available_formats, get_format  # noqa: E402
+from converters import __version__
+from converters.cli import run_main, write_weights
+from converters.errors import ConversionError
+from converters.io import WEIGHT_SUFFIXES, provenance_path, sha256_file
+from converters.peers import available_formats, get_format
 
 
 def build_parser() -> argparse.ArgumentParser:

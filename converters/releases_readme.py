@@ -12,6 +12,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+if __name__ == "__main__" and not __package__:  # run as a file: re-run as `python -m converters.<name>`
+    import as_module
+    as_module.rerun(__file__)
+
 from converters.releases import (
     CAFFE_RELEASES,
     DATA_ROOT,

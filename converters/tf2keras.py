@@ -27,15 +27,9 @@ from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__" and not __package__:
-    # Run as a file (`python converters/tf2keras.py`): run it as the package module it is, with the
-    # repository root importable, instead of editing sys.path.
-    from os import environ, execve, pathsep
-    from os.path import abspath, dirname
-
-    _root = dirname(dirname(abspath(__file__)))
-    execve(sys.executable, [sys.executable, "-m", "converters.tf2keras", *sys.argv[1:]],
-           {**environ, "PYTHONPATH": pathsep.join(filter(None, (_root, environ.get("PYTHONPATH"))))})
+if __name__ == "__main__" and not __package__:  # run as a file: re-run as `python -m converters.<name>`
+    import as_module
+    as_module.rerun(__file__)
 
 import argparse
 from pathlib import Path

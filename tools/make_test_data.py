@@ -9,7 +9,7 @@ compact table (per layer that carries weights or shapes the network: name, type,
 parameters, shared parameter names; plus a few whole-file facts), so a fresh clone runs them
 without the prototxt files. Regenerate or check it when the public copies are at hand:
 
-    python tools/make_test_data.py [--shared ../shared] [--check]
+    python -m tools.make_test_data [--shared ../shared] [--check]   # from the repository root
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+if __name__ == "__main__" and not __package__:  # a file run has tools/, not the repository, on sys.path
+    sys.exit(f"run it from the repository root as: python -m tools.{Path(__file__).stem}")
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE = REPO / "tests" / "data" / "official_topology.json"
@@ -57,7 +60,6 @@ def layers_of(net: Any) -> dict[str, list]:
 
 
 def derive(fixtures: Path) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO))  # a maintainer tool run from a checkout
     from converters.caffe.reader import read_prototxt
 
     table: dict[str, Any] = {"source": "derived from the official DeepLab v2 prototxts by tools/make_topology_table.py",
@@ -110,7 +112,7 @@ def published_numbers(facts_yaml: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python tools/make_test_data.py",
+    parser = argparse.ArgumentParser(prog="python -m tools.make_test_data",
                                      description="Derive the tests' data tables from ../shared.")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared",
                         help="the shared folder (fixtures/deeplab_v2/*.prototxt, facts/published_tables.yaml)")

@@ -2,8 +2,8 @@
 
 Usage (from the repository root; needs tensorflow, tf_keras and tf_slim, about a minute on CPU)::
 
-    python tools/make_tf_manifests.py            # all releases in converters.releases.TF_RELEASES
-    python tools/make_tf_manifests.py --check    # exit 1 if a stored manifest differs from a fresh one
+    python -m tools.make_tf_manifests            # all releases in converters.releases.TF_RELEASES
+    python -m tools.make_tf_manifests --check    # exit 1 if a stored manifest differs from a fresh one
 
 Each net is built in a TF1 graph the way its official code names variables, and the manifest is the
 graph's ``global_variables()`` (name -> shape, BatchNorm moving statistics included):
@@ -33,10 +33,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if __name__ == "__main__" and not __package__:  # a file run has tools/, not the repository, on sys.path
+    sys.exit(f"run it from the repository root as: python -m tools.{Path(__file__).stem}")
 
+REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from converters.releases import MANIFESTS_DIR, TF_RELEASES, TFRelease  # noqa: E402

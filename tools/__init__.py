@@ -1,0 +1,1 @@
+"""Maintainer tools (not installed). From the repository root: ``python -m tools.<name>``."""
