@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,49 +180,263 @@ def run_eval(devices: list[torch.device], timing: Timing, *, batch: int, size: i
     return {"confusion_matrix": cm_results, "crf": crf, "pipeline": pipeline, "timing": asdict(timing)}
 
 
-def eval_pipeline_throughput(*, model: str = "deeplabv3plus_resnet101", images: int = 8, size: int = 513,
-                             workers: int = 2, rounds: int = 2, num_classes: int = 21,
-                             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Images/s of a whole evaluation (decode + forward + metrics) against the engine's forward alone.
+# ---------------------------------------------------------------------------------------- evaluation pipeline
+DECODE_MODES: dict[str, dict[str, int]] = {
+    "inline": {"workers": 0, "prefetch": 0},  # decode each image right before its forward (the sequential path)
+    "thread": {"workers": 0, "prefetch": 2},  # one decoding thread, 2 images ahead (reproduce.evaluate's default)
+    "processes": {"workers": 2, "prefetch": 2},  # 2 DataLoader worker processes
+}
 
-    A generated VOC split of ``images`` JPEGs of 375-500 px (VOC's sizes) is evaluated with
-    ``reproduce.evaluate.evaluate`` on the engine, ``pad`` protocol at ``size`` (decoding in
-    ``workers`` DataLoader processes); the forward-only rate is ``Segmenter.forward`` on ``images``
-    padded ``size x size`` inputs. The two are run alternately ``rounds`` times and compared by their
-    best round (a shared machine slows single rounds). Pool start-up (DataLoader workers) is included
-    in the evaluation's time, as a user sees it.
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return None
+
+
+def _median(xs: list[float]) -> float:
+    return float(np.median(np.asarray(xs, dtype=np.float64)))
+
+
+def eval_pipeline_throughput(*, model: str = "deeplabv3plus_resnet101", images: int = 10, size: int = 513,
+                             rounds: int = 3, num_classes: int = 21, image_sizes: tuple[int, int] = (375, 501),
+                             decode_modes: tuple[str, ...] = ("inline", "thread", "processes"),
+                             crf_max_workers: int | None = None, crf_eval_workers: int | None = None,
+                             crf: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Side by side in one process: forward only, the whole evaluation, dense CRF scaling, evaluation + CRF.
+
+    On a generated VOC-layout split (``images`` JPEG images and palette PNG labels, sides drawn from
+    ``image_sizes``, i.e. VOC's ~500x375), with ``model`` (random weights) on the engine
+    (:class:`reproduce.inference.Segmenter`, its defaults), ``pad`` protocol at ``size``:
+
+    (a) ``forward``: ``Segmenter.forward`` on the pre-decoded, preprocessed, padded ``1x3xSxS`` tensors;
+    (b) ``eval[mode]``: ``reproduce.evaluate.evaluate`` (decode + preprocess + pad + forward + probabilities
+        at the label size + confusion matrix) with the decoding modes of :data:`DECODE_MODES`;
+    (c) ``crf[N]``: ``reproduce.crf.CRFPool`` with N = 1..``crf_max_workers`` processes (default: the usable
+        cores) on the images and the model's probabilities (pools started before timing);
+    (d) ``eval_crf``: the evaluation with ``--crf`` (``crf_eval_workers``, default the pool's default),
+        pool start-up included, against ``crf[N]`` alone.
+
+    Every round times each of them once, interleaved, so a change of the machine's load hits all of
+    them; rates are images / seconds of a pass, reported as the median over ``rounds``, and each ratio
+    both as the ratio of medians and as the median of the per-round ratios. Every pass is checked:
+    the confusion matrices of all decoding modes are identical, and the CRF labels of every pool equal
+    the in-process CRF's bit for bit.
     """
     import tempfile
 
     from reference_models import build_model
+    from reproduce import crf as crf_mod
     from reproduce import evaluate as ev
-    from reproduce.inference import InferenceConfig, Segmenter
+    from reproduce.inference import InferenceConfig, Segmenter, predict_probs, prepare_input
+    from reproduce.metrics import ConfusionMatrix
     from reproduce.synthetic import write_voc
 
+    unknown = [m for m in decode_modes if m not in DECODE_MODES]
+    if unknown:
+        raise ValueError(f"unknown decode mode(s) {unknown}; known: {', '.join(DECODE_MODES)}")
+    if crf and crf_skip_reason():
+        log(f"CRF: skipped ({crf_skip_reason()})")
+        crf = False
+    load_start = _loadavg()
     config = InferenceConfig(protocol="pad", crop_size=size)
     torch.manual_seed(0)
     engine = Segmenter.from_module(build_model(model, num_classes=num_classes), device="cpu", config=config)
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    engine.forward(x)  # warm-up
+    max_workers = crf_max_workers or crf_mod.usable_cores() if crf else 0
+    eval_workers = (crf_mod.default_workers() if crf_eval_workers is None else crf_eval_workers) if crf else 0
+    record: dict[str, Any] = {"status": "ok", "model": model, "weights": "random (torch.manual_seed(0))",
+                              "size": size, "protocol": "pad", "images": images, "image_sizes": list(image_sizes),
+                              "rounds": rounds, "engine": engine.describe(), "loadavg_at_start": load_start}
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         ids = [f"2007_{i:06d}" for i in range(images)]
-        voc = write_voc(tmp, train_ids=[], val_ids=ids, seed=0, sizes=(375, 500)).parent
-        forward_s, eval_s = [], []
-        for r in range(rounds):
-            log(f"  round {r + 1}: forward only, {images} images")
+        voc = write_voc(tmp, train_ids=[], val_ids=ids, seed=0, sizes=image_sizes).parent
+        dataset = ev.build_eval_dataset("voc12", voc, "val", "pad", size)
+        decoded = [dataset.load(i) for i in range(images)]
+        record["image_shapes"] = [list(label.shape) for _, label, _ in decoded]
+        inputs = [prepare_input(image, engine.lm.preprocessing, config) for image, _, _ in decoded]
+        log(f"  warm-up: {images} forwards (and the probabilities the CRF passes use)")
+        probs = [predict_probs(engine.lm, x, config, label.shape)[0].numpy() for x, (_, label, _) in zip(inputs, decoded)]
+        expected_plain = ConfusionMatrix(num_classes, 255)
+        for p, (_, label, _) in zip(probs, decoded):
+            expected_plain.update(p.argmax(0), label)
+        reference: list[np.ndarray] = []
+        pools: dict[int, Any] = {}
+        if crf:
+            log(f"  CRF in this process on {images} images (the reference labels)")
             t0 = time.perf_counter()
-            for _ in range(images):
-                engine.forward(x)
-            forward_s.append(time.perf_counter() - t0)
-            log(f"  round {r + 1}: evaluate (decode in {workers} workers + forward + metrics), {images} images")
-            dataset = ev.build_eval_dataset("voc12", voc, "val", "pad", size)
-            t0 = time.perf_counter()
-            out = ev.evaluate(engine, dataset, ev.EvalOptions(config=config, workers=workers, progress=False))
-            eval_s.append(time.perf_counter() - t0)
-            assert out["images"] == images
-    fwd, evl = images / min(forward_s), images / min(eval_s)
-    log(f"    forward only {fwd:.3f} images/s, evaluation {evl:.3f} images/s ({evl / fwd:.3f}x)")
-    return {"status": "ok", "model": model, "size": size, "protocol": "pad", "images": images, "workers": workers,
-            "rounds": rounds, "forward_seconds": forward_s, "eval_seconds": eval_s,
-            "forward_images_per_s": fwd, "eval_images_per_s": evl, "eval_over_forward": evl / fwd,
-            "engine": engine.describe()}
+            reference = [crf_mod._crf_labels(image, p, crf_mod.RESNET101) for (image, _, _), p in zip(decoded, probs)]
+            record["crf_in_process_images_per_s"] = images / (time.perf_counter() - t0)
+            for n in range(1, max_workers + 1):
+                pools[n] = crf_mod.CRFPool(n).start()
+        expected_crf = ConfusionMatrix(num_classes, 255)
+        for lab, (_, label, _) in zip(reference, decoded):
+            expected_crf.update(lab, label)
+        seconds: dict[str, list[float]] = {"forward": []}
+        checks: dict[str, bool] = {}
+        try:
+            for r in range(rounds):
+                log(f"  round {r + 1}/{rounds}: forward only")
+                t0 = time.perf_counter()
+                for x in inputs:
+                    engine.forward(x)
+                seconds["forward"].append(time.perf_counter() - t0)
+                for mode in decode_modes:
+                    log(f"  round {r + 1}/{rounds}: evaluate, decoding {mode}")
+                    data = ev.build_eval_dataset("voc12", voc, "val", "pad", size)
+                    options = ev.EvalOptions(config=config, progress=False, **DECODE_MODES[mode])
+                    t0 = time.perf_counter()
+                    out = ev.evaluate(engine, data, options)
+                    seconds.setdefault(f"eval[{mode}]", []).append(time.perf_counter() - t0)
+                    checks[f"eval[{mode}] matrix == sequential"] = checks.get(
+                        f"eval[{mode}] matrix == sequential", True) and bool(
+                        out["images"] == images and np.array_equal(out["plain"].matrix, expected_plain.matrix))
+                for n, pool in pools.items():
+                    log(f"  round {r + 1}/{rounds}: CRF alone, {n} worker(s)")
+                    t0 = time.perf_counter()
+                    for (image, _, _), p in zip(decoded, probs):
+                        pool.submit(image, p)
+                    labels = list(pool.drain())
+                    seconds.setdefault(f"crf[{n}]", []).append(time.perf_counter() - t0)
+                    checks[f"crf[{n}] labels == in-process"] = checks.get(f"crf[{n}] labels == in-process", True) and (
+                        len(labels) == images and all(np.array_equal(a, b) for a, b in zip(labels, reference)))
+                if crf:
+                    log(f"  round {r + 1}/{rounds}: evaluate + CRF ({eval_workers} worker(s))")
+                    data = ev.build_eval_dataset("voc12", voc, "val", "pad", size)
+                    options = ev.EvalOptions(config=config, progress=False, crf=True, crf_workers=eval_workers)
+                    t0 = time.perf_counter()
+                    out = ev.evaluate(engine, data, options)
+                    seconds.setdefault("eval_crf", []).append(time.perf_counter() - t0)
+                    checks["eval_crf matrices == sequential"] = checks.get("eval_crf matrices == sequential", True) and (
+                        np.array_equal(out["plain"].matrix, expected_plain.matrix)
+                        and np.array_equal(out["crf"].matrix, expected_crf.matrix))
+        finally:
+            for pool in pools.values():
+                pool.close()
+    rates = {k: {"images_per_s": images / _median(v), "per_round_images_per_s": [images / x for x in v],
+                 "seconds": v} for k, v in seconds.items()}
+    ratios: dict[str, Any] = {}
+
+    def ratio(name: str, num: str, den: str, factor: float = 1.0, target: float | None = None) -> None:
+        if num not in seconds or den not in seconds:
+            return
+        per_round = [seconds[den][i] / seconds[num][i] / factor for i in range(len(seconds[num]))]
+        ratios[name] = {"of_medians": rates[num]["images_per_s"] / rates[den]["images_per_s"] / factor,
+                        "median_of_rounds": _median(per_round), "per_round": per_round, "target": target}
+
+    for mode in decode_modes:
+        ratio(f"eval[{mode}] / forward", f"eval[{mode}]", "forward", target=0.90)
+    for n in pools:
+        if n > 1:
+            ratio(f"crf[{n}] / ({n} x crf[1])", f"crf[{n}]", "crf[1]", factor=n, target=0.80)
+    if crf:
+        ratio(f"eval_crf / crf[{eval_workers}]", "eval_crf", f"crf[{eval_workers}]")
+        ratio("eval_crf / forward", "eval_crf", "forward")
+    record.update(rates=rates, ratios=ratios, checks=checks, crf_max_workers=max_workers,
+                  crf_eval_workers=eval_workers, crf_params=crf_mod.RESNET101.to_dict() if crf else None,
+                  decode_modes={m: DECODE_MODES[m] for m in decode_modes}, loadavg_at_end=_loadavg())
+    # the keys the eval suite has always reported
+    record.update(forward_images_per_s=rates["forward"]["images_per_s"],
+                  eval_images_per_s=rates[f"eval[{decode_modes[0]}]"]["images_per_s"] if decode_modes else None,
+                  eval_over_forward=(ratios[f"eval[{decode_modes[0]}] / forward"]["of_medians"]
+                                     if decode_modes else None))
+    return record
+
+
+def format_pipeline(record: dict[str, Any]) -> str:
+    """The human table of :func:`eval_pipeline_throughput`."""
+    lines = [f"{record['model']} (random weights), pad {record['size']}, {record['images']} generated VOC-layout "
+             f"images (JPEG + palette PNG, sides in {record['image_sizes']}), {record['rounds']} interleaved rounds; "
+             f"engine: {record['engine']['precision']}, {record['engine']['memory_format']}, "
+             f"{record['engine']['torch_threads']} torch threads",
+             "", "| stage | images/s (median) | per round |", "|---|---:|---|"]
+    for name, r in record["rates"].items():
+        lines.append(f"| {name} | {r['images_per_s']:.3f} | "
+                     + ", ".join(f"{x:.3f}" for x in r["per_round_images_per_s"]) + " |")
+    lines += ["", "| ratio | of medians | median of rounds | target |", "|---|---:|---:|---:|"]
+    for name, r in record["ratios"].items():
+        target = "" if r["target"] is None else f">= {r['target']:.2f}"
+        lines.append(f"| {name} | {r['of_medians']:.3f} | {r['median_of_rounds']:.3f} | {target} |")
+    lines += ["", "| check | result |", "|---|---|"]
+    lines += [f"| {k} | {'yes' if v else 'NO'} |" for k, v in record["checks"].items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- command line
+RERUN = "python -m benchmarks.evaluation --out benchmarks/reports/eval-pipeline-2026-12-01"
+
+
+def build_parser() -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.evaluation",
+        description="Evaluation pipeline benchmark: forward only vs the whole evaluation (decode + forward + "
+                    "metrics), dense-CRF scaling with 1..N worker processes, and evaluation + CRF vs CRF alone, "
+                    "side by side in one run (random weights, generated VOC-layout JPEG/PNG files).",
+        epilog=f"example (a few minutes on a quiet 2-core CPU):\n  {RERUN}\n\n"
+               "writes <out>/eval-pipeline.json (strict JSON) and <out>/README.md (tables); exit 0 ok, 1 failed, "
+               "2 usage, 130 interrupted",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--model", default="deeplabv3plus_resnet101", help="registered model (default v3+ ResNet-101)")
+    parser.add_argument("--size", type=int, default=513, help="pad size (default 513)")
+    parser.add_argument("--images", type=int, default=10, help="generated images (default 10)")
+    parser.add_argument("--image-sizes", default="375,501", help="image sides drawn from [LOW, HIGH) (default 375,501)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; rates are medians (default 3)")
+    parser.add_argument("--decode", default=",".join(DECODE_MODES),
+                        help=f"decoding modes to time, comma list of {', '.join(DECODE_MODES)} (default all)")
+    parser.add_argument("--crf-max-workers", type=int, help="CRF pools of 1..N processes (default: usable cores)")
+    parser.add_argument("--no-crf", action="store_true", help="skip the CRF measurements")
+    parser.add_argument("--num-classes", type=int, default=21, help="classes (default 21, VOC)")
+    return parser
+
+
+def _run_cli(args: Any) -> None:
+    import json
+    import shlex
+    import sys
+
+    from benchmarks._common import environment
+    from converters.errors import UsageError
+    from converters.io import write_atomic
+
+    modes = tuple(m for m in args.decode.split(",") if m)
+    if any(m not in DECODE_MODES for m in modes) or not modes:
+        raise UsageError(f"--decode: choose from {', '.join(DECODE_MODES)}, got {args.decode!r}")
+    try:
+        low, high = (int(v) for v in args.image_sizes.split(","))
+    except ValueError:
+        raise UsageError(f"--image-sizes: expected LOW,HIGH, got {args.image_sizes!r}") from None
+    if args.images < 1 or args.rounds < 1 or args.size < 1 or not 1 <= low < high:
+        raise UsageError("--images, --rounds and --size must be >= 1 and --image-sizes 1 <= LOW < HIGH")
+    env = environment(torch.device("cpu"))
+    record = eval_pipeline_throughput(model=args.model, images=args.images, size=args.size, rounds=args.rounds,
+                                      num_classes=args.num_classes, image_sizes=(low, high), decode_modes=modes,
+                                      crf_max_workers=args.crf_max_workers, crf=not args.no_crf,
+                                      log=lambda m: print(m, file=sys.stderr, flush=True))
+    command = "python -m benchmarks.evaluation " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    record = {"suite": "eval-pipeline", "schema": 1, "command": command, "environment": env, "pipeline": record}
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+    write_atomic(args.out / "eval-pipeline.json", lambda p: p.write_text(text, encoding="utf-8"))
+    p = record["pipeline"]
+    md = (f"# Evaluation pipeline benchmark\n\nCommand: `{command}`\n\n"
+          f"CPU: {env['cpu_model']} ({env['cpus_usable']} usable cores), torch {env['torch']}, "
+          f"{env['torch_threads']} threads; load average (1, 5, 15 min) at start {p['loadavg_at_start']}, "
+          f"at end {p['loadavg_at_end']}; {env['created_utc']}, commit {(env.get('git') or {}).get('commit')}\n\n"
+          + format_pipeline(p))
+    write_atomic(args.out / "README.md", lambda q: q.write_text(md, encoding="utf-8"))
+    print(format_pipeline(p))
+    print(f"wrote {args.out / 'eval-pipeline.json'} and {args.out / 'README.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (see :func:`build_parser`): exit 0 ok, 1 failed, 2 usage, 130 interrupted."""
+    from converters.cli import run_main
+
+    return run_main(build_parser(), _run_cli, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,16 +10,22 @@ a third-party code comment give them (the official per-model pages are not avail
 4, xy std 67, rgb std 3. The unary is ``-log(softmax)`` of the logits upsampled to the image size,
 and the bilateral kernel sees the **raw RGB uint8 image**, never the mean-subtracted network input.
 
-:class:`CRFPool` runs images in worker processes (``workers`` > 0) in chunks and yields the
-results in submission order. Each image's CRF is a pure function of (image, probabilities,
+:class:`CRFPool` runs images in worker processes (``workers`` > 0; default one per core, see
+:func:`default_workers`) and yields the results in submission order. Each image's CRF is a pure function of (image, probabilities,
 settings), so the output does not depend on the number of workers or the chunk size.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing
+import os
+import signal
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,7 +33,8 @@ import numpy as np
 
 from converters.errors import DeeplabError
 
-__all__ = ["CRFParams", "RESNET101", "VGG16", "CRFUnavailable", "require_pydensecrf", "dense_crf", "CRFPool"]
+__all__ = ["CRFParams", "RESNET101", "VGG16", "CRFUnavailable", "require_pydensecrf", "dense_crf", "CRFPool",
+           "CRFError", "default_workers", "usable_cores"]
 
 INSTALL_HINT = "dense CRF needs pydensecrf: pip install pydensecrf2 (or pip install -e .[crf])"
 
@@ -99,27 +106,110 @@ def _run_chunk(chunk: list[tuple[np.ndarray, np.ndarray]], params: CRFParams) ->
     return [_crf_labels(image, probs, params) for image, probs in chunk]
 
 
+MAX_DEFAULT_WORKERS = 16  # each worker holds ~100 MB for a VOC-sized 21-class image
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """CRF worker processes when none are asked for: one per usable core, at most 16.
+
+    The CRF of one VOC-sized image costs 1.5-3x a ResNet-101 forward at 513 on a CPU, so beside
+    the forward it is the slowest stage and gets every core; the forward's intra-op threads
+    still run in the gaps (and the CRF pool blocks the forward only when it is full).
+    """
+    return min(usable_cores(), MAX_DEFAULT_WORKERS)
+
+
+class CRFError(DeeplabError, RuntimeError):
+    """The CRF worker pool failed (a worker process died); ``str(error)`` is one line."""
+
+
+def _worker_init() -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the parent handles it (it stops the pool
+    # and exits 130); a worker dying of it on its own would print a traceback and break the pool.
+    # SIGINT is blocked from birth (see _no_sigint), so one that arrives while the worker starts is dropped here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def _no_sigint() -> Iterator[None]:
+    """Block SIGINT in this thread while worker processes may be spawned (they inherit the mask).
+
+    As CPython's resource tracker does: a Ctrl-C that reaches a worker before its initializer runs
+    would otherwise kill it with a traceback. A SIGINT for this process stays pending meanwhile and
+    is raised as soon as the block ends (nothing is lost).
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class CRFPool:
-    """Label maps after the CRF, computed in ``workers`` processes (0 = in this process).
+    """Label maps after the CRF, computed in ``workers`` processes (0 = in this process, None = default).
 
     ``submit(image, probs)`` queues one image (``probs`` as float32 ``(C, H, W)``); ``results()``
-    yields finished ``(H, W)`` uint8 label maps in submission order, blocking only when more than
-    ``max_pending`` chunks are in flight, so memory stays bounded on a whole dataset. Call
-    ``drain()`` at the end for the rest. Use as a context manager.
+    yields finished ``(H, W)`` uint8 label maps in submission order without waiting; ``submit``
+    blocks only when more than ``max_pending`` chunks (default ``2 x workers``) are in flight, so
+    memory stays bounded on a whole dataset and the producer runs at most that far ahead.
+    Call ``drain()`` at the end for the rest. ``close()`` (or leaving the ``with`` block) stops
+    the workers: at once (terminated) when work is still in flight, e.g. after an error or Ctrl-C.
+    The workers ignore SIGINT (the parent stops them); a worker that dies (killed, out of memory)
+    raises :class:`CRFError` instead of a hang.
+
+    Each image's CRF is a pure function of (image, probabilities, settings), so the labels do not
+    depend on ``workers`` or ``chunk_size`` (bit for bit; ``tests/test_crf.py``).
     """
 
-    def __init__(self, workers: int = 0, *, params: CRFParams = RESNET101, chunk_size: int = 2,
+    def __init__(self, workers: int | None = None, *, params: CRFParams = RESNET101, chunk_size: int = 1,
                  max_pending: int | None = None) -> None:
         require_pydensecrf()  # fail before any inference work
+        workers = default_workers() if workers is None else workers
         if workers < 0 or chunk_size < 1:
             raise ValueError(f"need workers >= 0 and chunk_size >= 1, got {workers}, {chunk_size}")
         self.workers, self.params, self.chunk_size = workers, params, chunk_size
         self.max_pending = max_pending or max(2 * workers, 1)
-        # spawn, not fork: forking a process that holds torch/OpenMP threads can deadlock.
-        self._pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
+        self._pool: ProcessPoolExecutor | None = None
+        if workers > 0:
+            # spawn, not fork: forking a process that holds torch/OpenMP threads can deadlock. A spawned
+            # worker imports the parent's main module (torch, for reproduce.evaluate): ~1 s of CPU per worker
+            # once; warm() starts them beside the first forward.
+            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
         self._chunk: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pending: collections.deque = collections.deque()
-        self._done: collections.deque = collections.deque()
+        self._pending: collections.deque[Future] = collections.deque()
+        self._done: collections.deque[np.ndarray] = collections.deque()
+
+    def warm(self) -> CRFPool:
+        """Start the worker processes in the background (without waiting for them); returns ``self``."""
+        if self._pool is not None and not self.worker_pids():
+            with _no_sigint():  # the pool spawns its workers on submit
+                for _ in range(self.workers):
+                    self._pool.submit(_noop)
+        return self
+
+    def start(self) -> CRFPool:
+        """Start every worker process and wait until they run (they start on first use otherwise)."""
+        for _ in range(3):  # workers spawn on demand: a round of short tasks brings them up, usually all at once
+            if self._pool is None or len(self.worker_pids()) >= self.workers:
+                break
+            with _no_sigint():
+                futures = [self._pool.submit(_noop) for _ in range(self.workers)]
+            for future in futures:
+                self._collect(future)
+        return self
 
     def submit(self, image_rgb: np.ndarray, probs: np.ndarray) -> None:
         self._chunk.append((np.ascontiguousarray(image_rgb), np.ascontiguousarray(probs, dtype=np.float32)))
@@ -133,14 +223,25 @@ class CRFPool:
         if self._pool is None:
             self._done.extend(_run_chunk(chunk, self.params))
             return
-        self._pending.append(self._pool.apply_async(_run_chunk, (chunk, self.params)))
+        try:
+            with _no_sigint():
+                self._pending.append(self._pool.submit(_run_chunk, chunk, self.params))
+        except BrokenProcessPool:
+            raise CRFError(_BROKEN) from None
         while len(self._pending) > self.max_pending:
-            self._done.extend(self._pending.popleft().get())
+            self._done.extend(self._collect(self._pending.popleft()))
+
+    @staticmethod
+    def _collect(future: Future) -> Any:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise CRFError(_BROKEN) from None
 
     def results(self) -> Iterator[np.ndarray]:
-        """Label maps finished so far (in order), collecting ready chunks without blocking."""
-        while self._pending and self._pending[0].ready():
-            self._done.extend(self._pending.popleft().get())
+        """Label maps finished so far (in order), collecting finished chunks without blocking."""
+        while self._pending and self._pending[0].done():
+            self._done.extend(self._collect(self._pending.popleft()))
         while self._done:
             yield self._done.popleft()
 
@@ -148,17 +249,46 @@ class CRFPool:
         """Finish everything submitted and yield the remaining label maps in order."""
         self._flush()
         while self._pending:
-            self._done.extend(self._pending.popleft().get())
+            self._done.extend(self._collect(self._pending.popleft()))
         yield from self.results()
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running workers (empty in-process or after ``close``)."""
+        procs = getattr(self._pool, "_processes", None) or {}
+        return sorted(p.pid for p in procs.values() if p.pid is not None)
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        """Stop the workers: a clean shutdown when nothing is in flight, else terminate them at once."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        busy = any(not f.done() for f in self._pending)
+        self._pending.clear()
+        self._chunk.clear()
+        if not busy:
+            pool.shutdown(wait=True)
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in processes:
+            proc.join(timeout=10)
+            if proc.is_alive():  # pragma: no cover - SIGTERM ignored
+                proc.kill()
+                proc.join(timeout=10)
 
     def __enter__(self) -> CRFPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _noop() -> None:
+    time.sleep(0.05)
+
+
+_BROKEN = ("a dense-CRF worker process died unexpectedly (killed, or out of memory: try fewer "
+           "--crf-workers)")

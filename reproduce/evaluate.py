@@ -31,9 +31,15 @@ result, any other row with the plain one.
 
 The forward runs on :class:`reproduce.inference.Segmenter` (BatchNorm folded, channels_last, the
 precision ``--precision auto`` picks, ``torch.compile`` for long fixed-size runs with
-``--compile auto``); decoding runs in DataLoader workers and the CRF in its own processes, beside
-the forward. ``--on-error skip`` skips (and counts, in ``result.json``) images or labels that
-cannot be read; the default stops at the first with a one-line error naming it.
+``--compile auto``). The stages overlap: decoding (image and label files, preprocessing, padding)
+runs ``--prefetch`` images ahead in a thread (or ``--workers`` processes), the forward and the
+metrics (one bincount per image into the confusion matrix) in the main thread, and the dense CRF
+in ``--crf-workers`` processes (default one per core) that take each image's probabilities as the
+forward produces them; results are collected in order, so every setting gives the same matrices.
+
+``--on-error skip`` skips (and counts, in ``result.json``) images or labels that cannot be read;
+the default stops at the first with a one-line error naming it. Ctrl-C stops the decoding thread
+and the CRF workers and exits 130.
 ``result.json`` is strict JSON: an undefined score (a class absent from the split) is ``null``.
 
 Exit codes: 0 done, 1 bad input (one line on stderr), 2 usage error, 130 interrupted.
@@ -43,11 +49,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import queue
 import re
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,14 +122,78 @@ class _Guarded:
             return {"error": " ".join(str(e).split())}
 
 
+class _Prefetcher:
+    """Yields ``data[0], data[1], ...`` decoded by one background thread up to ``depth`` items ahead.
+
+    Decoding (PIL, numpy) releases the GIL for most of its time, so on a small CPU it fills the
+    gaps of the forward's intra-op threads without the start-up, pickling and memory of worker
+    processes. An exception raised while decoding is raised again by the iterator at that
+    position, in order. ``close()`` stops the thread (it never blocks the interpreter's exit).
+    """
+
+    def __init__(self, data: Any, depth: int) -> None:
+        self.data = data
+        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="eval-decode", daemon=True)
+        self._thread.start()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for index in range(len(self.data)):
+                if not self._put(("item", self.data[index])):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(("raise", exc))
+            return
+        self._put(("end", None))
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            kind, value = self._queue.get()
+            if kind == "end":
+                return
+            if kind == "raise":
+                raise value
+            yield value
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def _labels(probs: torch.Tensor) -> torch.Tensor:
+    """``probs.argmax(0)`` as uint8 (first maximum on ties, as argmax), the cheap way on each device.
+
+    On the CPU torch's argmax over the leading dim of a ``(C, H, W)`` tensor is ~4x slower than
+    numpy's (strided reduction); numpy's gives the same indices.
+    """
+    if probs.device.type == "cpu":
+        return torch.from_numpy(probs.numpy().argmax(0).astype(np.uint8))
+    return probs.argmax(0).to(torch.uint8)
+
+
 @dataclass
 class EvalOptions:
     """Everything :func:`evaluate` needs besides the model and the dataset."""
 
     config: InferenceConfig
     crf: bool = False
-    crf_workers: int = 0
-    workers: int = 0
+    crf_workers: int | None = None  # None: reproduce.crf.default_workers() (one per core); 0: in this process
+    workers: int = 0  # decoding processes (DataLoader workers); 0: a decoding thread in this process
+    prefetch: int = 2  # images decoded ahead of the forward; 0: decode each right before its forward
     classes: str = "present_in_gt"
     limit: int | None = None
     progress: bool = True
@@ -169,25 +241,32 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
     if isinstance(model, Segmenter) and model.want_compile(len(data), fixed_shape=config.protocol == "pad"):
         model.enable_compile()
     data = _Guarded(data)
-    loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=options.workers, collate_fn=_first,
-                        pin_memory=lm.device.type == "cuda", persistent_workers=False)
+    if options.workers > 0:
+        loader: Any = DataLoader(data, batch_size=1, shuffle=False, num_workers=options.workers, collate_fn=_first,
+                                 pin_memory=lm.device.type == "cuda", persistent_workers=False,
+                                 prefetch_factor=max(1, math.ceil(max(options.prefetch, 1) / options.workers)))
+    elif options.prefetch > 0:
+        loader = _Prefetcher(data, options.prefetch)
+    else:
+        loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=0, collate_fn=_first)
     plain = ConfusionMatrix(lm.num_classes, dataset.ignore_index)
     refined = ConfusionMatrix(lm.num_classes, dataset.ignore_index) if options.crf else None
     pool = None
-    if options.crf:
-        from reproduce.crf import CRFPool
-
-        pool = CRFPool(options.crf_workers)
     waiting: deque[np.ndarray] = deque()  # ground truth of images queued in the CRF pool, in order
     iterator: Any = loader
     if options.progress:
         from tqdm import tqdm
 
-        iterator = tqdm(loader, desc=f"eval {dataset.name} {dataset.split}", unit="img", dynamic_ncols=True)
+        iterator = tqdm(loader, total=len(data), desc=f"eval {dataset.name} {dataset.split}", unit="img",
+                        dynamic_ncols=True)
     t0 = time.perf_counter()
     count, oversize = 0, 0
     skipped: list[str] = []
     try:
+        if options.crf:
+            from reproduce.crf import CRFPool
+
+            pool = CRFPool(options.crf_workers).warm()  # the workers start beside the first forward
         for sample in iterator:
             if "error" in sample:
                 if options.on_error == "skip":
@@ -199,7 +278,7 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
             if config.protocol == "pad" and max(h, w) > config.crop_size:
                 oversize += 1
             probs = predict_probs(lm, sample["input"], config, (h, w))[0]
-            plain.update(probs.argmax(0).to(torch.uint8), torch.from_numpy(label).to(probs.device))
+            plain.update(_labels(probs), torch.from_numpy(label).to(probs.device))
             if pool is not None:
                 pool.submit(sample["image"], probs.cpu().numpy())
                 waiting.append(label)
@@ -210,6 +289,8 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
             for crf_label in pool.drain():
                 refined.update(crf_label, waiting.popleft())
     finally:
+        if isinstance(loader, _Prefetcher):
+            loader.close()
         if pool is not None:
             pool.close()
     return {"plain": plain, "crf": refined, "images": count, "oversize_images": oversize,
@@ -380,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="v3/v3+ test scales, START:STEP:STOP or a comma list (default 1.0; v2's MSC is in the model)")
     p.add_argument("--flip", action="store_true", help="also run the left-right flipped image (probabilities averaged)")
     p.add_argument("--crf", action="store_true", help="also report the dense-CRF result (needs pydensecrf2)")
-    p.add_argument("--crf-workers", type=int, default=0, help="CRF worker processes (default 0: in this process)")
+    p.add_argument("--crf-workers", type=int, default=None,
+                   help="CRF worker processes beside the forward (default: one per core, here "
+                        f"{_default_crf_workers()}; 0: in this process, after each forward)")
     p.add_argument("--classes", choices=("present_in_gt", "present_in_union", "all"), default="present_in_gt",
                    help="classes averaged into mIoU (see reproduce/metrics.py; default present_in_gt)")
     r = parser.add_argument_group("run")
@@ -393,7 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"torch.compile (inductor, frozen weights); auto: for pad runs of >= "
                         f"{COMPILE_MIN_IMAGES} images")
     r.add_argument("--amp", action="store_true", help="same as --precision fp16 (CUDA)")
-    r.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    r.add_argument("--workers", type=int, default=0,
+                   help="decoding processes (DataLoader workers); default 0: one decoding thread in this process, "
+                        "which measured faster on small CPUs (benchmarks/evaluation.py)")
+    r.add_argument("--prefetch", type=int, default=2,
+                   help="images decoded ahead of the forward (default 2; 0: decode each just before its forward)")
     r.add_argument("--compare-to", action="append", default=[], metavar="ROW",
                    help="published row: TABLE[INDEX] or TABLE:key=value,... (repeatable; see reproduce/tables)")
     r.add_argument("--out", type=Path, default=Path("results") / "eval", help="output folder (default results/eval)")
@@ -401,12 +488,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default_crf_workers() -> int:
+    from reproduce.crf import default_workers
+
+    return default_workers()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as ``args`` say, write the outputs, return the result record."""
     from reproduce.datasets import DatasetError
 
-    if args.workers < 0 or args.crf_workers < 0:
-        raise InferenceError("--workers and --crf-workers must be >= 0")
+    if args.workers < 0 or args.prefetch < 0 or (args.crf_workers is not None and args.crf_workers < 0):
+        raise InferenceError("--workers, --prefetch and --crf-workers must be >= 0")
     rows = resolve_rows(args.compare_to)  # before any heavy work: a typo should fail fast
     if args.crf:
         from reproduce.crf import require_pydensecrf
@@ -439,8 +532,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if lm.family == "deeplab_v2" and config.scales != (1.0,):
         raise InferenceError("--scales is for DeepLab v3/v3+; DeepLab v2's MSC (1, 0.75, 0.5, max) is the "
                              "deeplabv2_resnet101_msc model itself")
-    options = EvalOptions(config=config, crf=args.crf, crf_workers=args.crf_workers, workers=args.workers,
-                          classes=args.classes, limit=args.limit, progress=not args.quiet, on_error=args.on_error)
+    crf_workers = (_default_crf_workers() if args.crf_workers is None else args.crf_workers) if args.crf else None
+    options = EvalOptions(config=config, crf=args.crf, crf_workers=crf_workers, workers=args.workers,
+                          prefetch=args.prefetch, classes=args.classes, limit=args.limit, progress=not args.quiet,
+                          on_error=args.on_error)
     try:
         out = evaluate(engine, dataset, options)
     except DatasetError as e:
@@ -466,6 +561,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "oversize_images": out["oversize_images"],
             "device": device,
             "engine": engine.describe(),
+            "pipeline": {"decode": f"{args.workers} processes" if args.workers else "thread",
+                         "prefetch": args.prefetch, "crf_workers": crf_workers},
             "on_error": args.on_error,
             "skipped_images": len(out["skipped"]),
             "skipped": out["skipped"],

@@ -210,7 +210,7 @@ def predict_files(
     config: InferenceConfig,
     palette_name: str = "voc",
     crf: bool = False,
-    crf_workers: int = 0,
+    crf_workers: int | None = None,
     overlay_format: str = "jpg",
     num_classes: int | None = None,
     output_stride: int | None = None,
@@ -431,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scales", default="1.0", help="v3/v3+ test scales, START:STEP:STOP or a comma list")
     parser.add_argument("--flip", action="store_true", help="average with the left-right flipped image")
     parser.add_argument("--crf", action="store_true", help="dense CRF post-processing of images (needs pydensecrf2)")
-    parser.add_argument("--crf-workers", type=int, default=0, help="CRF worker processes (default 0)")
+    parser.add_argument("--crf-workers", type=int, default=None,
+                        help="CRF worker processes beside the forward (default: one per core; 0: in this process)")
     parser.add_argument("--on-error", choices=("error", "skip"), default="error",
                         help="an unreadable image: stop with an error naming it (default) or skip and count it")
     parser.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
@@ -475,7 +476,7 @@ def run(args: argparse.Namespace, report: PredictReport) -> None:
         require_pydensecrf()
     if not args.inputs and args.camera is None:
         raise InferenceError("give images, videos or folders, or --camera N")
-    if args.crf_workers < 0:
+    if args.crf_workers is not None and args.crf_workers < 0:
         raise InferenceError("--crf-workers must be >= 0")
     inputs = [p if Path(p).is_absolute() else str(args.data_root / p) for p in args.inputs]
     sources = find_images(inputs) if inputs else []

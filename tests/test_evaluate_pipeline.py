@@ -1,0 +1,257 @@
+"""The evaluation pipeline: decoding ahead of the forward, cheap metrics, the dense-CRF worker pool.
+
+Every decoding mode (in line, a prefetch thread, DataLoader processes) and every CRF pool size must
+give exactly what the sequential path gives (the same confusion matrices, the same CRF labels in the
+same order), and errors and Ctrl-C must stop the decoding thread and the CRF workers: nothing left
+running, exit 130 with one line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reproduce import evaluate as ev
+from reproduce.inference import InferenceConfig, InferenceError, predict_probs, prepare_input
+from reproduce.metrics import ConfusionMatrix
+from reproduce.synthetic import write_voc
+from tests.test_evaluate import VAL_IDS, _voc_with_a_truncated_jpeg, pixel_model
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = InferenceConfig(protocol="pad", crop_size=65)
+
+
+def _needs_crf() -> None:
+    pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 not installed (pip install -e .[crf])")
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("voc")
+    write_voc(root, train_ids=["2007_000032"], val_ids=VAL_IDS, seed=5, sizes=(24, 41))
+    return root
+
+
+def _sequential(lm, root: Path) -> tuple[ConfusionMatrix, list[np.ndarray], list]:
+    """The reference: each image decoded, run and scored in turn, without the pipeline."""
+    dataset = ev.build_eval_dataset("voc12", root, "val", "pad", 65)
+    cm, probs, samples = ConfusionMatrix(21), [], []
+    for i in range(len(dataset)):
+        image, label, _ = dataset.load(i)
+        p = predict_probs(lm, prepare_input(image, lm.preprocessing, CONFIG), CONFIG, label.shape)[0]
+        cm.update(p.argmax(0), label)
+        probs.append(p.numpy())
+        samples.append((image, label))
+    return cm, probs, samples
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+def _wait_gone(pids: list[int], seconds: float = 30.0) -> list[int]:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not all(_gone(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if not _gone(p)]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+# ------------------------------------------------------------------------------ decoding ahead of the forward
+@pytest.mark.parametrize("workers,prefetch", [(0, 0), (0, 1), (0, 3), (2, 2)])
+def test_every_decoding_mode_gives_the_sequential_matrix(voc, workers, prefetch) -> None:
+    lm = pixel_model(seed=7)
+    expected, _, _ = _sequential(lm, voc)
+    out = ev.evaluate(lm, ev.build_eval_dataset("voc12", voc, "val", "pad", 65),
+                      ev.EvalOptions(config=CONFIG, workers=workers, prefetch=prefetch, progress=False))
+    assert out["images"] == len(VAL_IDS)
+    np.testing.assert_array_equal(out["plain"].matrix, expected.matrix)
+
+
+def test_labels_are_argmax_with_its_tie_rule() -> None:
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.randint(0, 3, (21, 37, 29), generator=gen).float()  # many ties: first maximum wins
+    got = ev._labels(probs)
+    assert got.dtype == torch.uint8
+    torch.testing.assert_close(got, probs.argmax(0).to(torch.uint8), rtol=0, atol=0)
+
+
+def test_prefetcher_keeps_order_raises_in_place_and_stops() -> None:
+    class Data:
+        def __len__(self) -> int:
+            return 1000
+
+        def __getitem__(self, i: int) -> int:
+            if i == 5:
+                raise RuntimeError("boom at 5")
+            return i
+
+    pre = ev._Prefetcher(Data(), 2)
+    got = []
+    with pytest.raises(RuntimeError, match="boom at 5"):
+        for x in pre:
+            got.append(x)
+    assert got == [0, 1, 2, 3, 4]
+    pre.close()
+    assert not pre._thread.is_alive()
+    # closed while the consumer is not reading: the thread stops although its queue is full
+    pre = ev._Prefetcher(list(range(1000)), 2)
+    assert next(iter(pre)) == 0
+    pre.close()
+    assert not pre._thread.is_alive()
+
+
+def test_unreadable_image_in_the_thread_is_named_or_skipped(tmp_path) -> None:
+    root = _voc_with_a_truncated_jpeg(tmp_path)
+    lm = pixel_model(seed=4)
+    with pytest.raises(InferenceError, match=f"{VAL_IDS[1]}.jpg"):
+        ev.evaluate(lm, ev.build_eval_dataset("voc12", root, "val", "pad", 65),
+                    ev.EvalOptions(config=CONFIG, prefetch=2, progress=False))
+    out = ev.evaluate(lm, ev.build_eval_dataset("voc12", root, "val", "pad", 65),
+                      ev.EvalOptions(config=CONFIG, prefetch=2, progress=False, on_error="skip"))
+    assert out["images"] == len(VAL_IDS) - 1 and len(out["skipped"]) == 1
+
+
+# ------------------------------------------------------------------------------ the CRF pool
+def test_default_crf_workers_follow_the_cores() -> None:
+    from reproduce import crf
+
+    assert 1 <= crf.default_workers() == min(crf.usable_cores(), crf.MAX_DEFAULT_WORKERS)
+
+
+def test_crf_pool_is_bit_exact_and_in_order_when_later_images_finish_first() -> None:
+    _needs_crf()
+    from reproduce import crf
+    from tests.test_crf import _scene
+
+    # a large image first, small ones after: with 2 workers the small ones finish before it
+    scenes = [_scene(0, size=(150, 160))] + [_scene(s, size=(20 + s, 31)) for s in range(1, 6)]
+    expected = [crf.dense_crf(img, p).argmax(0).astype(np.uint8) for img, _, p in scenes]
+    with crf.CRFPool(2, max_pending=8) as pool:
+        for img, _, p in scenes:
+            pool.submit(img, p)
+        got = list(pool.drain())
+        pids = pool.worker_pids()
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+    assert len(pids) >= 1 and not _wait_gone(pids)  # a clean close leaves nothing running
+
+
+def test_evaluate_with_the_crf_pool_equals_the_sequential_crf(voc) -> None:
+    _needs_crf()
+    from reproduce import crf
+
+    lm = pixel_model(seed=1)
+    plain, probs, samples = _sequential(lm, voc)
+    refined = ConfusionMatrix(21)
+    for p, (image, label) in zip(probs, samples):
+        refined.update(crf.dense_crf(image, p).argmax(0), label)
+    out = ev.evaluate(lm, ev.build_eval_dataset("voc12", voc, "val", "pad", 65),
+                      ev.EvalOptions(config=CONFIG, crf=True, crf_workers=2, progress=False))
+    np.testing.assert_array_equal(out["plain"].matrix, plain.matrix)
+    np.testing.assert_array_equal(out["crf"].matrix, refined.matrix)
+
+
+def test_an_error_mid_run_stops_the_crf_workers(tmp_path, monkeypatch) -> None:
+    _needs_crf()
+    from reproduce import crf
+
+    seen: list[list[int]] = []
+    close = crf.CRFPool.close
+
+    def recording_close(self) -> None:
+        seen.append(self.worker_pids())
+        close(self)
+
+    monkeypatch.setattr(crf.CRFPool, "close", recording_close)
+    root = _voc_with_a_truncated_jpeg(tmp_path)
+    with pytest.raises(InferenceError, match=f"{VAL_IDS[1]}.jpg"):
+        ev.evaluate(pixel_model(seed=4), ev.build_eval_dataset("voc12", root, "val", "pad", 65),
+                    ev.EvalOptions(config=CONFIG, crf=True, crf_workers=2, progress=False))
+    assert len(seen) == 1 and seen[0], "the pool was closed with its workers running"
+    assert not _wait_gone(seen[0])
+
+
+_DRIVER = textwrap.dedent("""
+    import sys, time
+    import reproduce.evaluate as ev
+    import reproduce.inference as inf
+    from reproduce.inference import Segmenter
+    slow = Segmenter.forward
+    def forward(self, x):  # a slow network, so the run is still going when Ctrl-C comes
+        time.sleep(0.2)
+        return slow(self, x)
+    Segmenter.forward = forward
+    sys.exit(ev.main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_exits_130_with_one_line_and_leaves_no_worker(tmp_path) -> None:
+    _needs_crf()
+    from converters.io import save_state_dict
+    from reference_models import build_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.pth"
+    save_state_dict(build_model("deeplabv3plus_tiny", num_classes=21).state_dict(), weights)
+    write_voc(tmp_path, train_ids=[], val_ids=[f"2007_{i:06d}" for i in range(40)], seed=1, sizes=(24, 41))
+    cmd = [sys.executable, "-c", _DRIVER, "--model", "deeplabv3plus_tiny", "--weights", str(weights),
+           "--dataset", "voc12", "--data-root", str(tmp_path), "--crop-size", "65", "--device", "cpu",
+           "--crf", "--crf-workers", "2", "--quiet", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, text=True)
+    try:
+        seen: set[int] = set()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            seen.update(_descendants(proc.pid))
+            if len(seen) >= 2:  # the CRF workers (and the resource tracker) are running
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.3)
+        seen.update(_descendants(proc.pid))
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip() == "error: interrupted", err
+    assert not (tmp_path / "out" / "result.json").exists()
+    assert not _wait_gone(sorted(seen)), "processes left running after Ctrl-C"
