@@ -10,8 +10,12 @@ are checked equal.
 Dense CRF: images/s of ``reproduce.crf.CRFPool`` in-process and with 1..N worker processes,
 when that module and ``pydensecrf`` are installed (skipped with the reason otherwise).
 
-Evaluation pipeline (:func:`eval_pipeline_throughput`): images/s of a whole ``reproduce.evaluate``
-run (decode + forward + metrics) against the engine's forward alone, on generated VOC-sized JPEGs.
+Evaluation pipeline (:func:`eval_pipeline_throughput`, also a command of its own:
+``python -m benchmarks.evaluation --out DIR``): side by side in one run, (a) the engine's forward alone
+on pre-decoded tensors, (b) the whole ``reproduce.evaluate`` run (decode + forward + metrics) on a
+generated VOC-layout folder of JPEG/PNG files, per decoding mode, (c) dense-CRF images/s with 1..N
+worker processes and (d) the evaluation with the CRF against the CRF alone; rates are medians over
+interleaved rounds, every pass is checked against the sequential result.
 """
 
 from __future__ import annotations
@@ -173,8 +177,11 @@ def run_eval(devices: list[torch.device], timing: Timing, *, batch: int, size: i
     if pipeline_images:
         log(f"evaluation pipeline: {pipeline_model} at {pipeline_size}, {pipeline_images} images")
         try:
+            # the CRF is timed above; the full side-by-side run is python -m benchmarks.evaluation
+            sides = (375, 501) if pipeline_size >= 501 else (max(1, pipeline_size // 2), pipeline_size)
             pipeline = eval_pipeline_throughput(model=pipeline_model, images=pipeline_images, size=pipeline_size,
-                                                num_classes=num_classes, log=log)
+                                                num_classes=num_classes, rounds=2, image_sizes=sides,
+                                                decode_modes=("thread", "processes"), crf=False, log=log)
         except Exception as exc:  # noqa: BLE001 - recorded, the suite goes on
             pipeline = failed(exc, model=pipeline_model)
     return {"confusion_matrix": cm_results, "crf": crf, "pipeline": pipeline, "timing": asdict(timing)}
