@@ -33,28 +33,18 @@ if __name__ == "__main__" and not __package__:  # run as a file: re-run as `pyth
     as_module.rerun(__file__)
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 from converters import caffe2torch
 from converters.cli import run_main
-from converters.io import check_outputs_spare_inputs
-from converters.keras_writer import (
-    KERAS_SUFFIXES,
-    check_keras_output,
-    import_tensorflow,
-    keras_provenance_path,
-    set_help,
-    write_keras,
-)
+from converters.keras_writer import keras_parser, run_keras_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = caffe2torch.build_parser()
-    parser.description = ("Convert an official DeepLab v2 caffemodel into Keras 3 weights for "
-                          "reference_models.keras (no Caffe needed).")
-    set_help(parser, "out", f"output, one of {', '.join(KERAS_SUFFIXES)} (weights, or the whole model) "
-             "(default: <release folder>/<arch>_<release>.weights.h5, or beside the caffemodel)")
-    return parser
+    return keras_parser(caffe2torch.build_parser(), "Convert an official DeepLab v2 caffemodel into Keras 3 weights "
+                        "for reference_models.keras (no Caffe needed).",
+                        "<release folder>/<arch>_<release>.weights.h5, or beside the caffemodel")
 
 
 def default_output(args: argparse.Namespace) -> Path:
@@ -64,12 +54,8 @@ def default_output(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> Path:
     """Convert as ``args`` say; return the Keras output path. Raises DeeplabError for bad input."""
-    out = default_output(args)
-    check_keras_output(out)
-    check_outputs_spare_inputs([out, keras_provenance_path(out)], [caffe2torch.source_path(args)])
-    import_tensorflow()  # fails fast, in one line, without TensorFlow
-    converted = caffe2torch.convert(args, tool="converters/caffe2tf.py")
-    return write_keras(converted, out, quiet=args.quiet)
+    return run_keras_command(args, out=default_output(args), inputs=caffe2torch.inputs,
+                             convert=partial(caffe2torch.convert, tool="converters/caffe2tf.py"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,9 +28,9 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from converters.cli import run_main, write_weights
+from converters.cli import run_main, write_converted
 from converters.errors import ConversionError
-from converters.io import WEIGHT_SUFFIXES, WRONG_KIND_HINT, check_outputs_spare_inputs, provenance_path, sniff_kind
+from converters.io import WEIGHT_SUFFIXES, WRONG_KIND_HINT, sniff_kind
 from converters.releases import CAFFE_RELEASES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,20 +96,15 @@ def default_output(args: argparse.Namespace, suffix: str = ".pth") -> Path:
     return (release.default_output if release else source_path(args)).with_suffix(suffix)
 
 
+def inputs(args: argparse.Namespace) -> list[Path]:
+    """The files the conversion reads (an output must not overwrite them)."""
+    return [source_path(args)]
+
+
 def run(args: argparse.Namespace) -> Path:
     """Convert as ``args`` say; return the weights path. Raises ConversionError for bad input."""
-    src = source_path(args)  # a missing file or one of another kind is reported before anything else
-    out = default_output(args)
-    if out.suffix not in WEIGHT_SUFFIXES:
-        raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
-    check_outputs_spare_inputs([out, provenance_path(out)], [src])
-    converted = convert(args)
-    record = {**converted.provenance, "weights": {"file": out.name, "tensors": len(converted.state_dict)}}
-    write_weights(converted.state_dict, out, record)
-    if not args.quiet:
-        print(f"wrote {out} ({len(converted.state_dict)} tensors, {record['architecture']}, "
-              f"{converted.num_classes} classes) and {provenance_path(out)}")
-    return out
+    source_path(args)  # a missing file or one of another kind is reported before anything else
+    return write_converted(args, out=default_output(args), inputs=inputs, convert=convert)
 
 
 def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -22,8 +22,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from converters.errors import DeeplabError, ReportedError, UsageError
-from converters.io import provenance_path, save_state_dict, sha256_file, write_json_atomic
+from converters.errors import ConversionError, DeeplabError, ReportedError, UsageError
+from converters.io import (
+    WEIGHT_SUFFIXES,
+    check_outputs_spare_inputs,
+    provenance_path,
+    save_state_dict,
+    sha256_file,
+    write_json_atomic,
+)
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -113,3 +120,24 @@ def write_weights(state_dict: Mapping[str, Any], out: Path, record: dict[str, An
     except BaseException:
         out.unlink(missing_ok=True)
         raise
+
+
+def write_converted(args: argparse.Namespace, *, out: Path, inputs: Callable[[argparse.Namespace], Sequence[Path]],
+                    convert: Callable[[argparse.Namespace], Any]) -> Path:
+    """The PyTorch converters' ``run`` after the output is chosen: check it, convert, write; return ``out``.
+
+    ``out`` must be a weights file that overwrites none of ``inputs(args)`` (the source files);
+    ``convert(args)`` returns the in-memory result (``state_dict``, ``provenance``, ``num_classes``).
+    Prints one line unless ``args.quiet``.
+    """
+    if out.suffix not in WEIGHT_SUFFIXES:
+        raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
+    check_outputs_spare_inputs([out, provenance_path(out)], inputs(args))
+    converted = convert(args)
+    record = {**converted.provenance, "weights": {"file": out.name, "tensors": len(converted.state_dict)}}
+    write_weights(converted.state_dict, out, record)
+    if not args.quiet:
+        classes = f", {converted.num_classes} classes" if converted.num_classes else ""
+        print(f"wrote {out} ({len(converted.state_dict)} tensors, {record['architecture']}{classes}) and "
+              f"{provenance_path(out)}")
+    return out

@@ -30,13 +30,14 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from converters.errors import ConversionError, DeeplabError
+from converters.io import check_outputs_spare_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -46,10 +47,12 @@ __all__ = [
     "PARAM",
     "import_tensorflow",
     "keras_arrays",
+    "keras_parser",
     "keras_provenance_path",
     "keras_record",
     "keras_suffix",
     "load_state_dict_into_keras",
+    "run_keras_command",
     "save_keras",
     "write_keras",
 ]
@@ -215,6 +218,26 @@ def set_help(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
 def check_keras_output(out: Path) -> None:
     if keras_suffix(out) is None:
         raise ConversionError(out, f"output must end in {' or '.join(KERAS_SUFFIXES)}")
+
+
+def keras_parser(parser: argparse.ArgumentParser, description: str, out_default: str) -> argparse.ArgumentParser:
+    """A PyTorch converter's ``parser`` reworded for its Keras twin (same releases, flags and usage rules)."""
+    parser.description = description
+    set_help(parser, "out", f"output, one of {', '.join(KERAS_SUFFIXES)} (weights, or the whole model) "
+             f"(default: {out_default})")
+    return parser
+
+
+def run_keras_command(args: argparse.Namespace, *, out: Path,
+                      inputs: Callable[[argparse.Namespace], Sequence[Path]],
+                      convert: Callable[[argparse.Namespace], Any]) -> Path:
+    """The Keras converters' ``run``: check ``out`` (a Keras file sparing ``inputs(args)``, the source files),
+    then TensorFlow, then ``write_keras(convert(args), out)``; return ``out``. The PyTorch twin's
+    ``convert`` gives the in-memory weights and provenance."""
+    check_keras_output(out)
+    check_outputs_spare_inputs([out, keras_provenance_path(out)], inputs(args))
+    import_tensorflow()  # fails fast, in one line, without TensorFlow
+    return write_keras(convert(args), out, quiet=args.quiet)
 
 
 @contextlib.contextmanager

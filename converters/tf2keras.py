@@ -32,29 +32,18 @@ if __name__ == "__main__" and not __package__:  # run as a file: re-run as `pyth
     as_module.rerun(__file__)
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 from converters import tf2torch
 from converters.cli import run_main
-from converters.io import check_outputs_spare_inputs
-from converters.keras_writer import (
-    KERAS_SUFFIXES,
-    check_keras_output,
-    import_tensorflow,
-    keras_provenance_path,
-    set_help,
-    write_keras,
-)
-from converters.releases import TF_RELEASES
-from converters.tf.convert import find_checkpoint, source_files
+from converters.keras_writer import keras_parser, run_keras_command, set_help
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = tf2torch.build_parser()
-    parser.description = ("Convert an official TensorFlow DeepLab / TF-slim checkpoint into Keras 3 weights "
-                          "for reference_models.keras.")
-    set_help(parser, "out", f"output, one of {', '.join(KERAS_SUFFIXES)} (weights, or the whole model) "
-             "(default: data/models/<folder>/<arch>_<release>.weights.h5, or beside the checkpoint)")
+    parser = keras_parser(tf2torch.build_parser(), "Convert an official TensorFlow DeepLab / TF-slim checkpoint "
+                          "into Keras 3 weights for reference_models.keras.",
+                          "data/models/<folder>/<arch>_<release>.weights.h5, or beside the checkpoint")
     set_help(parser, "output_stride", "output stride of the checked model and of a .keras output (default 16; "
              ".weights.h5 files load at any stride the architecture allows)")
     return parser
@@ -67,13 +56,8 @@ def default_output(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> Path:
     """Convert as ``args`` say; return the Keras output path. Raises DeeplabError for bad input."""
-    out = default_output(args)
-    check_keras_output(out)
-    prefix = find_checkpoint(args.checkpoint, TF_RELEASES[args.dataset] if args.dataset else None)
-    check_outputs_spare_inputs([out, keras_provenance_path(out)], source_files(prefix))
-    import_tensorflow()  # fails fast, in one line, without TensorFlow
-    converted = tf2torch.convert(args, tool="converters/tf2keras.py")
-    return write_keras(converted, out, quiet=args.quiet)
+    return run_keras_command(args, out=default_output(args), inputs=tf2torch.inputs,
+                             convert=partial(tf2torch.convert, tool="converters/tf2keras.py"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,13 +33,12 @@ if __name__ == "__main__" and not __package__:  # run as a file: re-run as `pyth
 import argparse
 from pathlib import Path
 
-from converters.cli import run_main, write_weights
-from converters.errors import ConversionError
-from converters.io import WEIGHT_SUFFIXES, check_outputs_spare_inputs, provenance_path
+from converters.cli import run_main, write_converted
+from converters.io import WEIGHT_SUFFIXES
 from converters.releases import TF_MODELS_URL, TF_RELEASES, TFRelease
 from converters.tf.convert import STEPS, Converted, convert_tf_checkpoint, find_checkpoint, source_files, tf_archs
 
-__all__ = ["STEPS", "build_parser", "check_usage", "convert", "default_output", "main", "run"]
+__all__ = ["STEPS", "build_parser", "check_usage", "convert", "default_output", "inputs", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,20 +96,14 @@ def default_output(args: argparse.Namespace, suffix: str = ".pth") -> Path:
     return prefix.with_name(f"{prefix.name}_{args.arch}{suffix}")
 
 
+def inputs(args: argparse.Namespace) -> list[Path]:
+    """The files the conversion reads (an output must not overwrite them)."""
+    return source_files(find_checkpoint(args.checkpoint, _release(args)))
+
+
 def run(args: argparse.Namespace) -> Path:
     """Convert as ``args`` say; return the weights path. Raises ConversionError for bad input."""
-    out = default_output(args)
-    if out.suffix not in WEIGHT_SUFFIXES:
-        raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
-    check_outputs_spare_inputs([out, provenance_path(out)], source_files(find_checkpoint(args.checkpoint, _release(args))))
-    converted = convert(args)
-    record = {**converted.provenance, "weights": {"file": out.name, "tensors": len(converted.state_dict)}}
-    write_weights(converted.state_dict, out, record)
-    if not args.quiet:
-        classes = f", {converted.num_classes} classes" if converted.num_classes else ""
-        print(f"wrote {out} ({len(converted.state_dict)} tensors, {record['architecture']}{classes}) and "
-              f"{provenance_path(out)}")
-    return out
+    return write_converted(args, out=default_output(args), inputs=inputs, convert=convert)
 
 
 def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
