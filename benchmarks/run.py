@@ -10,7 +10,12 @@ Suites::
     python -m benchmarks.run --suite convert [--quick] [--workdir DIR]
     python -m benchmarks.run --suite eval [--quick]
     python -m benchmarks.run --suite engine [--models A,B] [--sizes 321,513] [--variants eager,engine,compile,bf16]
-                             [--external MODULE:FACTORY ...] [--quick]
+                             [--external MODULE:FACTORY[=OURS,...] ...] [--external-path DIR ...] [--resume]
+                             [--quick]
+
+The engine suite writes one JSON per model and size, as each completes, into
+``--out-dir/engine-rows-<device>-<cpu>-<threads>t/``; ``--resume`` skips the rows already there,
+so the table can be run in pieces (``--models``) and ``benchmarks.report`` merges them.
 
 Every suite takes ``--device auto|cpu|cuda`` (GPU-only points are recorded as skipped
 with the reason on CPU), ``--threads N``, ``--out FILE`` or ``--out-dir DIR`` (default
@@ -79,8 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", help="train: off,on (default: both)")
     g.add_argument("--num-classes", type=int, default=21, help="output classes (default: 21, VOC)")
     g.add_argument("--variants", help="engine: eager,engine,compile,bf16 (default: all; quick: eager,engine)")
-    g.add_argument("--external", action="append", default=[], metavar="MODULE:FACTORY",
-                   help="engine: also time this nn.Module builder side by side (repeatable)")
+    g.add_argument("--external", action="append", default=[], metavar="MODULE:FACTORY[=OURS,...]",
+                   help="engine: also time this nn.Module builder (eager NCHW and channels_last); with =OURS in the "
+                        "rows of those models of ours, in the same rounds, with a same-weights output check where "
+                        "an importer maps its state dict (repeatable)")
+    g.add_argument("--external-path", action="append", default=[], metavar="DIR",
+                   help="engine: put DIR first on the import path of this run for --external (repeatable)")
+    g.add_argument("--resume", action="store_true",
+                   help="engine: skip the model/size rows already written in the rows directory")
     t = p.add_argument_group("timing")
     t.add_argument("--warmup", type=int, default=None, help="untimed calls per point (default 2, quick 1)")
     t.add_argument("--repeats", type=int, default=None, help="minimum timed calls per point (default 10, quick 3)")
@@ -200,7 +211,7 @@ def suite_eval(args: argparse.Namespace, device: torch.device, log) -> dict[str,
 
 
 def suite_engine(args: argparse.Namespace, device: torch.device, log) -> dict[str, Any]:
-    from benchmarks.inference import ENGINE_VARIANTS, run_engine
+    from benchmarks.engine import ENGINE_VARIANTS, rows_dir_name, run_engine
     from reference_models import list_models
 
     registered = list_models()
@@ -211,8 +222,10 @@ def suite_engine(args: argparse.Namespace, device: torch.device, log) -> dict[st
     if "eager" not in variants:
         variants = ["eager", *variants]  # every ratio is to plain eager fp32 NCHW
     sizes = parse_sizes(args.sizes or ("65" if args.quick else "321,513"))
-    return run_engine(models, sizes, variants, _timing(args), device, externals=args.external, quick=args.quick,
-                      num_classes=args.num_classes, log=log)
+    rows_dir = (args.out.parent if args.out else args.out_dir) / rows_dir_name(environment(device))
+    return run_engine(models, sizes, variants, _timing(args), device, rows_dir=rows_dir, resume=args.resume,
+                      externals=args.external, external_paths=args.external_path, quick=args.quick,
+                      num_classes=args.num_classes, progress=not args.quiet, log=log)
 
 
 SUITE_FUNCS = {"inference": suite_inference, "train": suite_train, "convert": suite_convert, "eval": suite_eval,
@@ -224,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(build_parser(), lambda args: run(args, argv), argv)
 
 
+def _print_beside_progress_bars(msg: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stdout)
+    sys.stdout.flush()
+
+
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> None:
     """Run the suite ``args`` name and write its JSON; UsageError (exit 2) or DeeplabError (exit 1) on failure."""
     try:
@@ -232,7 +252,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> None:
         raise UsageError(str(exc)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    log = (lambda _msg: None) if args.quiet else _print_beside_progress_bars
     env = environment(device)
     log(f"{args.suite} on {env['device_name']} ({device.type}), torch {env['torch']}, {env['torch_threads']} threads")
     t0 = time.perf_counter()

@@ -1,0 +1,698 @@
+"""The ``engine`` suite: plain eager fp32 NCHW against the inference engine, for every registered model and size.
+
+One *row* is one model at one input size (batch 1, random input, random weights, eval mode). Its
+variants are timed **interleaved** (round-robin, one call each per round, alternating order) and
+compared by their medians, so a busy neighbour slows them alike:
+
+* ``eager``: the model as built, fp32, NCHW, ``torch.inference_mode`` (what a plain user runs);
+* ``engine``: :class:`reproduce.inference.Segmenter` with its defaults (BatchNorm folded,
+  channels_last, ``precision="auto"``);
+* ``compile``: the engine with ``torch.compile`` (inductor, frozen weights); the first call (the
+  compilation) is timed apart as ``first_call_s``;
+* ``bf16``: the engine under bf16 autocast, run only where bf16 is native (``precision="auto"``
+  picks it); elsewhere the row records ``not native`` with the engine's reason and does not run it;
+* externals (``--external MODULE:FACTORY[=OURS,...]``): another implementation's own builder in
+  eager fp32 NCHW and eager fp32 channels_last (what its users can do). Attached to our models
+  (``=OURS``) it is timed in their rows, in the same rounds; if an importer of ``converters/peers``
+  maps its state dict onto that model (or the layouts are identical), the row also records that the
+  two give the same output with the same weights (so the comparison is the same network).
+
+Every variant's argmax is compared with eager fp32's on the pixels whose top-2 margin exceeds
+``MARGIN_TOL`` x max |eager| (float noise cannot flip those); the share of such pixels is recorded.
+
+Incremental: each row is written, as it completes, to its own strict-JSON file in a rows
+directory named by the environment (device, CPU, threads); ``resume=True`` skips rows whose file
+exists, so a long table runs in pieces and ``benchmarks.report`` merges every row file and run
+record it is given into one table. :func:`estimate` predicts the time of rows not yet measured
+from the ones that were (per-GFLOP rates and per-module compile time, FLOPs counted on the meta
+device).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks._common import failed, size_label, skipped, summarize, synchronize
+from benchmarks.inference import (
+    Timing,
+    compile_skip_reason,
+    count_flops,
+    measure_best_ceiling,
+    raise_ceiling_if_beaten,
+)
+
+ENGINE_VARIANTS = ("eager", "engine", "compile", "bf16")
+VARIANT_LABELS = {"eager": "plain eager fp32 NCHW", "engine": "engine default", "compile": "engine + compile",
+                  "bf16": "engine bf16 (where native)", "external": "external, eager fp32 NCHW",
+                  "external_cl": "external, eager fp32 channels_last"}
+MARGIN_TOL = 1e-4  # relative to max |reference|: fp32 noise at the end of a ResNet-101 is ~5e-4 of float64's
+ROW_FORMAT = "deeplab-repro engine row v1"
+
+
+# ---- externals -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class External:
+    """``MODULE:FACTORY`` and the models of ours it is timed beside (empty: on its own, one row per size)."""
+
+    spec: str
+    vs: tuple[str, ...]
+    build: Callable[[int], nn.Module]
+
+
+class DictOut(nn.Module):
+    """Any model; a dict output (torchvision's segmentation models) gives its ``"out"`` tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out["out"] if isinstance(out, dict) else out
+
+
+def parse_external(text: str) -> tuple[str, tuple[str, ...]]:
+    """``"MODULE:FACTORY[=OURS,OURS]"`` -> (``MODULE:FACTORY``, our model names); ``ValueError`` if malformed."""
+    spec, _, vs = text.partition("=")
+    module_name, sep, factory_name = spec.partition(":")
+    if not sep or not module_name or not factory_name:
+        raise ValueError(f"--external {text!r}: use MODULE:FACTORY[=OUR_MODEL,...] (e.g. "
+                         "torchvision.models.segmentation:deeplabv3_resnet101)")
+    return spec, tuple(v.strip() for v in vs.split(",") if v.strip())
+
+
+def load_external(text: str) -> External:
+    """Import ``MODULE:FACTORY``; the factory is called with ``num_classes=`` when it takes it, else bare."""
+    import importlib
+    import inspect
+
+    spec, vs = parse_external(text)
+    module_name, _, factory_name = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"--external {spec!r}: cannot import it ({type(exc).__name__}: {exc})") from None
+
+    def build(num_classes: int) -> nn.Module:
+        try:
+            params = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            params = {}
+        return DictOut(factory(num_classes=num_classes) if "num_classes" in params else factory())
+
+    return External(spec, vs, build)
+
+
+@contextmanager
+def extra_import_paths(paths: Sequence[str | os.PathLike]) -> Iterator[None]:
+    """``paths`` first on ``sys.path`` for the benchmark process's run, restored afterwards."""
+    saved = list(sys.path)
+    sys.path[:0] = [str(Path(p).resolve()) for p in paths]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+# ---- comparisons ---------------------------------------------------------------------------------------------------
+
+
+def agreement(out: torch.Tensor, ref: torch.Tensor, tol: float = MARGIN_TOL) -> dict[str, Any]:
+    """Argmax agreement of ``out`` with ``ref`` on the pixels whose top-2 margin in ``ref`` exceeds
+    ``tol`` x max |ref| (``argmax_agreement``), on every pixel (``argmax_agreement_all``), the share of
+    pixels with such a margin, and max |out - ref| / max |ref|."""
+    out, ref = out.float(), ref.float()
+    if out.shape != ref.shape:
+        return {"argmax_agreement": None, "shape_mismatch": [list(out.shape), list(ref.shape)]}
+    scale = float(ref.abs().max()) or 1.0
+    agree = out.argmax(1) == ref.argmax(1)
+    if ref.shape[1] >= 2:
+        top2 = ref.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > tol * scale
+    else:
+        clear = torch.ones_like(agree)
+    return {"argmax_agreement": float(agree[clear].float().mean()) if bool(clear.any()) else 1.0,
+            "argmax_agreement_all": float(agree.float().mean()), "margin_pixels": float(clear.float().mean()),
+            "margin_tol": tol, "max_rel_diff": float((out - ref).abs().max()) / scale}
+
+
+def _perturb_batchnorm(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine (fresh builders have mean 0, var 1: a weak comparison)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                n = m.running_mean.numel()
+                m.running_mean.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                    m.bias.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
+
+
+def same_network_check(peer: nn.Module, ours_name: str, x: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Load the external model's weights into our ``ours_name`` and compare outputs on ``x``.
+
+    The mapping is the identity when both state dicts have the same keys and shapes, else the first
+    importer of ``converters/peers`` whose detection maps the state dict onto ``ours_name``."""
+    from converters.peers import available_formats, get_format
+    from converters.peers.common import convert_state
+    from reference_models import build_model
+
+    peer = copy.deepcopy(peer).eval()
+    _perturb_batchnorm(peer)
+    inner = peer.model if isinstance(peer, DictOut) else peer
+    state = {k: v for k, v in inner.state_dict().items()}
+    ours = build_model(ours_name, num_classes=num_classes).eval()
+    ours_state = ours.state_dict()
+    how = None
+    if set(state) == set(ours_state) and all(state[k].shape == ours_state[k].shape for k in state):
+        ours.load_state_dict(state, strict=True)
+        how = {"mapping": "identical state-dict layout"}
+    else:
+        for name in available_formats():
+            fmt = get_format(name)
+            try:
+                target = fmt.detect(state, "<external>")
+            except Exception:  # noqa: BLE001 - not this format
+                continue
+            if target.arch != ours_name:
+                continue
+            try:
+                _, ours, _ = convert_state(dict(state), target, "<external>")
+            except Exception as exc:  # noqa: BLE001 - recorded: the layouts looked alike but do not load
+                return failed(exc, ours=ours_name, mapping=f"converters.peers.{name}")
+            how = {"mapping": f"converters.peers.{name}", "peer_model": target.peer_model, "arch": target.arch}
+            break
+    if how is None:
+        return skipped(f"no importer in converters/peers maps this builder's state dict onto {ours_name}: a "
+                       "different network, timed side by side only", ours=ours_name)
+    with torch.inference_mode():
+        a, b = peer(x), DictOut(ours.eval())(x)
+    return {"status": "ok", "ours": ours_name, **how, **agreement(b, a),
+            "max_abs_diff": float((a.float() - b.float()).abs().max()) if a.shape == b.shape else None}
+
+
+# ---- timing --------------------------------------------------------------------------------------------------------
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device,
+                max_seconds: float) -> dict[str, list[float]]:
+    """Round-robin timing: each round calls every variant once, in alternating order; stops after ``rounds``
+    or when ``max_seconds`` have passed (at least 3 rounds)."""
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    for r in range(rounds):
+        order = list(fns) if r % 2 == 0 else list(reversed(fns))  # no variant always runs right after another
+        for k in order:
+            synchronize(device)
+            t0 = time.perf_counter()
+            fns[k]()
+            synchronize(device)
+            samples[k].append(time.perf_counter() - t0)
+        if r >= 2 and time.perf_counter() - start > max_seconds:
+            break
+    return samples
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def count_flops_meta(name: str, size: tuple[int, int], num_classes: int) -> int:
+    """FLOPs of one forward of registered model ``name`` at ``size``, counted on the meta device (no compute)."""
+    from reference_models import build_model
+
+    with torch.device("meta"):
+        model = build_model(name, num_classes=num_classes).eval()
+        x = torch.empty(1, 3, *size)
+    return count_flops(model, x)
+
+
+def module_count(name: str, num_classes: int) -> int:
+    from reference_models import build_model
+
+    with torch.device("meta"):
+        return sum(1 for _ in build_model(name, num_classes=num_classes).modules())
+
+
+# ---- one row -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RowContext:
+    device: torch.device
+    timing: Timing
+    variants: tuple[str, ...]
+    num_classes: int
+    auto_precision: str
+    auto_reason: str
+    ceilings: dict[str, dict[str, Any]]
+    remeasure: Callable[[str], dict[str, Any]]
+    log: Callable[[str], None]
+
+    @property
+    def rounds(self) -> int:
+        return max(5, self.timing.repeats)
+
+
+def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx: RowContext) -> dict[str, Any]:
+    """Time every variant of our model ``name`` (or, for ``name=None``-like external rows, see
+    :func:`run_external_row`) at ``size`` interleaved; returns the row record."""
+    from reference_models import build_model
+    from reproduce.inference import Segmenter
+
+    t_row = time.perf_counter()
+    row: dict[str, Any] = {"format": ROW_FORMAT, "model": name, "role": "ours", "size": list(size), "batch": 1,
+                           "externals": [e.spec for e in externals], "loadavg_start": _loadavg(),
+                           "started_utc": _now()}
+    results: list[dict[str, Any]] = []
+    point = {"model": name, "size": list(size), "batch": 1, "role": "ours"}
+    try:
+        torch.manual_seed(0)
+        model = build_model(name, num_classes=ctx.num_classes).to(ctx.device).eval()
+    except Exception as exc:  # noqa: BLE001 - reported, the table goes on
+        row["results"] = [failed(exc, **point, variant="build")]
+        return _finish_row(row, t_row)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(ctx.device)
+    try:
+        flops = count_flops(model, x)
+    except Exception:  # noqa: BLE001 - informative only
+        flops = -1
+    row["gflops"] = flops / 1e9 if flops > 0 else None
+    row["modules"] = sum(1 for _ in model.modules())
+    fns: dict[str, Callable[[], Any]] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    owner: dict[str, dict[str, Any]] = {}
+
+    def eager(model=model, x=x) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    fns["eager"] = eager
+    owner["eager"] = point
+    for variant in ctx.variants:
+        if variant == "eager":
+            continue
+        label = VARIANT_LABELS[variant]
+        if variant == "bf16" and ctx.auto_precision != "bf16":
+            results.append(skipped(f"not native: {ctx.auto_reason}", **point, variant="bf16", label=label,
+                                   not_native=True))
+            continue
+        if variant == "compile" and compile_skip_reason(ctx.device):
+            results.append(skipped(compile_skip_reason(ctx.device), **point, variant="compile", label=label))
+            continue
+        try:
+            engine = Segmenter.from_module(copy.deepcopy(model), device=ctx.device,
+                                           precision="bf16" if variant == "bf16" else "auto",
+                                           compile=variant == "compile")
+            t0 = time.perf_counter()
+            engine.forward(x)  # the first call compiles (compile) or creates oneDNN primitives
+            meta[variant] = {"first_call_s": time.perf_counter() - t0, "engine": engine.describe()}
+            fns[variant] = lambda engine=engine, x=x: engine.forward(x)
+            owner[variant] = point
+        except Exception as exc:  # noqa: BLE001
+            results.append(failed(exc, **point, variant=variant, label=label))
+            ctx.log(f"  {name} {size_label(size)} {variant}: error {type(exc).__name__}: {str(exc)[:200]}")
+    same_network: list[dict[str, Any]] = []
+    for ext in externals:
+        ext_point = {"model": ext.spec, "size": list(size), "batch": 1, "role": "external", "peer_of": name}
+        try:
+            torch.manual_seed(0)
+            peer = ext.build(ctx.num_classes).to(ctx.device).eval()
+            peer_flops = count_flops(peer, x)
+        except Exception as exc:  # noqa: BLE001
+            results.append(failed(exc, **ext_point, variant="external"))
+            continue
+        try:
+            same_network.append({"external": ext.spec, **same_network_check(peer, name, x, ctx.num_classes)})
+        except Exception as exc:  # noqa: BLE001
+            same_network.append(failed(exc, external=ext.spec, ours=name))
+        peer_cl = copy.deepcopy(peer).to(memory_format=torch.channels_last)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+
+        def run_peer(peer=peer) -> torch.Tensor:
+            with torch.inference_mode():
+                return peer(x)
+
+        def run_peer_cl(peer_cl=peer_cl, x_cl=x_cl) -> torch.Tensor:
+            with torch.inference_mode():
+                return peer_cl(x_cl)
+
+        for variant, fn in (("external", run_peer), ("external_cl", run_peer_cl)):
+            key = f"{variant}:{ext.spec}"
+            fns[key] = fn
+            owner[key] = ext_point
+            meta[key] = {"flops": peer_flops}
+    row["same_network"] = same_network
+    outputs: dict[str, torch.Tensor] = {}
+    for key, fn in fns.items():
+        for _ in range(max(1, ctx.timing.warmup)):
+            outputs[key] = fn()
+    samples = interleaved(fns, ctx.rounds, ctx.device, ctx.timing.max_seconds * len(fns))
+    eager_median = summarize(samples["eager"])["median_s"]
+    for key, ts in samples.items():
+        variant = key.split(":", 1)[0]
+        stats = summarize(ts)
+        info = meta.get(key, {})
+        rec = {**owner[key], "variant": variant, "label": VARIANT_LABELS[variant], "status": "ok",
+               "latency": stats, "samples_s": ts, "ratio_to_eager": stats["median_s"] / eager_median,
+               "precision": "bf16" if variant == "bf16" else "fp32",
+               **{k: v for k, v in info.items() if k != "flops"}}
+        if variant.startswith("external"):
+            rec["ratio_to_ours_eager"] = rec.pop("ratio_to_eager")
+        else:
+            rec.update(agreement(outputs[key], outputs["eager"]))
+        f = info.get("flops", flops)
+        if f and f > 0:
+            rec["flops"] = f
+            rec["achieved_tflops"] = f / stats["median_s"] / 1e12
+            raise_ceiling_if_beaten(ctx.ceilings, rec["precision"], rec["achieved_tflops"],
+                                    f"{rec['model']} {size_label(size)} {variant}",
+                                    lambda p=rec["precision"]: ctx.remeasure(p), ctx.log)
+        results.append(rec)
+    for rec in results:
+        c = ctx.ceilings.get(rec.get("precision", ""))
+        if rec.get("achieved_tflops") and c:
+            rec["ceiling_fraction"] = rec["achieved_tflops"] / c["tflops_median"]
+    row["results"] = results
+    row["rounds"] = len(samples["eager"])
+    del fns, outputs, model
+    if "compile" in ctx.variants:
+        torch._dynamo.reset()
+    return _finish_row(row, t_row)
+
+
+def run_external_row(ext: External, size: tuple[int, int], ctx: RowContext) -> dict[str, Any]:
+    """An external builder on its own: eager fp32 NCHW and channels_last, interleaved."""
+    t_row = time.perf_counter()
+    point = {"model": ext.spec, "size": list(size), "batch": 1, "role": "external"}
+    row: dict[str, Any] = {"format": ROW_FORMAT, "model": ext.spec, "role": "external", "size": list(size),
+                           "batch": 1, "loadavg_start": _loadavg(), "started_utc": _now()}
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(ctx.device)
+    try:
+        torch.manual_seed(0)
+        model = ext.build(ctx.num_classes).to(ctx.device).eval()
+        flops = count_flops(model, x)
+    except Exception as exc:  # noqa: BLE001
+        row["results"] = [failed(exc, **point, variant="external")]
+        return _finish_row(row, t_row)
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def eager() -> Any:
+        with torch.inference_mode():
+            return model(x)
+
+    def channels_last() -> Any:
+        with torch.inference_mode():
+            return cl(x_cl)
+
+    fns = {"external": eager, "external_cl": channels_last}
+    for fn in fns.values():
+        for _ in range(max(1, ctx.timing.warmup)):
+            fn()
+    samples = interleaved(fns, ctx.rounds, ctx.device, ctx.timing.max_seconds * 2)
+    row["gflops"] = flops / 1e9
+    row["results"] = []
+    for variant, ts in samples.items():
+        stats = summarize(ts)
+        rec = {**point, "variant": variant, "label": VARIANT_LABELS[variant], "status": "ok", "precision": "fp32",
+               "latency": stats, "samples_s": ts, "flops": flops, "achieved_tflops": flops / stats["median_s"] / 1e12}
+        raise_ceiling_if_beaten(ctx.ceilings, "fp32", rec["achieved_tflops"], f"{ext.spec} {size_label(size)}",
+                                lambda: ctx.remeasure("fp32"), ctx.log)
+        row["results"].append(rec)
+    for rec in row["results"]:
+        rec["ceiling_fraction"] = rec["achieved_tflops"] / ctx.ceilings["fp32"]["tflops_median"]
+    row["rounds"] = len(samples["external"])
+    return _finish_row(row, t_row)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _finish_row(row: dict[str, Any], t0: float) -> dict[str, Any]:
+    row["wall_s"] = round(time.perf_counter() - t0, 2)
+    row["loadavg_end"] = _loadavg()
+    row["finished_utc"] = _now()
+    for rec in row.get("results", []):
+        rec["measured_utc"] = row["finished_utc"]
+    return row
+
+
+# ---- rows on disk --------------------------------------------------------------------------------------------------
+
+
+def row_filename(model: str, size: Sequence[int]) -> str:
+    """``<model>@<size>.json``; an external's ``MODULE:FACTORY`` becomes ``MODULE-FACTORY``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", model) + f"@{size_label(tuple(size))}.json"
+
+
+def read_rows(rows_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every complete row file in ``rows_dir`` by file name (unreadable ones are ignored: they are re-run)."""
+    rows = {}
+    for path in sorted(rows_dir.glob("*.json")) if rows_dir.is_dir() else []:
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("format") == ROW_FORMAT and "results" in rec:
+            rows[path.name] = rec
+    return rows
+
+
+def row_is_done(row: dict[str, Any] | None, externals: Sequence[External]) -> bool:
+    """A row on disk counts as done when it exists and was timed with every external asked of it now."""
+    return row is not None and {e.spec for e in externals} <= set(row.get("externals", []))
+
+
+# ---- estimate ------------------------------------------------------------------------------------------------------
+
+
+def estimate(done: Sequence[dict[str, Any]], todo: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Seconds the rows of ``todo`` (``gflops``, ``modules``) will take, from the rows in ``done``.
+
+    A row costs its compilation (``first_call_s`` of ``compile``; per module of the model, the median
+    rate of the done rows) plus everything else (building, warm-up, the timed rounds: per GFLOP, the
+    median rate). ``None`` without a usable done row."""
+    points, per_module = [], []
+    for row in done:
+        if not row.get("gflops") or not row.get("wall_s"):
+            continue
+        comp = sum(r.get("first_call_s", 0.0) for r in row.get("results", [])
+                   if r.get("variant") == "compile" and r.get("status") == "ok")
+        points.append((row["gflops"], max(row["wall_s"] - comp, 0.0)))
+        if comp and row.get("modules"):
+            per_module.append(comp / row["modules"])
+    if not points:
+        return None
+    fixed, rate = _fit_line(points)
+    comp_rate = sorted(per_module)[len(per_module) // 2] if per_module else 0.0
+    seconds = sum(fixed + rate * t["gflops"] + comp_rate * t.get("modules", 0) for t in todo)
+    loads = [max(r["loadavg_start"]) for r in done if r.get("loadavg_start")]
+    return {"seconds": seconds, "rows": len(todo), "from_rows": len(points), "seconds_per_row": fixed,
+            "seconds_per_gflop": rate,
+            "compile_seconds_per_module": comp_rate, "loadavg_of_measured_rows": max(loads) if loads else None}
+
+
+def _fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares ``y = a + b x`` with ``a, b >= 0`` (through the origin when the free fit is not)."""
+    n = len(points)
+    mx, my = sum(p[0] for p in points) / n, sum(p[1] for p in points) / n
+    sxx = sum((p[0] - mx) ** 2 for p in points)
+    if n >= 2 and sxx > 0:
+        b = sum((p[0] - mx) * (p[1] - my) for p in points) / sxx
+        a = my - b * mx
+        if a >= 0 and b >= 0:
+            return a, b
+    sx = sum(p[0] ** 2 for p in points)
+    return 0.0, (sum(p[0] * p[1] for p in points) / sx if sx else 0.0)
+
+
+def format_estimate(est: dict[str, Any] | None, what: str) -> str:
+    if not est:
+        return f"{what}: no estimate (no row measured yet)"
+    s = est["seconds"]
+    load = est.get("loadavg_of_measured_rows")
+    return (f"{what}: {est['rows']} rows, about {int(s // 3600)} h {int(s % 3600 // 60):02d} min at the rates of "
+            f"{est['from_rows']} measured rows ({est['seconds_per_row']:.1f} s/row + {est['seconds_per_gflop']:.2f} s/GFLOP, "
+            f"compile "
+            f"{est['compile_seconds_per_module'] * 1000:.0f} ms/module; load average up to {load} when measured)")
+
+
+# ---- the suite -----------------------------------------------------------------------------------------------------
+
+
+def rows_dir_name(env: dict[str, Any]) -> str:
+    """``engine-rows-<device>-<device name>-<threads>t``: rows of different machines or thread counts never mix."""
+    slug = re.sub(r"[^a-z0-9.]+", "-", str(env.get("device_name", "unknown")).lower()).strip("-")[:40]
+    return f"engine-rows-{env.get('device', 'cpu')}-{slug}-{env.get('torch_threads', 0)}t"
+
+
+def run_engine(models: list[str], sizes: list[tuple[int, int]], variants: list[str], timing: Timing,
+               device: torch.device, *, rows_dir: Path | None = None, resume: bool = False,
+               externals: Sequence[str] = (), external_paths: Sequence[str | os.PathLike] = (),
+               quick: bool = False, num_classes: int = 21, progress: bool = False,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The engine table (see the module docstring); returns the suite's JSON body."""
+    with extra_import_paths(external_paths):
+        return _run_engine(models, sizes, variants, timing, device, rows_dir=rows_dir, resume=resume,
+                           externals=externals, quick=quick, num_classes=num_classes, progress=progress, log=log)
+
+
+def _run_engine(models, sizes, variants, timing, device, *, rows_dir, resume, externals, quick, num_classes,
+                progress, log) -> dict[str, Any]:
+    from reproduce.inference import choose_precision
+
+    exts = [load_external(spec) for spec in externals]
+    unknown = sorted({v for e in exts for v in e.vs} - set(models))
+    if unknown:
+        raise ValueError(f"--external ...={','.join(unknown)}: not among the models of this run ({', '.join(models)})")
+    loadavg_start = _loadavg()
+    auto_precision, auto_reason = choose_precision("auto", device)
+    log(f"precision auto -> {auto_precision} ({auto_reason})")
+    plan: list[tuple[str, tuple[int, int], Any]] = []
+    for size in sizes:
+        for name in models:
+            plan.append((row_filename(name, size), size, name))
+        for ext in exts:
+            if not ext.vs:
+                plan.append((row_filename(ext.spec, size), size, ext))
+    on_disk = read_rows(rows_dir) if (resume and rows_dir is not None) else {}
+
+    def attached(name: str) -> list[External]:
+        return [e for e in exts if name in e.vs]
+
+    todo = [(f, s, w) for f, s, w in plan
+            if not (isinstance(w, str) and row_is_done(on_disk.get(f), attached(w)))
+            and not (not isinstance(w, str) and f in on_disk)]
+    if resume:
+        log(f"resume: {len(plan) - len(todo)} of {len(plan)} rows already in {rows_dir}")
+        done_before = [r for r in on_disk.values() if r.get("role") == "ours"]
+        if done_before and todo:
+            left = [{"gflops": count_flops_meta(w, s, num_classes) / 1e9, "modules": module_count(w, num_classes)}
+                    for _, s, w in todo if isinstance(w, str)]
+            log(format_estimate(estimate(done_before, left), "this run (rows left)"))
+    ceilings: dict[str, dict[str, Any]] = {}
+
+    def remeasure(precision: str) -> dict[str, Any]:
+        return measure_best_ceiling(device, precision, timing, quick=quick)
+
+    precisions = ["fp32"] + (["bf16"] if auto_precision == "bf16" and "bf16" in variants else [])
+    if todo:
+        for p in precisions:
+            log(f"ceiling: matmuls and conv shapes, {p}")
+            ceilings[p] = remeasure(p)
+            log(f"  {ceilings[p]['tflops_median'] * 1e3:.1f} GFLOP/s ({ceilings[p]['kernel']})")
+    from benchmarks._common import environment
+
+    env = environment(device)
+    row_env = {k: env.get(k) for k in ("device", "device_name", "torch", "torch_threads", "cpus_usable")}
+    row_env["commit"] = (env.get("git") or {}).get("commit")
+    ctx = RowContext(device, timing, tuple(variants), num_classes, auto_precision, auto_reason, ceilings,
+                     remeasure, log)
+    rows: list[dict[str, Any]] = []
+    from tqdm import tqdm
+
+    bar = tqdm(todo, desc="engine rows", unit="row", disable=not progress, dynamic_ncols=True)
+    for fname, size, what in bar:
+        bar.set_postfix_str(f"{what if isinstance(what, str) else what.spec} {size_label(size)}")
+        row = run_row(what, size, attached(what), ctx) if isinstance(what, str) else run_external_row(what, size, ctx)
+        row["ceilings"] = {p: {"tflops_median": c["tflops_median"], "kernel": c["kernel"]} for p, c in ceilings.items()}
+        row["precision_auto"] = {"choice": auto_precision, "reason": auto_reason}
+        row["environment"] = row_env
+        rows.append(row)
+        if rows_dir is not None:
+            from converters.io import write_json_atomic
+
+            rows_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(rows_dir / fname, row)
+        _log_row(row, log)
+    bar.close()
+    if todo:
+        for precision in list(ceilings):  # the end-of-run measurement; the best one is kept
+            from benchmarks.inference import _merge_ceiling
+
+            ceilings[precision] = _merge_ceiling(ceilings[precision], remeasure(precision))
+    results = [r for row in rows for r in row["results"]]
+    for r in results:  # the final ceiling; a model faster than every kernel is the ceiling itself
+        c = ceilings.get(r.get("precision", ""))
+        if r.get("status") == "ok" and r.get("achieved_tflops") and c and r["achieved_tflops"] > c["tflops_median"]:
+            ceilings[r["precision"]] = {**c, "tflops_median": r["achieved_tflops"], "kernel": r["model"],
+                                        "source": "model (faster than every kernel)"}
+    for r in results:
+        c = ceilings.get(r.get("precision", ""))
+        if r.get("status") == "ok" and r.get("achieved_tflops") and c:
+            r["ceiling_fraction"] = r["achieved_tflops"] / c["tflops_median"]
+    done = rows + [r for f, r in on_disk.items() if f not in {t[0] for t in todo}]
+    body = {"precision_auto": {"choice": auto_precision, "reason": auto_reason}, "ceilings": ceilings,
+            "models": models, "sizes": [list(s) for s in sizes], "variants": list(variants),
+            "externals": list(externals), "rounds": ctx.rounds, "timing": asdict(timing),
+            "rows_dir": str(rows_dir) if rows_dir else None, "rows_measured": len(rows),
+            "rows_resumed": len(plan) - len(todo), "loadavg_at_start": loadavg_start, "loadavg_at_end": _loadavg(),
+            "results": results, "same_network": [dict(s, size=row["size"]) for row in rows
+                                                 for s in row.get("same_network", [])]}
+    body["estimate_full_table"] = full_table_estimate(done, sizes, num_classes, log)
+    return body
+
+
+def full_table_estimate(done: Sequence[dict[str, Any]], sizes: Sequence[tuple[int, int]], num_classes: int,
+                        log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Estimate the whole table (every registered model at ``sizes``, all variants) from the rows in ``done``."""
+    from reference_models import list_models
+
+    ours = [r for r in done if r.get("role") == "ours"]
+    if not ours:
+        return None
+    todo = []
+    for name in list_models():
+        try:
+            modules = module_count(name, num_classes)
+            for size in sizes:
+                todo.append({"model": name, "size": list(size), "modules": modules,
+                             "gflops": count_flops_meta(name, size, num_classes) / 1e9})
+        except Exception:  # noqa: BLE001 - a model that cannot run on the meta device is left out
+            continue
+    est = estimate(ours, todo)
+    log(format_estimate(est, f"estimate for every registered model at {', '.join(size_label(s) for s in sizes)}"))
+    return est
+
+
+def _log_row(row: dict[str, Any], log: Callable[[str], None]) -> None:
+    parts = []
+    for r in row["results"]:
+        tag = r.get("variant", "?") + (f"[{r['model']}]" if r.get("role") == "external" else "")
+        if r.get("status") != "ok":
+            parts.append(f"{tag} {r.get('status')}")
+            continue
+        ratio = r.get("ratio_to_eager", r.get("ratio_to_ours_eager"))
+        agree = r.get("argmax_agreement")
+        extra = ([f"{ratio:.3f}x"] if ratio is not None else []) + ([f"{100 * agree:.2f} %"] if agree is not None else [])
+        parts.append(f"{tag} {r['latency']['median_s'] * 1e3:.0f} ms" + (f" ({', '.join(extra)})" if extra else ""))
+    log(f"{row['model']} {size_label(row['size'])} [{row['wall_s']:.0f} s]: " + "; ".join(parts))
+    for s in row.get("same_network", []):
+        if s.get("status") == "ok":
+            log(f"  same weights via {s['mapping']}: max rel diff {s['max_rel_diff']:.2e}, argmax "
+                f"{100 * s['argmax_agreement']:.2f} %")
+        else:
+            log(f"  same network: {s.get('status')}: {s.get('reason') or s.get('error')}")
