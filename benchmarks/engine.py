@@ -652,20 +652,23 @@ def _run_engine(models, sizes, variants, timing, device, *, rows_dir, resume, ex
             "rows_resumed": len(plan) - len(todo), "loadavg_at_start": loadavg_start, "loadavg_at_end": _loadavg(),
             "results": results, "same_network": [dict(s, size=row["size"]) for row in rows
                                                  for s in row.get("same_network", [])]}
-    body["estimate_full_table"] = full_table_estimate(done, sizes, num_classes, log)
+    # quick (CI) mode estimates its own models only; a real run every registered model (FLOPs on the meta device)
+    body["estimate_full_table"] = full_table_estimate(done, sizes, num_classes, log,
+                                                      models=models if quick else None)
     return body
 
 
 def full_table_estimate(done: Sequence[dict[str, Any]], sizes: Sequence[tuple[int, int]], num_classes: int,
-                        log: Callable[[str], None]) -> dict[str, Any] | None:
-    """Estimate the whole table (every registered model at ``sizes``, all variants) from the rows in ``done``."""
+                        log: Callable[[str], None], models: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Estimate the whole table (``models``, default every registered model, at ``sizes``, all variants) from the
+    rows in ``done``."""
     from reference_models import list_models
 
     ours = [r for r in done if r.get("role") == "ours"]
     if not ours:
         return None
     todo = []
-    for name in list_models():
+    for name in models or list_models():
         try:
             modules = module_count(name, num_classes)
             for size in sizes:
@@ -674,7 +677,8 @@ def full_table_estimate(done: Sequence[dict[str, Any]], sizes: Sequence[tuple[in
         except Exception:  # noqa: BLE001 - a model that cannot run on the meta device is left out
             continue
     est = estimate(ours, todo)
-    log(format_estimate(est, f"estimate for every registered model at {', '.join(size_label(s) for s in sizes)}"))
+    what = "every registered model" if models is None else f"{len(models)} models"
+    log(format_estimate(est, f"estimate for {what} at {', '.join(size_label(s) for s in sizes)}"))
     return est
 
 

@@ -36,6 +36,8 @@ def classify(record: dict[str, Any]) -> str | None:
     """``inference``/``train``/``convert``/``eval``/``reproduction`` or ``None`` for an unknown JSON."""
     if record.get("suite") in ("inference", "train", "convert", "eval", "engine"):
         return record["suite"]
+    if record.get("format") == _ENGINE_ROW_FORMAT:
+        return "engine_row"
     if str(record.get("benchmark", "")).startswith("caffe conversion"):
         return "convert_legacy"
     if str(record.get("format", "")).startswith("deeplab-repro evaluation"):
@@ -43,10 +45,18 @@ def classify(record: dict[str, Any]) -> str | None:
     return None
 
 
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """Files as given; a directory stands for every ``*.json`` under it (sorted), e.g. a folder of engine rows."""
+    out: list[Path] = []
+    for path in paths:
+        out += sorted(path.rglob("*.json")) if path.is_dir() else [path]
+    return out
+
+
 def load_inputs(paths: list[Path]) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
     """Read every JSON and group it by kind; ``ValueError`` naming the file for unreadable or unknown ones."""
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = defaultdict(list)
-    for path in paths:
+    for path in expand_inputs(paths):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -102,6 +112,18 @@ def environment_section(groups: dict[str, list[tuple[Path, dict[str, Any]]]]) ->
                          env.get("torch", "–"), str(env.get("cuda") or "–"),
                          str(env.get("torch_threads", "–")), str(env.get("loadavg_at_start", "–")), commit,
                          rec.get("mode", "–")])
+    engine_rows = [rec for _, rec in groups.get("engine_row", [])]
+    if engine_rows:
+        envs = [r.get("environment") or {} for r in engine_rows]
+
+        def each(key: str) -> str:
+            return ", ".join(sorted({str(e.get(key)) for e in envs if e.get(key) is not None})) or "–"
+
+        loads = [r["loadavg_start"][0] for r in engine_rows if r.get("loadavg_start")]
+        rows.append(["engine rows", f"{len(engine_rows)} row files", each("device_name"), each("torch"), "–",
+                     each("torch_threads"), f"{min(loads)}-{max(loads)} (1 min, per row)" if loads else "–",
+                     ", ".join(c[:10] for c in sorted({str(e.get("commit")) for e in envs if e.get("commit")})) or "–",
+                     "rows"])
     if not rows:
         return ""
     return "## Environment\n\n" + _table(
@@ -112,82 +134,261 @@ def environment_section(groups: dict[str, list[tuple[Path, dict[str, Any]]]]) ->
 
 # ---- engine --------------------------------------------------------------------------------------------------------
 
-_ENGINE_COLUMNS = ("eager", "engine", "compile", "bf16")
+_ENGINE_ROW_FORMAT = "deeplab-repro engine row v1"
 
 
-def engine_section(groups) -> str:
-    """The table users need: plain eager fp32 NCHW vs the engine (default, compiled, bf16 where native)."""
-    recs = groups.get("engine", [])
-    if not recs:
+def engine_records(groups) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict], list[dict]]:
+    """Merge every engine run record and row file: (variant records, rows, ceilings, runs).
+
+    The unit is the row (one model at one size, every variant timed in the same rounds): a row measured
+    more than once (re-run, or a run record beside its own row files) keeps its latest measurement whole,
+    so the ratios of a row never mix runs. The ceiling of a precision is the best over every merged run
+    and row, so no point's fraction of it exceeds 100 %."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    ceilings: dict[str, dict[str, Any]] = {}
+    runs: list[dict[str, Any]] = []
+
+    for path, rec in groups.get("engine", []) + groups.get("engine_row", []):
+        if rec.get("format") == _ENGINE_ROW_FORMAT:
+            row_list = [rec]
+        else:
+            runs.append({"path": path, **{k: rec.get(k) for k in ("environment", "precision_auto", "rounds",
+                                                                     "loadavg_at_start", "loadavg_at_end",
+                                                                     "estimate_full_table", "rows_measured")}})
+            grouped: dict[tuple, list[dict]] = defaultdict(list)
+            for r in rec.get("results", []):
+                grouped[(r.get("peer_of") or r["model"], tuple(r["size"]))].append(r)
+            checks = defaultdict(list)
+            for c in rec.get("same_network", []):
+                checks[(c.get("ours"), tuple(c.get("size", ())))].append(c)
+            row_list = [{"model": m, "size": list(sz), "role": rs[0].get("role", "ours") if not rs[0].get("peer_of")
+                         else "ours", "results": rs, "same_network": checks.get((m, sz), []),
+                         "finished_utc": max(str(r.get("measured_utc", "")) for r in rs),
+                         "precision_auto": rec.get("precision_auto"), "environment": rec.get("environment")}
+                        for (m, sz), rs in grouped.items()]
+        for p, c in (rec.get("ceilings") or {}).items():
+            if p not in ceilings or c["tflops_median"] > ceilings[p]["tflops_median"]:
+                ceilings[p] = {**c, "from": path.name}
+        for row in row_list:
+            key = (row["model"], tuple(row["size"]))
+            old = rows.get(key)
+            if old is None or str(row.get("finished_utc", "")) >= str(old.get("finished_utc", "")):
+                rows[key] = row
+    results = [dict(r) for row in rows.values() for r in row.get("results", [])]
+    for r in results:  # a point faster than every merged ceiling becomes it
+        c = ceilings.get(r.get("precision", ""))
+        if r.get("status") == "ok" and r.get("achieved_tflops") and c and r["achieved_tflops"] > c["tflops_median"]:
+            ceilings[r["precision"]] = {**c, "tflops_median": r["achieved_tflops"], "kernel": r["model"],
+                                        "source": "model (faster than every kernel)"}
+    for r in results:
+        c = ceilings.get(r.get("precision", ""))
+        if r.get("status") == "ok" and r.get("achieved_tflops") and c:
+            r["ceiling_fraction"] = r["achieved_tflops"] / c["tflops_median"]
+    return results, list(rows.values()), ceilings, runs
+
+
+def _ms(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "–"
+    if r.get("status") != "ok":
+        return "not native" if r.get("not_native") else r.get("status", "?")
+    return f"{_f(r['latency']['median_s'] * 1e3)} ms"
+
+
+def _cell(r: dict[str, Any] | None, base: float | None) -> str:
+    text = _ms(r)
+    if r is None or r.get("status") != "ok":
+        return text
+    bits = [f"{_f(r['latency']['median_s'] / base, 3)}x"] if base else []
+    if r.get("argmax_agreement") is not None:
+        bits.append(f"{100 * r['argmax_agreement']:.2f} %")
+    return text + (f" ({', '.join(bits)})" if bits else "")
+
+
+def engine_section(groups, out: Path | None = None, plots: list[str] | None = None) -> str:
+    """The table users need: plain eager fp32 NCHW vs the engine (default, compiled, bf16 where native), every
+    model and size of every merged run, then the other implementations timed beside ours."""
+    results, rows, ceilings, runs = engine_records(groups)
+    if not results:
         return ""
+    envs = [r.get("environment") or {} for r in rows] + [r.get("environment") or {} for r in runs]
+    cpus = sorted({e.get("device_name") for e in envs if e.get("device_name")})
+    threads = sorted({str(e.get("torch_threads")) for e in envs if e.get("torch_threads")})
+    autos: dict[str, str] = {}
+    for a in [r.get("precision_auto") or {} for r in rows] + [r.get("precision_auto") or {} for r in runs]:
+        if a.get("choice"):
+            autos.setdefault(a["choice"], a.get("reason", "–"))
     parts = ["## Inference engine vs plain eager\n",
-             "Batch 1, random input and weights; the variants of one model and size are timed interleaved "
-             "(round-robin, one call each per round) and compared by their medians, so a busy neighbour slows "
-             "them alike. Ratio = variant median / plain eager fp32 NCHW median (< 1 is faster). Agreement = "
-             "share of output pixels whose argmax equals eager fp32's. % ceiling = achieved FLOP/s over the best "
-             "of several matmul sizes and the models' conv shapes in the same dtype and thread count "
-             "(re-measured when a model beats it; never above 100 %).\n"]
-    for path, rec in recs:
-        env = rec.get("environment", {})
-        auto = rec.get("precision_auto", {})
-        parts.append(f"- `{path.name}`: {env.get('device_name', '?')}, {env.get('torch_threads', '?')} threads, "
-                     f"load average at start {env.get('loadavg_at_start', '–')}, {rec.get('rounds', '?')} rounds; "
-                     f"precision auto chose **{auto.get('choice', '?')}**: {auto.get('reason', '–')}\n")
-        for p, c in sorted(rec.get("ceilings", {}).items()):
-            parts.append(f"- ceiling {p}: {_f(c['tflops_median'] * 1e3)} GFLOP/s ({c.get('kernel')}, "
-                         f"{c.get('source', 'kernels')})\n")
-        by_point: dict[tuple, dict[str, dict]] = defaultdict(dict)
-        for r in rec["results"]:
+             f"Device: **{', '.join(cpus) or '?'}**, {', '.join(threads) or '?'} threads. Batch 1, random input and "
+             "weights; the variants of one model and size (and the other implementations attached to it) are timed "
+             "interleaved (round-robin, one call each per round, alternating order) and compared by their medians, "
+             "so a busy neighbour slows them alike; rows measured at different moments are not comparable in "
+             "absolute terms on a shared machine. Ratio = variant median / plain eager fp32 NCHW median of the "
+             "same row (< 1 is faster). Agreement = share of pixels whose argmax equals eager fp32's, on the "
+             "pixels whose top-2 margin exceeds 1e-4 x max |logit| (float noise cannot flip those). bf16 runs "
+             "only where `precision=\"auto\"` picks it (native and faster); elsewhere the cell says *not "
+             "native*. % ceiling = achieved FLOP/s over the best of several matmul sizes and the models' conv "
+             "shapes in the same dtype and thread count, the best over every merged run (never above 100 %).\n"]
+    for choice, reason in sorted(autos.items()):
+        parts.append(f"- precision auto chose **{choice}**" + (" (in every run)" if len(autos) == 1 else "")
+                     + f", e.g. {reason}\n")
+    for p, c in sorted(ceilings.items()):
+        parts.append(f"- ceiling {p}: {_f(c['tflops_median'] * 1e3)} GFLOP/s ({c.get('kernel')}, "
+                     f"{c.get('source', 'kernels')})\n")
+    for run in runs:
+        env = run.get("environment") or {}
+        parts.append(f"- run `{run['path'].name}`: load average at start {run.get('loadavg_at_start') or env.get('loadavg_at_start', '–')}, "
+                     f"at end {run.get('loadavg_at_end', '–')}, {run.get('rounds', '?')} rounds\n")
+    row_of = {(r["model"], tuple(r["size"])): r for r in rows}
+    by_point: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    ext_by_point: dict[tuple, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
+    alone: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in results:
+        if r.get("role") == "external":
+            if r.get("peer_of"):
+                ext_by_point[(r["peer_of"], tuple(r["size"]))][r["model"]][r["variant"]] = r
+            else:
+                alone[(r["model"], tuple(r["size"]))][r["variant"]] = r
+        else:
             by_point[(r["model"], tuple(r["size"]))][r.get("variant", "?")] = r
-        rows = []
-        for (model, size), variants in sorted(by_point.items()):
-            eager = variants.get("eager") or variants.get("external")
-            cells = [model, _size(list(size))]
-            base = eager["latency"]["median_s"] if eager and eager.get("status") == "ok" else None
-            for v in ("eager", "external") if "external" in variants else ("eager",):
-                if v in variants and variants[v].get("status") == "ok":
-                    cells.append(f"{_f(variants[v]['latency']['median_s'] * 1e3)} ms")
-            for v in (("engine", "compile", "bf16") if "external" not in variants else ("external_cl",)):
-                r = variants.get(v)
-                if r is None:
-                    cells.append("–")
-                elif r.get("status") != "ok":
-                    cells.append(r.get("status", "?"))
-                else:
-                    ratio = r["latency"]["median_s"] / base if base else None
-                    agree = f", {100 * r['argmax_agreement']:.2f} %" if "argmax_agreement" in r else ""
-                    cells.append(f"{_f(r['latency']['median_s'] * 1e3)} ms ({_f(ratio, 3)}x{agree})")
-            frac = [100 * r["ceiling_fraction"] for r in variants.values() if r.get("ceiling_fraction")]
-            cells.append(_f(max(frac)) if frac else "–")
-            cells += [""] * (7 - len(cells))
-            rows.append(cells[:7])
-        parts.append("\n" + _table(["model", "size", "plain eager fp32 NCHW", "engine default",
-                                     "engine + compile", "bf16 where native", "best % ceiling"], rows, "lrrrrrr"))
-        notes = sorted({f"{r.get('variant')}: {r.get('reason') or r.get('error')}" for r in rec["results"]
-                        if r.get("status") != "ok"})
-        if notes:
-            parts.append("\nNot measured: " + "; ".join(notes) + "\n")
-        targets = []
-        for (model, size), variants in sorted(by_point.items()):
-            if "resnet101" not in model or size != (513, 513):
-                continue
-            for v, limit in (("engine", 0.85), ("compile", 0.75), ("bf16", 0.5)):
-                r = variants.get(v)
-                if r and r.get("status") == "ok":
-                    ok = r["ratio_to_eager"] <= limit and (v != "bf16" or r["argmax_agreement"] >= 0.995)
-                    targets.append(f"{model} {v} {_f(r['ratio_to_eager'], 3)}x (target <= {limit}x): "
-                                   f"{'met' if ok else 'NOT met'}")
-        if targets:
-            parts.append("\nTargets at 513 (ResNet-101 models): " + "; ".join(targets) + "\n")
-        compiled = [r for r in rec["results"] if r.get("variant") == "compile" and r.get("status") == "ok"]
-        if compiled:
-            parts.append("\nCompile time (first call): " + ", ".join(
-                f"{r['model']} {_size(r['size'])} {_f(r.get('first_call_s'))} s" for r in compiled) + "\n")
-        ext = [r for r in rec["results"] if r.get("role") == "external"]
-        if ext:
-            parts.append("\nExternal builders (`--external`) are in the same table: their columns are eager fp32 "
-                         "NCHW and fp32 channels_last.\n")
+    table = []
+    for (model, size), variants in sorted(by_point.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        eager = variants.get("eager")
+        base = eager["latency"]["median_s"] if eager and eager.get("status") == "ok" else None
+        build = variants.get("build")
+        frac = [100 * r["ceiling_fraction"] for r in variants.values() if r.get("ceiling_fraction")]
+        row = row_of.get((model, size)) or {}
+        load = row.get("loadavg_start")
+        if build is not None:
+            table.append([model, _size(list(size)), f"error: {build.get('error', '')[:80]}", "", "", "", "", ""])
+            continue
+        comp = variants.get("compile")
+        table.append([model, _size(list(size)), _ms(eager), _cell(variants.get("engine"), base),
+                      _cell(comp, base) + (f", compile {_f(comp['first_call_s'], 0)} s"
+                                           if comp and comp.get("first_call_s") else ""),
+                      _cell(variants.get("bf16"), base), _f(max(frac)) if frac else "–",
+                      _f(load[0], 1) if load else "–"])
+    parts.append("\n" + _table(["model", "size", "plain eager fp32 NCHW", "engine default", "engine + compile",
+                                 "bf16 where native", "best % ceiling", "load (1 min)"], table, "lrrrrrrr"))
+    errors = sorted({f"{m} {_size(list(s))} {v}: {r.get('error')}" for (m, s), vs in by_point.items()
+                     for v, r in vs.items() if r.get("status") == "error"})
+    if errors:
+        parts.append("\nErrors: " + "; ".join(e[:300] for e in errors) + "\n")
+    targets = []
+    for (model, size), variants in sorted(by_point.items()):
+        if "resnet101" not in model or size != (513, 513):
+            continue
+        for v, limit in (("engine", 0.85), ("compile", 0.75), ("bf16", 0.5)):
+            r = variants.get(v)
+            if r and r.get("status") == "ok":
+                ok = r["ratio_to_eager"] <= limit and (v != "bf16" or (r.get("argmax_agreement") or 0) >= 0.995)
+                targets.append(f"{model} {v} {_f(r['ratio_to_eager'], 3)}x (target <= {limit}x): "
+                               f"{'met' if ok else 'NOT met'}")
+    if targets:
+        parts.append("\nTargets at 513 (ResNet-101 models): " + "; ".join(targets) + "\n")
+    if ext_by_point:
+        parts.append(_peers_table(by_point, ext_by_point, row_of))
+    if alone:
+        parts.append("\nOther builders timed on their own (`--external` without `=OURS`):\n\n" + _table(
+            ["builder", "size", "eager fp32 NCHW", "eager fp32 channels_last"],
+            [[m, _size(list(s)), _ms(v.get("external")), _ms(v.get("external_cl"))]
+             for (m, s), v in sorted(alone.items())], "lrrr"))
+    if out is not None and plots is not None:
+        plots += _plot_engine(by_point, ext_by_point, out)
     return "\n".join(parts)
+
+
+def _peers_table(by_point, ext_by_point, row_of) -> str:
+    rows = []
+    for (ours, size), peers in sorted(ext_by_point.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        variants = by_point.get((ours, size), {})
+        checks = {s.get("external"): s for s in (row_of.get((ours, size)) or {}).get("same_network", [])}
+        for spec, pv in sorted(peers.items()):
+            pe, pcl = pv.get("external"), pv.get("external_cl")
+            peer_best = min((r["latency"]["median_s"] for r in (pe, pcl) if r and r.get("status") == "ok"),
+                            default=None)
+            cells = [spec.split(":")[-1], ours, _size(list(size)), _ms(pe), _ms(pcl), _ms(variants.get("eager")),
+                     _ms(variants.get("engine")), _ms(variants.get("compile"))]
+            for v in ("engine", "compile"):
+                r = variants.get(v)
+                cells.append(_f(r["latency"]["median_s"] / peer_best, 3)
+                             if r and r.get("status") == "ok" and peer_best else "–")
+            chk = checks.get(spec)
+            if chk is None:
+                cells.append("–")
+            elif chk.get("status") == "ok":
+                cells.append(f"same network ({chk['mapping'].replace('converters.peers.', 'importer ')}): max rel "
+                             f"diff {chk['max_rel_diff']:.1e}, argmax {100 * chk['argmax_agreement']:.2f} %")
+            else:
+                cells.append("different network" if chk.get("status") == "skipped" else f"error: {chk.get('error')}")
+            rows.append(cells)
+    return ("\n### Beside the peers' own code\n\nThe peer's own model builder (its repository's code, imported "
+            "with `--external-path`), timed in our model's rows in the same rounds: what its users run (eager "
+            "fp32, NCHW or channels_last) against our plain model, our engine and our engine + compile. "
+            "ours / peer best = our median over the faster of the peer's two layouts (< 1: ours is faster). "
+            "Same network: the peer's weights (BatchNorm statistics perturbed) loaded into ours through our "
+            "importer, outputs compared on the row's input.\n\n" + _table(
+                ["peer builder", "ours", "size", "peer eager NCHW", "peer eager channels_last", "ours eager",
+                 "ours engine", "ours engine + compile", "engine / peer best", "compile / peer best",
+                 "same weights"], rows, "lllrrrrrrrl"))
+
+
+def _plot_engine(by_point, ext_by_point, out: Path) -> list[str]:
+    pts = [(m, s, v) for (m, s), v in sorted(by_point.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+           if v.get("eager", {}).get("status") == "ok"]
+    if not pts:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.3 * len(pts) + 1.8))
+    y = range(len(pts))
+    for i, (v, color) in enumerate((("engine", "tab:blue"), ("compile", "tab:green"), ("bf16", "tab:orange"))):
+        vals = [p[2].get(v, {}).get("ratio_to_eager") if p[2].get(v, {}).get("status") == "ok" else None
+                for p in pts]
+        ax.barh([k + (i - 1) * 0.27 for k in y], [x or 0 for x in vals], height=0.27, color=color,
+                label={"engine": "engine default", "compile": "engine + compile", "bf16": "bf16 (native only)"}[v])
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(list(y), [f"{m} {_size(list(s))}" for m, s, _ in pts], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("median latency / plain eager fp32 NCHW (< 1 is faster)")
+    ax.set_title("Inference engine vs plain eager, batch 1")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "engine_ratios.png", dpi=110)
+    plt.close(fig)
+    written = ["engine_ratios.png"]
+    peer_rows = []
+    for (ours, size), peers in sorted(ext_by_point.items()):
+        for spec, pv in sorted(peers.items()):
+            vals = {"peer NCHW": pv.get("external"), "peer channels_last": pv.get("external_cl"),
+                    "ours eager": by_point.get((ours, size), {}).get("eager"),
+                    "ours engine": by_point.get((ours, size), {}).get("engine"),
+                    "ours compile": by_point.get((ours, size), {}).get("compile")}
+            peer_rows.append((f"{spec.split(':')[-1]} vs {ours} {_size(list(size))}",
+                              {k: r["latency"]["median_s"] * 1e3 for k, r in vals.items() if r and r.get("status") == "ok"}))
+    if peer_rows:
+        keys = ["peer NCHW", "peer channels_last", "ours eager", "ours engine", "ours compile"]
+        colors = ["tab:red", "tab:pink", "tab:gray", "tab:blue", "tab:green"]
+        fig, ax = plt.subplots(figsize=(9, 0.9 * len(peer_rows) + 1.8))
+        h = 0.16
+        for i, (k, c) in enumerate(zip(keys, colors)):
+            ax.barh([j + (i - 2) * h for j in range(len(peer_rows))], [r[1].get(k, 0) for r in peer_rows],
+                    height=h, color=c, label=k)
+        ax.set_yticks(range(len(peer_rows)), [r[0] for r in peer_rows], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("median ms per forward, batch 1 (same rounds)")
+        ax.set_title("Ours beside the peers' own code")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "engine_vs_peers.png", dpi=110)
+        plt.close(fig)
+        written.append("engine_vs_peers.png")
+    return written
 
 
 # ---- inference -----------------------------------------------------------------------------------------------------
@@ -601,11 +802,13 @@ def render(paths: list[Path], out: Path, title: str | None = None) -> Path:
     groups = load_inputs(paths)
     out.mkdir(parents=True, exist_ok=True)
     plots: list[str] = []
-    sections = [environment_section(groups), engine_section(groups), inference_section(groups, out, plots),
+    sections = [environment_section(groups), engine_section(groups, out, plots), inference_section(groups, out, plots),
                 train_section(groups, out, plots), convert_section(groups, out, plots),
                 eval_section(groups, out, plots), reproduction_section(groups)]
-    text = f"# {title or 'Benchmark report'}\n\nGenerated by `python -m benchmarks.report` from " + \
-        ", ".join(f"`{p.name}`" for p in paths) + ".\n\n" + "\n".join(s for s in sections if s)
+    files = expand_inputs(paths)
+    named = ", ".join(f"`{p.name}`" for p in files[:12]) + (f" and {len(files) - 12} more" if len(files) > 12 else "")
+    text = f"# {title or 'Benchmark report'}\n\nGenerated by `python -m benchmarks.report` from {named}.\n\n" + \
+        "\n".join(s for s in sections if s)
     if plots:
         text += "\n## Plots\n\n" + "\n\n".join(f"![{p}]({p})" for p in plots) + "\n"
     md = out / "README.md"

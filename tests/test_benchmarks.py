@@ -7,11 +7,13 @@ report renders Markdown and PNGs from those JSONs (and from a reproduction resul
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from benchmarks import inference, report, run
+from benchmarks import engine, inference, report, run
 from benchmarks._common import parse_sizes, result_filename, summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -94,27 +96,115 @@ def test_eval_quick(results: Path):
     assert pipeline["forward_images_per_s"] > 0 and pipeline["eval_images_per_s"] > 0
 
 
-def test_engine_quick_with_an_external_builder(results: Path):
+def test_engine_quick_with_an_external_builder(results: Path, tmp_path: Path, monkeypatch):
+    # a peer's code in a folder of its own, imported through --external-path only
+    peer_dir = tmp_path / "peer_code"
+    peer_dir.mkdir()
+    (peer_dir / "fake_peer_builders.py").write_text(
+        "from reference_models import build_model\n"
+        "def same_as_ours(num_classes=21):\n    return build_model('deeplabv3_tiny', num_classes=num_classes)\n"
+        "def other_network(num_classes=21):\n    return build_model('deeplabv3plus_tiny', num_classes=num_classes)\n",
+        encoding="utf-8")
+    path_before = list(sys.path)
     out = results / "engine.json"
     assert _run(["--suite", "engine", "--quick", "--device", "cpu", "--variants", "eager,engine,bf16",
-                 "--external", "reference_models.tiny:deeplabv3_tiny", "--repeats", "3", "--out", str(out)]) == 0
+                 "--models", "deeplabv3plus_tiny,deeplabv3_tiny", "--external", "reference_models.tiny:deeplabv3_tiny",
+                 "--external-path", str(peer_dir),
+                 "--external", "fake_peer_builders:same_as_ours=deeplabv3_tiny",
+                 "--external", "fake_peer_builders:other_network=deeplabv3_tiny,deeplabv3plus_tiny",
+                 "--repeats", "3", "--out", str(out)]) == 0
+    assert sys.path == path_before and "fake_peer_builders" in sys.modules  # the path was for the run only
     record = _load(out)
     assert record["precision_auto"]["choice"] in ("fp32", "bf16") and record["precision_auto"]["reason"]
-    by = {(r["model"], r["variant"]): r for r in record["results"]}
-    eager, engine = by[("deeplabv3plus_tiny", "eager")], by[("deeplabv3plus_tiny", "engine")]
-    assert eager["ratio_to_eager"] == 1.0 and engine["ratio_to_eager"] > 0
-    assert engine["argmax_agreement"] > 0.99 and engine["max_rel_diff"] < 1e-4
-    assert len(engine["samples_s"]) == len(eager["samples_s"]) >= 3  # interleaved: one call each per round
-    assert engine["engine"]["batchnorm_folded"] and engine["engine"]["memory_format"] == "channels_last"
-    bf16 = by[("deeplabv3plus_tiny", "bf16")]
+    by = {(r["model"], r["variant"], r.get("peer_of")): r for r in record["results"]}
+    eager, eng = by[("deeplabv3plus_tiny", "eager", None)], by[("deeplabv3plus_tiny", "engine", None)]
+    assert eager["ratio_to_eager"] == 1.0 and eng["ratio_to_eager"] > 0
+    assert eng["argmax_agreement"] > 0.99 and eng["max_rel_diff"] < 1e-4 and 0 < eng["margin_pixels"] <= 1
+    assert len(eng["samples_s"]) == len(eager["samples_s"]) >= 3  # interleaved: one call each per round
+    assert eng["engine"]["batchnorm_folded"] and eng["engine"]["memory_format"] == "channels_last"
+    bf16 = by[("deeplabv3plus_tiny", "bf16", None)]
     if record["precision_auto"]["choice"] == "fp32":
-        assert bf16["status"] == "skipped" and "does not pick bf16" in bf16["reason"]
-    ext = by[("reference_models.tiny:deeplabv3_tiny", "external")]
-    assert ext["status"] == "ok" and ext["role"] == "external" and ext["latency"]["median_s"] > 0
+        assert bf16["status"] == "skipped" and bf16["not_native"] and bf16["reason"].startswith("not native")
+    # an external on its own: one row per size; attached ones: timed in our rows, in the same rounds
+    alone = by[("reference_models.tiny:deeplabv3_tiny", "external", None)]
+    assert alone["status"] == "ok" and alone["role"] == "external" and alone["latency"]["median_s"] > 0
+    peer = by[("fake_peer_builders:same_as_ours", "external_cl", "deeplabv3_tiny")]
+    ours = by[("deeplabv3_tiny", "eager", None)]
+    assert len(peer["samples_s"]) == len(ours["samples_s"]) and peer["ratio_to_ours_eager"] > 0
+    assert ("fake_peer_builders:other_network", "external", "deeplabv3plus_tiny") in by
+    checks = {(c["external"], c["ours"]): c for c in record["same_network"]}
+    same = checks[("fake_peer_builders:same_as_ours", "deeplabv3_tiny")]
+    assert same["status"] == "ok" and same["mapping"] == "identical state-dict layout" and same["max_rel_diff"] == 0
+    other = checks[("fake_peer_builders:other_network", "deeplabv3_tiny")]
+    assert other["status"] == "skipped" and "different network" in other["reason"]
     # the ceiling is a best over matmuls and conv shapes, and no point exceeds it
     ceiling = record["ceilings"]["fp32"]
     assert {k["kernel"].split()[0] for k in ceiling["kernels"]} == {"matmul", "conv1x1"}
     assert all(0 < r["ceiling_fraction"] <= 1.0 for r in record["results"] if r.get("ceiling_fraction"))
+    # one strict-JSON file per row, named by the environment's rows folder
+    rows_dir = results / record["rows_dir"].split("/")[-1]
+    names = sorted(p.name for p in rows_dir.glob("*.json"))
+    assert names == ["deeplabv3_tiny@65.json", "deeplabv3plus_tiny@65.json",
+                     "reference_models.tiny-deeplabv3_tiny@65.json"]
+    row = json.loads((rows_dir / "deeplabv3_tiny@65.json").read_text(encoding="utf-8"))
+    assert row["format"] == engine.ROW_FORMAT and row["wall_s"] > 0 and row["gflops"] > 0 and row["environment"]
+    assert record["estimate_full_table"]["rows"] == 2 and record["estimate_full_table"]["seconds"] > 0
+
+
+def test_engine_resume_runs_only_missing_rows_and_the_report_merges_the_pieces(tmp_path: Path):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    common = ["--suite", "engine", "--quick", "--device", "cpu", "--variants", "eager,engine", "--repeats", "3"]
+    assert _run([*common, "--models", "deeplabv3_tiny", "--out", str(first)]) == 0
+    (rows_dir,) = tmp_path.glob("engine-rows-*")
+    kept = (rows_dir / "deeplabv3_tiny@65.json").read_bytes()
+    assert _run([*common, "--models", "deeplabv3_tiny,deeplabv2_tiny_msc", "--resume", "--out", str(second)]) == 0
+    record = json.loads(second.read_text(encoding="utf-8"))
+    assert record["rows_resumed"] == 1 and record["rows_measured"] == 1
+    assert {r["model"] for r in record["results"]} == {"deeplabv2_tiny_msc"}
+    assert (rows_dir / "deeplabv3_tiny@65.json").read_bytes() == kept  # a finished row is never rewritten
+    out = tmp_path / "report"
+    assert report.main([str(rows_dir), "--out", str(out), "--title", "merged"]) == 0
+    text = (out / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("| model | size | plain eager fp32 NCHW"):]
+    assert "| deeplabv3_tiny | 65 |" in table and "| deeplabv2_tiny_msc | 65 |" in table
+    assert f"Device: **{record['environment']['device_name']}**" in text  # the CPU is named
+    assert (out / "engine_ratios.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_engine_agreement_ignores_pixels_without_a_margin():
+    ref = torch.zeros(1, 3, 2, 2)
+    ref[0, 0] = 1.0  # class 0 wins clearly on every pixel ...
+    ref[0, :, 0, 0] = torch.tensor([1.0, 1.0 - 1e-6, 0.0])  # ... except one near-tie
+    out = ref.clone()
+    out[0, 1, 0, 0] = 1.0 + 1e-6  # float noise flips the near-tie
+    a = engine.agreement(out, ref)
+    assert a["argmax_agreement"] == 1.0 and a["argmax_agreement_all"] == 0.75 and a["margin_pixels"] == 0.75
+    out[0, 2, 1, 1] = 5.0  # a real disagreement is counted
+    assert engine.agreement(out, ref)["argmax_agreement"] == pytest.approx(2 / 3)
+
+
+def test_engine_estimate_fits_rows_and_compile_time():
+    done = [{"gflops": 10.0, "wall_s": 12.0, "modules": 100, "loadavg_start": [1.0],
+             "results": [{"variant": "compile", "status": "ok", "first_call_s": 10.0}]},
+            {"gflops": 30.0, "wall_s": 26.0, "modules": 100, "loadavg_start": [2.0],
+             "results": [{"variant": "compile", "status": "ok", "first_call_s": 20.0}]}]
+    est = engine.estimate(done, [{"gflops": 20.0, "modules": 200}])
+    # non-compile part: 2 s at 10 GFLOP, 6 s at 30 -> 0 + 0.2 s/GFLOP; compile 0.1 or 0.2 s/module (median 0.2)
+    assert est["seconds_per_gflop"] == pytest.approx(0.2) and est["seconds_per_row"] == pytest.approx(0.0)
+    assert est["seconds"] == pytest.approx(4.0 + 0.2 * 200) and est["loadavg_of_measured_rows"] == 2.0
+    assert engine.estimate([], [{"gflops": 1.0}]) is None
+    assert "no estimate" in engine.format_estimate(None, "x")
+
+
+def test_external_spec_errors(tmp_path: Path):
+    with pytest.raises(ValueError, match="MODULE:FACTORY"):
+        engine.load_external("no_colon")
+    with pytest.raises(ValueError, match="cannot import"):
+        engine.load_external("no_such_module_xyz:f")
+    assert engine.parse_external("a.b:c=x, y") == ("a.b:c", ("x", "y"))
+    # attached to a model that is not in the run: a usage error
+    assert _run(["--suite", "engine", "--quick", "--device", "cpu", "--external",
+                 "reference_models.tiny:deeplabv3_tiny=deeplabv3_resnet101", "--out", str(tmp_path / "x.json")]) == 2
 
 
 def test_a_model_faster_than_the_ceiling_remeasures_then_becomes_it():
@@ -131,13 +221,6 @@ def test_a_model_faster_than_the_ceiling_remeasures_then_becomes_it():
     assert calls and ceilings["fp32"]["kernel"] == "conv3x3" and ceilings["fp32"]["tflops_median"] == 1.5
     inference.raise_ceiling_if_beaten(ceilings, "fp32", 2.0, "model x", remeasure, lambda _m: None)
     assert ceilings["fp32"]["tflops_median"] == 2.0 and ceilings["fp32"]["source"].startswith("model")
-
-
-def test_external_spec_errors():
-    with pytest.raises(ValueError, match="MODULE:FACTORY"):
-        inference.load_external("no_colon")
-    with pytest.raises(ValueError, match="cannot import"):
-        inference.load_external("no_such_module_xyz:f")
 
 
 @pytest.mark.slow
