@@ -14,6 +14,12 @@ REPO = Path(__file__).resolve().parent.parent
 # (DEEPLAB_CAFFE=1); the other environments do not collect it at all.
 collect_ignore = [] if os.environ.get("DEEPLAB_CAFFE") == "1" else ["test_caffe_engine.py"]
 
+# Under pytest-xdist (tox runs `-n auto`: one worker per core) each worker gets one intra-op thread, for torch,
+# TensorFlow and the processes the tests start, so the workers do not oversubscribe the cores. A test that
+# measures threads sets its own count (benchmarks: --threads).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ[_var] = "1"
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 
