@@ -14,18 +14,25 @@ from converters import caffe2torch
 from converters.caffe import synth, topology
 from reference_models import build_model
 from tests.conftest import REPO
+from tests.inprocess import run_main
 
 SCRIPT = REPO / "converters" / "caffe2torch.py"
 
 
-def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def run_process(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The converter as users run it: ``python converters/caffe2torch.py ...`` (a real interpreter)."""
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=cwd or REPO)
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """``caffe2torch.main(args)`` in this process (stdout/stderr captured as a terminal would show them)."""
+    return run_main(caffe2torch.main, args, cwd=cwd or REPO)
 
 
 def test_script_runs_from_repo_root_and_output_loads_strictly(caffemodels, tmp_path):
     _, path = caffemodels("vgg16_largefov")
     out = tmp_path / "out" / "w.pth"
-    res = run_cli("--caffemodel", str(path), "--arch", "deeplabv2_vgg16_largefov", "--out", str(out))
+    res = run_process("--caffemodel", str(path), "--arch", "deeplabv2_vgg16_largefov", "--out", str(out))
     assert res.returncode == 0, res.stderr
     model = build_model("deeplabv2_vgg16_largefov", num_classes=21)
     model.load_state_dict(torch.load(out, weights_only=True), strict=True)
@@ -62,7 +69,7 @@ def test_dataset_default_location_and_missing_release_message(caffemodels, tmp_p
     dest = tmp_path / "data" / "models" / "deeplabv2_resnet101" / "init.caffemodel"
     dest.parent.mkdir(parents=True)
     dest.symlink_to(path)
-    res = run_cli("--dataset", "coco_init", cwd=tmp_path)
+    res = run_process("--dataset", "coco_init", cwd=tmp_path)  # exactly as the README says, as a file
     assert res.returncode == 0, res.stderr
     out = tmp_path / "data" / "models" / "deeplabv2_resnet101" / "deeplabv1_resnet101_coco_init.pth"
     state = torch.load(out, weights_only=True)
@@ -70,6 +77,7 @@ def test_dataset_default_location_and_missing_release_message(caffemodels, tmp_p
 
 
 def test_usage_errors_exit_2(tmp_path):
+    assert run_process().returncode == 2  # through the interpreter as well
     assert run_cli().returncode == 2
     assert run_cli("--caffemodel", "x.caffemodel").returncode == 2
     assert run_cli("--dataset", "no_such_release").returncode == 2

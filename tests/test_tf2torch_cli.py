@@ -27,6 +27,7 @@ from converters.releases import TF_RELEASES
 from converters.tf.rules import ignore_reason, map_tf_names
 from reference_models import build_backbone, build_model
 from tests.conftest import REPO
+from tests.inprocess import run_main
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SCRIPT = REPO / "converters" / "tf2torch.py"
@@ -35,10 +36,16 @@ BIG = {"resnet_v1_101_2016_08_28", "resnet_v2_101_2017_04_14", "deeplabv3_pascal
 SMALL = "deeplabv3_mnv2_pascal_train_aug_2018_01_29"  # 8.6 MB: the fixture for the error tests
 
 
-def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def run_process(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The converter as users run it: ``python converters/tf2torch.py ...`` (a real interpreter)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=cwd or REPO,
                           env=env)
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """``tf2torch.main(args)`` in this process (stdout/stderr captured as a terminal would show them)."""
+    return run_main(tf2torch.main, args, cwd=cwd or REPO)
 
 
 def manifest(name: str) -> dict:
@@ -138,7 +145,8 @@ def test_release_converts_and_loads_strictly(name: str, release_ckpt, tmp_path: 
     prefix, values = release_ckpt(name)
     release = TF_RELEASES[name]
     out = tmp_path / "out" / ("w.safetensors" if release.kind == "model" else "w.pth")
-    res = run_cli("--dataset", name, "--checkpoint", str(prefix), "--out", str(out))
+    run = run_process if name == SMALL else run_cli  # one release through the real interpreter, as a file
+    res = run("--dataset", name, "--checkpoint", str(prefix), "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert only_outputs(out.parent) == sorted([out.name, out.with_suffix(".json").name])  # no temporaries
 
@@ -235,7 +243,7 @@ def test_converted_resnet_v1_50_matches_tf_slim(tmp_path: Path) -> None:
 
 
 def test_missing_release_message_then_default_location(release_ckpt, tmp_path: Path) -> None:
-    res = run_cli("--dataset", "deeplabv3_pascal_train_aug_2018_01_04", cwd=tmp_path)
+    res = run_process("--dataset", "deeplabv3_pascal_train_aug_2018_01_04", cwd=tmp_path)  # a real process: one line
     err = res.stderr.strip()
     assert res.returncode == 1 and "\n" not in err and "Traceback" not in err, err
     assert "data/models/deeplabv3_pascal_train_aug/model.ckpt" in err
@@ -267,6 +275,7 @@ def test_arch_without_release_reads_classes_from_the_checkpoint(release_ckpt, tm
 
 
 def test_usage_errors_exit_2() -> None:
+    assert run_process().returncode == 2  # through the interpreter as well
     assert run_cli().returncode == 2
     assert run_cli("--checkpoint", "x.ckpt").returncode == 2
     assert run_cli("--dataset", "no_such_release").returncode == 2
