@@ -26,7 +26,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,23 +107,30 @@ def bn(prefix: str, channels: int) -> dict[str, Shape]:
             f"{prefix}.num_batches_tracked": ()}
 
 
-def torchvision_resnet(prefix: str, blocks: Sequence[int], *, last_stage: int = 4) -> dict[str, Shape]:
-    """A torchvision-layout Bottleneck ResNet (``conv1``/``bn1``, ``layer{i}.{j}.conv1..3``/``bn1..3``,
-    ``downsample.0/1`` on each stage's first block) up to ``layer{last_stage}``; no ``fc``."""
-    m = {**conv(f"{prefix}conv1", 64, 3, 7), **bn(f"{prefix}bn1", 64)}
-    in_ch = 64
-    for stage, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
-        if stage > last_stage:
-            break
+def bottleneck_stages(m: dict[str, Shape], stages: Iterable[tuple[str, int, int]], in_ch: int) -> int:
+    """Add torchvision-layout Bottleneck stages to ``m``: for each ``(prefix, blocks, width)``, blocks
+    ``{prefix}.{j}.conv1..3``/``bn1..3`` (4 x ``width`` out) with ``downsample.0/1`` on the first. Returns
+    the channels out of the last stage."""
+    for prefix, n, width in stages:
         out = width * 4
         for j in range(n):
-            p = f"{prefix}layer{stage}.{j}"
+            p = f"{prefix}.{j}"
             m.update({**conv(f"{p}.conv1", width, in_ch), **bn(f"{p}.bn1", width),
                       **conv(f"{p}.conv2", width, width, 3), **bn(f"{p}.bn2", width),
                       **conv(f"{p}.conv3", out, width), **bn(f"{p}.bn3", out)})
             if j == 0:
                 m.update({**conv(f"{p}.downsample.0", out, in_ch), **bn(f"{p}.downsample.1", out)})
             in_ch = out
+    return in_ch
+
+
+def torchvision_resnet(prefix: str, blocks: Sequence[int], *, last_stage: int = 4) -> dict[str, Shape]:
+    """A torchvision-layout Bottleneck ResNet (``conv1``/``bn1``, ``layer{i}.{j}.conv1..3``/``bn1..3``,
+    ``downsample.0/1`` on each stage's first block) up to ``layer{last_stage}``; no ``fc``."""
+    m = {**conv(f"{prefix}conv1", 64, 3, 7), **bn(f"{prefix}bn1", 64)}
+    stages = zip(blocks, (64, 128, 256, 512))
+    bottleneck_stages(m, ((f"{prefix}layer{i}", n, w) for i, (n, w) in enumerate(stages, start=1) if i <= last_stage),
+                      64)
     return m
 
 
@@ -210,6 +217,14 @@ def tensor_dict(obj: Any, path: str | os.PathLike, what: str) -> dict[str, torch
     if not out:
         raise ConversionError(path, f"{what} holds no tensors")
     return out
+
+
+def unwrap_entry(obj: Any, path: str | os.PathLike, entry: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``obj[entry]`` of a checkpoint dict as the state dict, with its other top-level keys (sorted, as text:
+    reported as ignored); else ``obj`` itself as a bare state dict, nothing ignored."""
+    if isinstance(obj, dict) and entry in obj:
+        return tensor_dict(obj[entry], path, f"'{entry}'"), sorted(str(k) for k in obj if k != entry)
+    return tensor_dict(obj, path, "the state dict"), []
 
 
 def strip_data_parallel(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

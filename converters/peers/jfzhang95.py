@@ -32,7 +32,18 @@ from typing import Any
 import torch
 
 from converters.errors import ConversionError
-from converters.peers.common import Rule, Shape, Target, bn, conv, strip_data_parallel, tensor_dict
+from converters.peers.common import (
+    RESNET_DEPTHS,
+    Rule,
+    Shape,
+    Target,
+    bn,
+    bottleneck_stages,
+    conv,
+    strip_data_parallel,
+    torchvision_resnet,
+    unwrap_entry,
+)
 
 NAME = "jfzhang95"
 DESCRIPTION = ("jfzhang95/pytorch-deeplab-xception: DeepLab v3+ on ResNet-101, Xception, DRN-D-54 or MobileNet-v2 "
@@ -77,19 +88,7 @@ RULES: list[Rule] = HEAD_RULES + [(r"backbone\.(?P<rest>.+)", "backbone.{rest}")
 
 def _resnet101(p: str) -> dict[str, Shape]:
     """``modeling/backbone/resnet.py`` ResNet101: torchvision bottlenecks, layers 3/4/23 + a 3-block ``layer4``."""
-    m = {**conv(f"{p}conv1", 64, 3, 7), **bn(f"{p}bn1", 64)}
-    in_ch = 64
-    for stage, (n, width) in enumerate(zip((3, 4, 23, 3), (64, 128, 256, 512)), start=1):
-        out = width * 4
-        for j in range(n):
-            q = f"{p}layer{stage}.{j}"
-            m.update({**conv(f"{q}.conv1", width, in_ch), **bn(f"{q}.bn1", width),
-                      **conv(f"{q}.conv2", width, width, 3), **bn(f"{q}.bn2", width),
-                      **conv(f"{q}.conv3", out, width), **bn(f"{q}.bn3", out)})
-            if j == 0:
-                m.update({**conv(f"{q}.downsample.0", out, in_ch), **bn(f"{q}.downsample.1", out)})
-            in_ch = out
-    return m
+    return torchvision_resnet(p, RESNET_DEPTHS[101])
 
 
 def _separable(p: str, in_ch: int, out_ch: int) -> dict[str, Shape]:
@@ -144,17 +143,8 @@ def _drn_d_54(p: str) -> dict[str, Shape]:
     m = {**conv(f"{p}layer0.0", 16, 3, 7), **bn(f"{p}layer0.1", 16),
          **conv(f"{p}layer1.0", 16, 16, 3), **bn(f"{p}layer1.1", 16),
          **conv(f"{p}layer2.0", 32, 16, 3), **bn(f"{p}layer2.1", 32)}
-    in_ch = 32
-    for layer, (n, width) in zip((3, 4, 5, 6), ((3, 64), (4, 128), (6, 256), (3, 512))):
-        out = width * 4
-        for j in range(n):
-            q = f"{p}layer{layer}.{j}"
-            m.update({**conv(f"{q}.conv1", width, in_ch), **bn(f"{q}.bn1", width),
-                      **conv(f"{q}.conv2", width, width, 3), **bn(f"{q}.bn2", width),
-                      **conv(f"{q}.conv3", out, width), **bn(f"{q}.bn3", out)})
-            if j == 0:
-                m.update({**conv(f"{q}.downsample.0", out, in_ch), **bn(f"{q}.downsample.1", out)})
-            in_ch = out
+    in_ch = bottleneck_stages(m, ((f"{p}layer{layer}", n, width) for layer, (n, width)
+                                  in zip((3, 4, 5, 6), ((3, 64), (4, 128), (6, 256), (3, 512)))), 32)
     m.update({**conv(f"{p}layer7.0", 512, in_ch, 3), **bn(f"{p}layer7.1", 512),
               **conv(f"{p}layer8.0", 512, 512, 3), **bn(f"{p}layer8.1", 512)})
     return m
@@ -239,11 +229,7 @@ def drop_aliases(state: dict[str, torch.Tensor], path: str | os.PathLike) -> tup
 def unwrap(obj: Any, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The ``state_dict`` entry of a training checkpoint (a bare state dict is accepted too), without the
     MobileNetV2 aliases (:func:`drop_aliases`)."""
-    if isinstance(obj, dict) and "state_dict" in obj:
-        state = tensor_dict(obj["state_dict"], path, "'state_dict'")
-        ignored = sorted(str(k) for k in obj if k != "state_dict")
-    else:
-        state, ignored = tensor_dict(obj, path, "the state dict"), []
+    state, ignored = unwrap_entry(obj, path, "state_dict")
     state, aliases = drop_aliases(strip_data_parallel(state), path)
     if aliases:
         ignored.append(f"{aliases} MobileNetV2 aliases of backbone.features.* (low_level_features.*, "

@@ -35,7 +35,7 @@ from converters.peers.common import (
     conv,
     count_blocks,
     resnet_depth,
-    tensor_dict,
+    unwrap_entry,
 )
 from reference_models.preprocessing import Preprocessing
 
@@ -111,9 +111,7 @@ def manifest(peer_model: str, num_classes: int) -> dict[str, Shape]:
 
 def unwrap(obj: Any, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
     """kazuto saves the bare ``state_dict()`` (a dict holding a ``state_dict`` is accepted too)."""
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        return tensor_dict(obj["state_dict"], path, "'state_dict'"), [k for k in obj if k != "state_dict"]
-    return tensor_dict(obj, path, "the state dict"), []
+    return unwrap_entry(obj, path, "state_dict")
 
 
 _OURS = {

@@ -31,8 +31,8 @@ from converters.peers.common import (
     conv,
     count_blocks,
     resnet_depth,
-    tensor_dict,
     torchvision_resnet,
+    unwrap_entry,
 )
 from reference_models.preprocessing import Preprocessing
 from reference_models.torchvision_style import MNV3_LARGE, make_divisible
@@ -127,9 +127,7 @@ RULES: dict[str, list[Rule]] = {
 
 def unwrap(obj: Any, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
     """A bare state dict, or the reference scripts' ``checkpoint.pth`` (``{"model": ..., "optimizer": ...}``)."""
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        return tensor_dict(obj["model"], path, "'model'"), [k for k in obj if k != "model"]
-    return tensor_dict(obj, path, "the state dict"), []
+    return unwrap_entry(obj, path, "model")
 
 
 def detect(state: dict[str, torch.Tensor], path: str | os.PathLike, *, output_stride: int | None = None,

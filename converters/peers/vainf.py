@@ -32,8 +32,8 @@ from converters.peers.common import (
     conv,
     count_blocks,
     resnet_depth,
-    tensor_dict,
     torchvision_resnet,
+    unwrap_entry,
 )
 from converters.peers.torchvision import aspp_manifest, aspp_rules
 from reference_models.preprocessing import Preprocessing
@@ -137,9 +137,7 @@ _HEAD_RULES: dict[bool, list[Rule]] = {
 
 def unwrap(obj: Any, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``model_state`` of VainF's checkpoint dict (a bare state dict is accepted too)."""
-    if isinstance(obj, dict) and "model_state" in obj:
-        return tensor_dict(obj["model_state"], path, "'model_state'"), [k for k in obj if k != "model_state"]
-    return tensor_dict(obj, path, "the state dict"), []
+    return unwrap_entry(obj, path, "model_state")
 
 
 def detect(state: dict[str, torch.Tensor], path: str | os.PathLike, *, output_stride: int | None = None,
