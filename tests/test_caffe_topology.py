@@ -4,7 +4,8 @@ Every layer that carries weights or shapes the network (convolutions, BatchNorm,
 Scale, pooling, element-wise ops, Interp) must agree in name, type, bottoms, tops
 and parameters; so must the parameter-sharing names of the 3-scale net. The official
 side is ``tests/data/official_topology.json``, derived from the public prototxts by
-``tools/make_topology_table.py`` (so a fresh clone runs these tests without them).
+``python -m tools.make_test_data`` with the same per-layer record as
+:func:`converters.caffe.topology.layer_signature` (so a fresh clone runs these tests without them).
 """
 
 from __future__ import annotations
@@ -22,33 +23,6 @@ TABLE = json.loads((Path(__file__).parent / "data" / "official_topology.json").r
 KINDS = tuple(TABLE["kinds"])
 
 
-def signature(lp) -> list:
-    """The table's per-layer record (tools/make_topology_table.py): type, bottoms, tops, parameters, shared names."""
-    params = {}
-    if lp.type == "Convolution":
-        cp = lp.convolution_param
-        params = dict(n=cp.num_output, k=list(cp.kernel_size), s=list(cp.stride) or [1], p=list(cp.pad) or [0],
-                      d=list(cp.dilation) or [1], bias=cp.bias_term)
-    elif lp.type == "Pooling":
-        pp = lp.pooling_param
-        params = dict(pool=pp.pool, k=pp.kernel_size, s=pp.stride, p=pp.pad)
-    elif lp.type == "Eltwise":
-        params = dict(op=lp.eltwise_param.operation)
-    elif lp.type == "Interp":
-        ip = lp.interp_param
-        params = dict(shrink=ip.shrink_factor, zoom=ip.zoom_factor)
-    elif lp.type == "BatchNorm":
-        params = dict(eps=round(float(lp.batch_norm_param.eps), 9))
-    elif lp.type == "Scale":
-        params = dict(bias=lp.scale_param.bias_term)
-    return [lp.type, list(lp.bottom), list(lp.top), [[k, v] for k, v in sorted(params.items())],
-            [p.name for p in lp.param]]
-
-
-def layers_of(net, drop=()):
-    return {lp.name: signature(lp) for lp in net.layer if lp.type in KINDS and lp.name not in drop}
-
-
 @pytest.mark.parametrize("fixture,arch", [
     ("resnet101_deploy.prototxt", "resnet101"),
     ("resnet101_msc_test.prototxt", "resnet101_msc"),
@@ -59,7 +33,7 @@ def test_generated_topology_equals_official(fixture, arch):
     ours = topology.build_net(arch, num_classes=21)
     # the test nets' final 8x upsampling (fc1_interp / fc8_interp) precedes the argmax we do not model
     want = {name: sig for name, sig in official.items() if name not in ("fc1_interp", "fc8_interp")}
-    got = layers_of(ours)
+    got = topology.layer_signatures(ours, KINDS)
     assert sorted(want) == sorted(got)
     diff = {name: (want[name], got[name]) for name in want if want[name] != got[name]}
     assert not diff, list(diff.items())[:3]
@@ -79,7 +53,7 @@ def test_prototxt_text_round_trip() -> None:
     text = text_format.MessageToString(topology.build_net("resnet101_msc", num_classes=21))
     net = parse_prototxt_text(text)
     official = TABLE["nets"]["resnet101_msc_test.prototxt"]["signatures"]
-    got = layers_of(net)
+    got = topology.layer_signatures(net, KINDS)
     assert {n: s for n, s in official.items() if n != "fc1_interp"} == got
 
 

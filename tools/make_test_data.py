@@ -27,50 +27,23 @@ REPO = Path(__file__).resolve().parent.parent
 TABLE = REPO / "tests" / "data" / "official_topology.json"
 NUMBERS = REPO / "tests" / "data" / "published_numbers.json"
 SUBS = {"EXP": "voc12", "NUM_LABELS": "21", "NET_ID": "deeplab"}
-KINDS = ("Convolution", "BatchNorm", "Scale", "Pooling", "Eltwise", "Interp")
 NETS = ("resnet101_deploy.prototxt", "resnet101_msc_test.prototxt", "vgg16_aspp_test.prototxt")
 TRAIN = "resnet101_msc_train.prototxt"
 
 
-def signature(lp: Any) -> list:
-    """[type, bottoms, tops, sorted (parameter, value) pairs, shared parameter names] of one layer."""
-    params: dict[str, Any] = {}
-    if lp.type == "Convolution":
-        cp = lp.convolution_param
-        params = dict(n=cp.num_output, k=list(cp.kernel_size), s=list(cp.stride) or [1], p=list(cp.pad) or [0],
-                      d=list(cp.dilation) or [1], bias=cp.bias_term)
-    elif lp.type == "Pooling":
-        pp = lp.pooling_param
-        params = dict(pool=pp.pool, k=pp.kernel_size, s=pp.stride, p=pp.pad)
-    elif lp.type == "Eltwise":
-        params = dict(op=lp.eltwise_param.operation)
-    elif lp.type == "Interp":
-        ip = lp.interp_param
-        params = dict(shrink=ip.shrink_factor, zoom=ip.zoom_factor)
-    elif lp.type == "BatchNorm":
-        params = dict(eps=round(float(lp.batch_norm_param.eps), 9))
-    elif lp.type == "Scale":
-        params = dict(bias=lp.scale_param.bias_term)
-    return [lp.type, list(lp.bottom), list(lp.top), [[k, v] for k, v in sorted(params.items())],
-            [p.name for p in lp.param]]
-
-
-def layers_of(net: Any) -> dict[str, list]:
-    return {lp.name: signature(lp) for lp in net.layer if lp.type in KINDS}
-
-
 def derive(fixtures: Path) -> dict[str, Any]:
     from converters.caffe.reader import read_prototxt
+    from converters.caffe.topology import COMPARED_KINDS, layer_signatures
 
     table: dict[str, Any] = {"source": "derived from the official DeepLab v2 prototxts by tools/make_topology_table.py",
-                             "substitutions": SUBS, "kinds": list(KINDS), "nets": {}}
+                             "substitutions": SUBS, "kinds": list(COMPARED_KINDS), "nets": {}}
     for name in NETS:
         net = read_prototxt(fixtures / name, SUBS)
         types: dict[str, int] = {}
         for lp in net.layer:
             types[lp.type] = types.get(lp.type, 0) + 1
         table["nets"][name] = {"layers": len(net.layer), "layer_types": dict(sorted(types.items())),
-                               "signatures": layers_of(net)}
+                               "signatures": layer_signatures(net)}
     train = read_prototxt(fixtures / TRAIN, SUBS)
     tp = train.layer[0].transform_param
     table["train"] = {"file": TRAIN, "crop_size": tp.crop_size, "scale_factors": [float(s) for s in tp.scale_factors],

@@ -340,3 +340,36 @@ def opencv_deploy(net: Any, input_hw: tuple[int, int]) -> Any:
             new.interp_param.height = h
             new.interp_param.width = w
     return out
+
+
+# --------------------------------------------------------------------------- comparing topologies
+COMPARED_KINDS = ("Convolution", "BatchNorm", "Scale", "Pooling", "Eltwise", "Interp")  # weights or shapes
+
+
+def layer_signature(lp: Any) -> list:
+    """One layer as ``[type, bottoms, tops, sorted [parameter, value] pairs, shared parameter names]``: the
+    record ``tests/data/official_topology.json`` holds per layer of the released prototxts (JSON-ready)."""
+    params: dict[str, Any] = {}
+    if lp.type == "Convolution":
+        cp = lp.convolution_param
+        params = dict(n=cp.num_output, k=list(cp.kernel_size), s=list(cp.stride) or [1], p=list(cp.pad) or [0],
+                      d=list(cp.dilation) or [1], bias=cp.bias_term)
+    elif lp.type == "Pooling":
+        pp = lp.pooling_param
+        params = dict(pool=pp.pool, k=pp.kernel_size, s=pp.stride, p=pp.pad)
+    elif lp.type == "Eltwise":
+        params = dict(op=lp.eltwise_param.operation)
+    elif lp.type == "Interp":
+        ip = lp.interp_param
+        params = dict(shrink=ip.shrink_factor, zoom=ip.zoom_factor)
+    elif lp.type == "BatchNorm":
+        params = dict(eps=round(float(lp.batch_norm_param.eps), 9))
+    elif lp.type == "Scale":
+        params = dict(bias=lp.scale_param.bias_term)
+    return [lp.type, list(lp.bottom), list(lp.top), [[k, v] for k, v in sorted(params.items())],
+            [p.name for p in lp.param]]
+
+
+def layer_signatures(net: Any, kinds: tuple[str, ...] = COMPARED_KINDS) -> dict[str, list]:
+    """``{layer name: layer_signature}`` of ``net``'s layers of ``kinds``."""
+    return {lp.name: layer_signature(lp) for lp in net.layer if lp.type in kinds}
