@@ -141,3 +141,17 @@ def write_converted(args: argparse.Namespace, *, out: Path, inputs: Callable[[ar
         print(f"wrote {out} ({len(converted.state_dict)} tensors, {record['architecture']}{classes}) and "
               f"{provenance_path(out)}")
     return out
+
+
+def sync_readme_command(readme: Path, sync: Callable[..., bool], *, check: bool, stale: str) -> int:
+    """The README generators' ``--readme FILE [--check]``: ``sync(readme, check=check)``; exit 0, or 1 with
+    one ``error:`` line for an unreadable file, missing markers, or (``--check``) stale blocks (``stale``)."""
+    try:
+        current = sync(readme, check=check)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if check and not current:
+        print(f"error: {readme}: {stale}", file=sys.stderr)
+        return 1
+    return 0

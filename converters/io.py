@@ -65,6 +65,25 @@ def write_json_atomic(target: str | os.PathLike, record: Mapping[str, Any]) -> P
     return write_atomic(target, lambda p: p.write_text(text, encoding="utf-8"))
 
 
+def splice_marked(path: str | os.PathLike, blocks: Mapping[tuple[str, str], str], *, check: bool = False) -> bool:
+    """Put each text of ``blocks`` between its ``(start, end)`` marker lines of the file at ``path`` (the
+    generated README sections); with ``check`` write nothing. True if the file was already current;
+    ValueError naming the file if a marker is missing. The file is rewritten atomically."""
+    text = Path(path).read_text(encoding="utf-8")
+    new = text
+    for (start, end), body in blocks.items():
+        if start not in new or end not in new:
+            raise ValueError(f"{path}: the markers {start!r} and {end!r} are missing")
+        head, rest = new.split(start, 1)
+        _, tail = rest.split(end, 1)
+        new = f"{head}{start}\n\n{body}\n{end}{tail}"
+    if new == text:
+        return True
+    if not check:
+        write_atomic(path, lambda p: p.write_text(new, encoding="utf-8"))
+    return False
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """Hex SHA-256 of a file, read in 4 MiB chunks (constant memory)."""
     digest = hashlib.sha256()

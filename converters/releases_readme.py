@@ -16,6 +16,8 @@ if __name__ == "__main__" and not __package__:  # run as a file: re-run as `pyth
     import as_module
     as_module.rerun(__file__)
 
+from converters.cli import sync_readme_command
+from converters.io import splice_marked
 from converters.releases import (
     CAFFE_RELEASES,
     DATA_ROOT,
@@ -117,21 +119,7 @@ def markers(block: str) -> tuple[str, str]:
 
 def sync_readme(readme: str | Path, *, check: bool = False) -> bool:
     """Rewrite every generated block between its markers; with ``check`` only report. True if already current."""
-    path = Path(readme)
-    text = path.read_text(encoding="utf-8")
-    new = text
-    for block, render in BLOCKS.items():
-        start, end = markers(block)
-        if start not in new or end not in new:
-            raise ValueError(f"{path}: the markers {start!r} and {end!r} are missing")
-        head, rest = new.split(start, 1)
-        _, tail = rest.split(end, 1)
-        new = f"{head}{start}\n\n{render()}\n{end}{tail}"
-    if new == text:
-        return True
-    if not check:
-        path.write_text(new, encoding="utf-8")
-    return False
+    return splice_marked(readme, {markers(block): render() for block, render in BLOCKS.items()}, check=check)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,15 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         for block, render in BLOCKS.items():
             print(f"{markers(block)[0]}\n\n{render()}\n{markers(block)[1]}\n")
         return 0
-    try:
-        current = sync_readme(args.readme, check=args.check)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.check and not current:
-        print(f"error: {args.readme}: the release tables are stale; run {GENERATOR}", file=sys.stderr)
-        return 1
-    return 0
+    return sync_readme_command(args.readme, sync_readme, check=args.check,
+                               stale=f"the release tables are stale; run {GENERATOR}")
 
 
 if __name__ == "__main__":

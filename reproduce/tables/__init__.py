@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from converters.io import splice_marked
+
 __all__ = [
     "METRICS",
     "PublishedRow",
@@ -235,15 +237,4 @@ def sync_readme(readme: str | os.PathLike, *, check: bool = False) -> bool:
 
     Returns True when the README was already current.
     """
-    path = Path(readme)
-    text = path.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{path}: the markers {README_START!r} and {README_END!r} are missing")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    new = f"{head}{README_START}\n\n{render_published()}\n{README_END}{tail}"
-    if new == text:
-        return True
-    if not check:
-        path.write_text(new, encoding="utf-8")
-    return False
+    return splice_marked(readme, {(README_START, README_END): render_published()}, check=check)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from converters.cli import sync_readme_command
 from reproduce.tables import render_published, sync_readme
 
 
@@ -17,16 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme is None:
         print(render_published(), end="")
         return 0
-    try:
-        current = sync_readme(args.readme, check=args.check)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.check and not current:
-        print(f"{args.readme}: the published tables are stale; run python -m reproduce.tables --readme {args.readme}",
-              file=sys.stderr)
-        return 1
-    return 0
+    return sync_readme_command(args.readme, sync_readme, check=args.check,
+                               stale=f"the published tables are stale; run python -m reproduce.tables --readme "
+                               f"{args.readme}")
 
 
 if __name__ == "__main__":
