@@ -39,13 +39,33 @@ def test_script_smoke(script, tmp_path):
     print(f"{script}: {time.time() - start:.0f} s for both runs")
 
 
-def test_scripts_help_and_bad_arguments():
+def test_scripts_help_and_bad_arguments(tmp_path):
+    """Every wrapper, through bash, hands its arguments to ``python -m reproduce.recipe`` (a stand-in for
+    Python records them, one line each), and the recipe's main given exactly those arguments prints the
+    help / refuses the unknown flag; one wrapper runs end to end through the real interpreter too."""
+    from reproduce import recipe
+    from tests.inprocess import run_main
+
+    recorder = tmp_path / "python"
+    recorder.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    recorder.chmod(0o755)
     for script in SCRIPTS:
         path = REPO / "reproduce" / script
-        ok = subprocess.run(["bash", str(path), "--help"], capture_output=True, text=True, env={**os.environ, **PY})
-        assert ok.returncode == 0 and "--smoke" in ok.stdout and "Published" in ok.stdout
-        bad = subprocess.run(["bash", str(path), "--bogus"], capture_output=True, text=True, env={**os.environ, **PY})
-        assert bad.returncode == 2 and "unknown argument" in bad.stderr
+        for flag, code, stream, text in (("--help", 0, "stdout", "Published"), ("--bogus", 2, "stderr",
+                                                                                "unknown argument")):
+            passed = subprocess.run(["bash", str(path), flag], capture_output=True, text=True, check=True, cwd=tmp_path,
+                                    env={**os.environ, "PYTHON": str(recorder)}).stdout.splitlines()
+            assert passed[:2] == ["-m", "reproduce.recipe"] and passed[-1] == flag, (script, passed)
+            res = run_main(recipe.main, passed[2:])
+            assert res.returncode == code and text in getattr(res, stream), (script, flag, res)
+            if flag == "--help":
+                assert "--smoke" in res.stdout and f"reproduce/{script}" in res.stdout
+    ok = subprocess.run(["bash", str(REPO / "reproduce" / SCRIPTS[0]), "--help"], capture_output=True, text=True,
+                        env={**os.environ, **PY})
+    assert ok.returncode == 0 and "--smoke" in ok.stdout and "Published" in ok.stdout
+    bad = subprocess.run(["bash", str(REPO / "reproduce" / SCRIPTS[0]), "--bogus"], capture_output=True, text=True,
+                         env={**os.environ, **PY})
+    assert bad.returncode == 2 and "unknown argument" in bad.stderr
 
 
 def test_missing_weights_are_explained(tmp_path):
