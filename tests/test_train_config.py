@@ -89,18 +89,18 @@ def test_resume_check_covers_only_the_computation(tmp_path):
 
 
 def test_editing_a_comment_or_hint_in_a_file_keeps_resume(tmp_path):
+    """The command's main in-process (the exit 1 one-liner through the interpreter: the test above)."""
+    from reproduce.train import main
+    from tests.inprocess import run_main
+
     cfg = tiny_config("v2", iterations=2)
     path = write_config(tmp_path, cfg)
-    proc = subprocess.run([sys.executable, "-m", "reproduce.train", "--config", str(path), "--out",
-                           str(tmp_path / "run")], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = run_main(main, ["--config", path, "--out", tmp_path / "run"], cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     path.write_text("# a new comment\n" + path.read_text().replace("init:", "init:\n  how_to_get: elsewhere\n "))
-    again = subprocess.run([sys.executable, "-m", "reproduce.train", "--config", str(path), "--out",
-                            str(tmp_path / "run")], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    again = run_main(main, ["--config", path, "--out", tmp_path / "run"], cwd=REPO)
     assert again.returncode == 0 and "resuming" in again.stderr, again.stderr
-    bad = subprocess.run([sys.executable, "-m", "reproduce.train", "--config", str(path), "--out",
-                          str(tmp_path / "run"), "--set", "solver.base_lr=0.1"], cwd=REPO, env=ENV,
-                         capture_output=True, text=True, timeout=300)
+    bad = run_main(main, ["--config", path, "--out", tmp_path / "run", "--set", "solver.base_lr=0.1"], cwd=REPO)
     assert bad.returncode == 1 and "solver.base_lr" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
