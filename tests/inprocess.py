@@ -57,3 +57,15 @@ def run_main(main: Callable[[list[str]], int], args: Sequence[str], cwd: Path | 
         stdout = out_file.read().decode(errors="replace") + out_text.getvalue()
         stderr = err_file.read().decode(errors="replace") + err_text.getvalue()
     return subprocess.CompletedProcess([getattr(main, "__module__", "main"), *args], code, stdout, stderr)
+
+
+def wrapper_argv(script: Path, *args: str, workdir: Path) -> list[str]:
+    """The arguments a shell wrapper (``reproduce/*.sh``) hands to ``${PYTHON:-python}``: the wrapper runs
+    through bash with, as ``PYTHON``, a stand-in in ``workdir`` that prints its arguments one per line."""
+    recorder = Path(workdir) / "record-python-argv"
+    if not recorder.exists():
+        recorder.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+        recorder.chmod(0o755)
+    done = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, check=True, cwd=workdir,
+                          env={**os.environ, "PYTHON": str(recorder)})
+    return done.stdout.splitlines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -20,19 +21,30 @@ def _run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedPro
                           cwd=REPO, env=env, timeout=timeout)
 
 
+def _run_in_process(script: str, *args: str, workdir: Path) -> subprocess.CompletedProcess:
+    """What the wrapper hands Python (bash runs it with a recording stand-in), then the recipe's main on it."""
+    from reproduce import recipe
+    from tests.inprocess import run_main, wrapper_argv
+
+    argv = wrapper_argv(REPO / "reproduce" / script, *args, workdir=workdir)
+    assert argv[:2] == ["-m", "reproduce.recipe"] and argv[-len(args):] == list(args), argv
+    return run_main(recipe.main, argv[2:], cwd=REPO)
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_help(script: str) -> None:
-    proc = _run(script, "--help")
+def test_help(script: str, tmp_path: Path) -> None:
+    run = _run if script == SCRIPTS[0] else functools.partial(_run_in_process, workdir=tmp_path)  # one for real
+    proc = run(script, "--help")
     assert proc.returncode == 0
     for flag in ("--data-root", "--weights-dir", "--out", "--smoke"):
         assert flag in proc.stdout
-    assert _run(script, "--bogus").returncode == 2
+    assert run(script, "--bogus").returncode == 2
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_missing_inputs_are_explained_before_any_work(script: str, tmp_path: Path) -> None:
-    proc = _run(script, "--data-root", str(tmp_path / "nodata"), "--weights-dir", str(tmp_path), "--out",
-                str(tmp_path / "out"))
+    proc = _run_in_process(script, "--data-root", str(tmp_path / "nodata"), "--weights-dir", str(tmp_path), "--out",
+                           str(tmp_path / "out"), workdir=tmp_path)
     assert proc.returncode == 1
     assert "VOC 2012 not found" in proc.stderr and "VOCtrainval_11-May-2012.tar" in proc.stderr
     assert not (tmp_path / "out").exists()

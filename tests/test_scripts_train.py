@@ -44,17 +44,13 @@ def test_scripts_help_and_bad_arguments(tmp_path):
     Python records them, one line each), and the recipe's main given exactly those arguments prints the
     help / refuses the unknown flag; one wrapper runs end to end through the real interpreter too."""
     from reproduce import recipe
-    from tests.inprocess import run_main
+    from tests.inprocess import run_main, wrapper_argv
 
-    recorder = tmp_path / "python"
-    recorder.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
-    recorder.chmod(0o755)
     for script in SCRIPTS:
         path = REPO / "reproduce" / script
         for flag, code, stream, text in (("--help", 0, "stdout", "Published"), ("--bogus", 2, "stderr",
                                                                                 "unknown argument")):
-            passed = subprocess.run(["bash", str(path), flag], capture_output=True, text=True, check=True, cwd=tmp_path,
-                                    env={**os.environ, "PYTHON": str(recorder)}).stdout.splitlines()
+            passed = wrapper_argv(path, flag, workdir=tmp_path)
             assert passed[:2] == ["-m", "reproduce.recipe"] and passed[-1] == flag, (script, passed)
             res = run_main(recipe.main, passed[2:])
             assert res.returncode == code and text in getattr(res, stream), (script, flag, res)
