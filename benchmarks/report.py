@@ -187,6 +187,13 @@ def engine_records(groups) -> tuple[list[dict[str, Any]], list[dict[str, Any]], 
     return results, list(rows.values()), ceilings, runs
 
 
+def _estimate_note(est: dict[str, Any] | None) -> str:
+    if not est:
+        return ""
+    return (f"; its estimate for {est['rows']} rows: about {est['seconds'] / 60:.0f} min at the rates it measured "
+            f"(load average up to {est.get('loadavg_of_measured_rows')})")
+
+
 def _ms(r: dict[str, Any] | None) -> str:
     if r is None:
         return "–"
@@ -238,7 +245,8 @@ def engine_section(groups, out: Path | None = None, plots: list[str] | None = No
     for run in runs:
         env = run.get("environment") or {}
         parts.append(f"- run `{run['path'].name}`: load average at start {run.get('loadavg_at_start') or env.get('loadavg_at_start', '–')}, "
-                     f"at end {run.get('loadavg_at_end', '–')}, {run.get('rounds', '?')} rounds\n")
+                     f"at end {run.get('loadavg_at_end', '–')}, {run.get('rounds', '?')} rounds"
+                     + _estimate_note(run.get("estimate_full_table")) + "\n")
     row_of = {(r["model"], tuple(r["size"])): r for r in rows}
     by_point: dict[tuple, dict[str, dict]] = defaultdict(dict)
     ext_by_point: dict[tuple, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
