@@ -376,7 +376,7 @@ def _plot_engine(by_point, ext_by_point, out: Path) -> list[str]:
                     "ours eager": by_point.get((ours, size), {}).get("eager"),
                     "ours engine": by_point.get((ours, size), {}).get("engine"),
                     "ours compile": by_point.get((ours, size), {}).get("compile")}
-            peer_rows.append((f"{spec.split(':')[-1]} vs {ours} {_size(list(size))}",
+            peer_rows.append((f"{spec.split(':')[-1]}\nvs {ours} {_size(list(size))}",
                               {k: r["latency"]["median_s"] * 1e3 for k, r in vals.items() if r and r.get("status") == "ok"}))
     if peer_rows:
         keys = ["peer NCHW", "peer channels_last", "ours eager", "ours engine", "ours compile"]
