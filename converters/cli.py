@@ -155,3 +155,18 @@ def sync_readme_command(readme: Path, sync: Callable[..., bool], *, check: bool,
         print(f"error: {readme}: {stale}", file=sys.stderr)
         return 1
     return 0
+
+
+def write_weights_streamed(specs: Sequence[Any], produce: Callable[[str], Any], out: Path,
+                           record: dict[str, Any]) -> None:
+    """Like :func:`write_weights`, but the tensors of ``specs`` (``converters.streaming.TensorSpec``) are
+    asked for one at a time with ``produce(key)`` and written as they come (``converters.streaming``)."""
+    from converters.streaming import write_state_dict_streamed
+
+    write_state_dict_streamed(out, specs, produce)
+    try:
+        record.setdefault("weights", {})["sha256"] = sha256_file(out)
+        write_json_atomic(provenance_path(out), record)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise

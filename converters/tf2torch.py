@@ -17,8 +17,9 @@ output_stride=...)`` (DeepLab releases), plus a provenance JSON beside it (sourc
 and sizes, release, architecture, conversion steps, preprocessing contract). Optimizer slots,
 ``global_step`` and EMA copies are ignored. For a release, the checkpoint must hold exactly the
 variables of ``converters/manifests/<release>.json`` (plus ignorable ones).
-The conversion itself is ``converters.tf.convert.convert_tf_checkpoint`` (weights and provenance in
-memory); this command adds the output path and the file write.
+The conversion itself is ``converters.tf.convert.write_tf_checkpoint``: every check runs on the
+checkpoint's index first, then each tensor is read, laid out and written into the output in turn, so
+the checkpoint is never held in memory; this command adds the output path.
 Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error, 130 interrupted.
 """
 
@@ -33,10 +34,19 @@ if __name__ == "__main__" and not __package__:  # run as a file: re-run as `pyth
 import argparse
 from pathlib import Path
 
-from converters.cli import run_main, write_converted
-from converters.io import WEIGHT_SUFFIXES
+from converters.cli import run_main
+from converters.errors import ConversionError
+from converters.io import WEIGHT_SUFFIXES, check_outputs_spare_inputs, provenance_path
 from converters.releases import TF_MODELS_URL, TF_RELEASES, TFRelease
-from converters.tf.convert import STEPS, Converted, convert_tf_checkpoint, find_checkpoint, source_files, tf_archs
+from converters.tf.convert import (
+    STEPS,
+    Converted,
+    convert_tf_checkpoint,
+    find_checkpoint,
+    source_files,
+    tf_archs,
+    write_tf_checkpoint,
+)
 
 __all__ = ["STEPS", "build_parser", "check_usage", "convert", "default_output", "inputs", "main", "run"]
 
@@ -76,10 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- conversion
+def conversion_options(args: argparse.Namespace, *, tool: str = "converters/tf2torch.py") -> dict:
+    """The keyword arguments of ``converters.tf.convert.open_tf_conversion`` that ``args`` ask for."""
+    return {"release": args.dataset, "arch": args.arch, "num_classes": args.num_classes,
+            "output_stride": args.output_stride, "verify": not args.no_verify, "tool": tool}
+
+
 def convert(args: argparse.Namespace, *, tool: str = "converters/tf2torch.py") -> Converted:
-    """The conversion ``args`` ask for, in memory (shared with tf2keras.py)."""
-    return convert_tf_checkpoint(args.checkpoint, release=args.dataset, arch=args.arch, num_classes=args.num_classes,
-                                 output_stride=args.output_stride, verify=not args.no_verify, tool=tool)
+    """The conversion ``args`` ask for, in memory."""
+    return convert_tf_checkpoint(args.checkpoint, **conversion_options(args, tool=tool))
 
 
 def _release(args: argparse.Namespace) -> TFRelease | None:
@@ -103,7 +118,19 @@ def inputs(args: argparse.Namespace) -> list[Path]:
 
 def run(args: argparse.Namespace) -> Path:
     """Convert as ``args`` say; return the weights path. Raises ConversionError for bad input."""
-    return write_converted(args, out=default_output(args), inputs=inputs, convert=convert)
+    out = default_output(args)
+    if out.suffix not in WEIGHT_SUFFIXES:
+        raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
+    check_outputs_spare_inputs([out, provenance_path(out)], inputs(args))
+    from converters.streaming import return_freed_buffers_to_the_os
+
+    return_freed_buffers_to_the_os()  # this process only streams tensors from here on: keep the peak at one
+    record = write_tf_checkpoint(out, args.checkpoint, **conversion_options(args))
+    if not args.quiet:
+        classes = f", {record['num_classes']} classes" if record["num_classes"] else ""
+        print(f"wrote {out} ({record['weights']['tensors']} tensors, {record['architecture']}{classes}) and "
+              f"{provenance_path(out)}")
+    return out
 
 
 def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

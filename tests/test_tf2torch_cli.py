@@ -385,14 +385,20 @@ def test_interrupted_write_leaves_no_output(release_ckpt, tmp_path: Path, monkey
     out = tmp_path / "w" / "w.pth"
     out.parent.mkdir()
 
-    def interrupted(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
-        raise KeyboardInterrupt
+    from converters.tf.convert import TFConversion
 
-    monkeypatch.setattr(torch, "save", interrupted)
+    read = TFConversion.array
+    calls = []
+
+    def interrupted(self, key):  # Ctrl-C mid-stream: some tensors are already in the temporary file
+        calls.append(key)
+        if len(calls) == 20:
+            raise KeyboardInterrupt
+        return read(self, key)
+
+    monkeypatch.setattr(TFConversion, "array", interrupted)
     assert tf2torch.main(["--dataset", SMALL, "--checkpoint", str(prefix), "--out", str(out), "--quiet"]) == 130
-    assert only_outputs(out.parent) == []
+    assert len(calls) == 20 and only_outputs(out.parent) == []
     monkeypatch.undo()
     monkeypatch.setattr(converters.cli, "write_json_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     capsys.readouterr()

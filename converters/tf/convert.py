@@ -4,19 +4,23 @@ Pipeline: open the checkpoint (``reader``) -> check the architecture's scope and
 its manifest -> ignore non-model variables and rename (``rules``) -> layouts -> checks (nothing
 left over, nothing missing, shapes equal) -> strict ``load_state_dict``.
 
-Memory: the reference model is built on the ``meta`` device (no weights allocated) and the
-tensors are read one at a time, laid out and kept as the state dict's only copy, which the
-model then takes over (``load_state_dict(..., assign=True)``): peak memory is the converted
-weights plus one tensor in flight, not three copies of the checkpoint.
+Memory: the reference model is built on the ``meta`` device (no weights allocated) and the whole
+state dict is planned and checked from the checkpoint's index (names, shapes, dtypes) before any
+value is read (:func:`open_tf_conversion`). Writing a file (:func:`write_tf_checkpoint`, what
+``tf2torch.py`` runs) then reads one tensor, lays it out, writes it into the output and drops it
+(``converters.streaming``): peak memory is one tensor plus buffers, never the checkpoint. The
+in-memory result (:func:`convert_tf_checkpoint`, for the Keras writers and the Python API) holds
+the converted weights once, which the model takes over (``load_state_dict(..., assign=True)``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,22 +163,53 @@ class Converted:
         return self.provenance["num_classes"]
 
 
-class _LazyArrays(Mapping):
-    """The checkpoint's non-ignored variables as a read-on-access mapping (one tensor in memory at a time)."""
+class TFConversion:
+    """An open checkpoint whose conversion is planned and checked: :attr:`plan` lists every state-dict
+    entry (key, TF variable, shape, dtype) in the model's order; :meth:`tensor` reads and lays out one.
 
-    def __init__(self, ckpt, names: list[str]) -> None:
-        self._ckpt, self._names = ckpt, names
+    Made by :func:`open_tf_conversion`; valid while its ``with`` block is open (the files are open).
+    """
 
-    def __getitem__(self, name: str):
-        if name not in self._names:
-            raise KeyError(name)
-        return self._ckpt.read(name)
+    def __init__(self, ckpt, plan: list, model: Any, provenance: dict[str, Any], source_layer: dict[str, str],
+                 prefix: Path) -> None:
+        self._ckpt = ckpt
+        self.plan = plan
+        self._by_key = {entry.key: entry for entry in plan}
+        self.model = model
+        self.provenance = provenance
+        self.source_layer = source_layer
+        self.prefix = prefix
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
+    @property
+    def num_classes(self) -> int | None:
+        return self.provenance["num_classes"]
 
-    def __len__(self) -> int:
-        return len(self._names)
+    def specs(self) -> list:
+        """The plan as ``converters.streaming.TensorSpec`` (what the streaming writers take)."""
+        from converters.streaming import TensorSpec
+
+        return [TensorSpec(e.key, e.shape, e.dtype) for e in self.plan]
+
+    def tensor(self, key: str):
+        """State-dict entry ``key`` as a new contiguous torch tensor, read from the checkpoint now (its
+        CRC-32C checked unless verification is off); nothing is cached."""
+        from converters.tf.rules import planned_tensor
+
+        entry = self._by_key[key]
+        return planned_tensor(entry, self._ckpt.read(entry.tf_name) if entry.tf_name else None)
+
+    def array(self, key: str):
+        """State-dict entry ``key`` as a numpy array read now, laid out as a view where the layout is a
+        transpose (what the streaming writers take: they copy it to the file in chunks)."""
+        from converters.tf.rules import planned_array
+
+        entry = self._by_key[key]
+        return planned_array(entry, self._ckpt.read(entry.tf_name) if entry.tf_name else None)
+
+    def tensors(self) -> Iterator[tuple[str, Any]]:
+        """``(key, tensor)`` for every entry, in the plan's order, one read at a time."""
+        for entry in self.plan:
+            yield entry.key, self.tensor(entry.key)
 
 
 def find_checkpoint(checkpoint: str | os.PathLike | None, release: TFRelease | None) -> Path:
@@ -206,7 +241,8 @@ def load_with(arch: str, kind: str, num_classes: int | None, output_stride: int)
     return f"reference_models.build_model({arch!r}, num_classes={num_classes}, output_stride={output_stride})"
 
 
-def convert_tf_checkpoint(
+@contextlib.contextmanager
+def open_tf_conversion(
     checkpoint: str | os.PathLike | None = None,
     *,
     release: str | TFRelease | None = None,
@@ -215,23 +251,25 @@ def convert_tf_checkpoint(
     output_stride: int | None = None,
     verify: bool = True,
     tool: str = TOOL,
-) -> Converted:
-    """Convert a TF(-slim) / DeepLab-TF checkpoint into the weights of a reference model, in memory.
+) -> Iterator[TFConversion]:
+    """Open a TF(-slim) / DeepLab-TF checkpoint and check and plan its conversion into the weights of a
+    reference model, reading no tensor value; yields a :class:`TFConversion` (closed on exit).
 
     ``release``: an official release (name or record): its default location, architecture, class
     count and output stride, and its manifest is checked. ``checkpoint``: a checkpoint prefix (or V1
     file, ``*.index``, or a folder with one checkpoint), required without ``release``; ``arch``: a
     TF-ported backbone or DeepLab v3/v3+ model, required without ``release``. ``num_classes``
     defaults to the release's or the checkpoint's ``logits/semantic``; ``output_stride`` to the
-    release's (else 16). ``verify``: check every tensor's CRC-32C (as TensorFlow does on restore). Bad input raises :class:`ConversionError` naming the file and, where one
-    exists, the TF variable.
+    release's (else 16). ``verify``: check every tensor's CRC-32C as it is read (as TensorFlow does
+    on restore). Bad input raises :class:`ConversionError` naming the file and, where one exists,
+    the TF variable; every check but the CRC-32C ones happens before the ``with`` body runs.
     """
     import torch
 
     from converters.io import sha256_file
     from converters.provenance import provenance_record
     from converters.tf.reader import open_checkpoint
-    from converters.tf.rules import ignore_reason, tf_arrays_to_state_dict
+    from converters.tf.rules import ignore_reason, map_tf_names, plan_state_dict
     from reference_models import build_backbone, build_model
     from reference_models.preprocessing import preprocessing_for
 
@@ -280,37 +318,65 @@ def convert_tf_checkpoint(
         names = ckpt.names()
         ignored = Counter(ignore_reason(n) for n in names if ignore_reason(n) is not None)
         wanted = [n for n in names if ignore_reason(n) is None]
-        state_dict = tf_arrays_to_state_dict(_LazyArrays(ckpt, wanted), model, path=path)
-        model.load_state_dict(state_dict, strict=True, assign=True)  # the model takes these tensors, no copy
-        format_version = ckpt.format_version
+        plan = plan_state_dict({n: ckpt.shape(n) for n in wanted}, model, path=path)
+        # load_state_dict_strict, on the meta model: keys, shapes and dtypes, before any value is read
+        model.load_state_dict({e.key: torch.empty(e.shape, dtype=e.dtype, device="meta") for e in plan},
+                              strict=True, assign=True)
+        _, source_layer = map_tf_names(wanted, model, path=path)
+        files = source_files(prefix)
+        source = {
+            "checkpoint": prefix.name,
+            "format": f"V{ckpt.format_version}",
+            "files": [{"file": f.name, "sha256": sha256_file(f), "size_bytes": f.stat().st_size} for f in files],
+            "official_url": release.url if release else None,
+            "published_sha256": release.sha256 if release else None,
+            "tf_variables": len(names),
+            "crc32c_verified": verify,
+            "ignored": dict(sorted(ignored.items())),
+            "manifest": f"converters/manifests/{release.name}.json" if manifest else None,
+        }
+        preprocessing = release.preprocessing if release else preprocessing_for(arch)
+        deeplab = release.deeplab_preprocessing if release else None
+        record = provenance_record(
+            tool=tool,
+            steps=[s for s in STEPS if manifest or s != "check_manifest"],
+            architecture=arch,
+            num_classes=num_classes,
+            load_with=load_with(arch, kind, num_classes, output_stride),
+            source=source,
+            release=release.name if release else None,
+            model={"kind": kind, "output_stride": output_stride},
+            preprocessing=preprocessing,
+            extra={"deeplab_preprocessing": deeplab.to_dict() if deeplab else None},
+        )
+        yield TFConversion(ckpt, plan, model, record, source_layer, prefix)
 
-    from converters.tf.rules import map_tf_names
 
-    _, source_layer = map_tf_names(wanted, model, path=path)
-    files = source_files(prefix)
-    source = {
-        "checkpoint": prefix.name,
-        "format": f"V{format_version}",
-        "files": [{"file": f.name, "sha256": sha256_file(f), "size_bytes": f.stat().st_size} for f in files],
-        "official_url": release.url if release else None,
-        "published_sha256": release.sha256 if release else None,
-        "tf_variables": len(names),
-        "crc32c_verified": verify,
-        "ignored": dict(sorted(ignored.items())),
-        "manifest": f"converters/manifests/{release.name}.json" if manifest else None,
-    }
-    preprocessing = release.preprocessing if release else preprocessing_for(arch)
-    deeplab = release.deeplab_preprocessing if release else None
-    record = provenance_record(
-        tool=tool,
-        steps=[s for s in STEPS if manifest or s != "check_manifest"],
-        architecture=arch,
-        num_classes=num_classes,
-        load_with=load_with(arch, kind, num_classes, output_stride),
-        source=source,
-        release=release.name if release else None,
-        model={"kind": kind, "output_stride": output_stride},
-        preprocessing=preprocessing,
-        extra={"deeplab_preprocessing": deeplab.to_dict() if deeplab else None},
-    )
-    return Converted(state_dict=state_dict, model=model, provenance=record, source_layer=source_layer, prefix=prefix)
+def convert_tf_checkpoint(checkpoint: str | os.PathLike | None = None, **kwargs: Any) -> Converted:
+    """Convert a TF(-slim) / DeepLab-TF checkpoint into the weights of a reference model, in memory (the
+    arguments of :func:`open_tf_conversion`): the state dict holds the converted weights once, and the
+    returned model holds the same tensors. To write a file, :func:`write_tf_checkpoint` streams instead."""
+    with open_tf_conversion(checkpoint, **kwargs) as conversion:
+        state_dict = dict(conversion.tensors())
+    model = conversion.model
+    model.load_state_dict(state_dict, strict=True, assign=True)  # the model takes these tensors, no copy
+    return Converted(state_dict=state_dict, model=model, provenance=conversion.provenance,
+                     source_layer=conversion.source_layer, prefix=conversion.prefix)
+
+
+def write_tf_checkpoint(out: str | os.PathLike, checkpoint: str | os.PathLike | None = None, **kwargs: Any
+                        ) -> dict[str, Any]:
+    """Convert (the arguments of :func:`open_tf_conversion`) straight into the weights file ``out``
+    (``.pth`` or ``.safetensors``) and its provenance JSON beside it; returns the provenance record.
+
+    Tensors are read, laid out and written one at a time (``converters.streaming``), so the checkpoint
+    is never held in memory. The write is atomic: on a bad tensor (CRC-32C mismatch, named in the
+    error), an error or Ctrl-C, neither the weights nor the provenance file is left behind.
+    """
+    from converters.cli import write_weights_streamed
+
+    out = Path(out)
+    with open_tf_conversion(checkpoint, **kwargs) as conversion:
+        record = {**conversion.provenance, "weights": {"file": out.name, "tensors": len(conversion.plan)}}
+        write_weights_streamed(conversion.specs(), conversion.array, out, record)
+    return record

@@ -263,9 +263,9 @@ def _snappy_decompress(data: bytes) -> bytes:
     return bytes(out)
 
 
-def _read_block(buf: bytes, offset: int, size: int, *, check: bool = True) -> bytes:
+def _read_block(buf: bytes | memoryview, offset: int, size: int, *, check: bool = True) -> bytes | memoryview:
     """Return the contents of the block at ``[offset, offset + size)``, decompressed and, unless
-    ``check`` is false, checked against its CRC-32C."""
+    ``check`` is false, checked against its CRC-32C (a view, not a copy, when ``buf`` is a memoryview)."""
     end = offset + size
     if end + _TRAILER_SIZE > len(buf):
         raise _Corrupt("block runs past the end of the file (truncated?)")
@@ -380,14 +380,17 @@ class _V1Table:
         if self._handle is None:
             self._handle = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         self._handle.seek(offset)
-        raw = self._handle.read(size + _TRAILER_SIZE)
-        if size > self._CACHE_LIMIT:  # one big record: find it without keeping the block
+        if size > self._CACHE_LIMIT:  # one big record: find it without keeping or copying the block
+            raw = bytearray(size + _TRAILER_SIZE)  # writable: a float record's values are read in place
+            if self._handle.readinto(raw) != len(raw):
+                raise _Corrupt("data block runs past the end of the file (truncated?)")
             found = None
-            for entry_key, value in _block_entries(_read_block(raw, 0, size, check=check)):
+            for entry_key, value in _block_entries(_read_block(memoryview(raw), 0, size, check=check)):
                 if entry_key == key:
                     found = value
                     break
             return found
+        raw = self._handle.read(size + _TRAILER_SIZE)
         entries = dict(_block_entries(_read_block(raw, 0, size, check=check)))
         self._cached = (offset, entries)
         return entries.get(key)
@@ -841,8 +844,14 @@ class TFCheckpoint:
             value = table.get(entry.key, (entry.offset, entry.size), check=self.verify)
             if value is None:
                 raise _Corrupt(f"record of tensor {name!r} is missing from its block")
+            if entry.dtype == 1 and isinstance(value, memoryview):  # a big float record: its values in place
+                floats = _packed_float_values(value)
+                if floats is not None and floats.size == prod(entry.shape):
+                    return floats.reshape(entry.shape)
             proto = load_messages("tensor_bundle")["tensorflow.SavedTensorSlices"].FromString(value).data.data
+            del value  # the block read (a view of it, for a big record): the message holds the values now
             array = _tensor_proto_values(proto, entry.dtype, dtype)
+            del proto
         except _Corrupt as exc:
             raise ConversionError(table.path, str(exc)) from None
         except DecodeError as exc:
@@ -897,6 +906,61 @@ _V1_FIELDS: dict[int, tuple[str, np.dtype]] = {
     22: ("uint32_val", np.dtype(np.uint32)),
     23: ("uint64_val", np.dtype(np.uint64)),
 }
+
+
+def _proto_fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """(field number, wire type, value) of one serialized protobuf message; a length-delimited value is a
+    view of ``buf``. Raises _Corrupt on anything malformed."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        tag, pos = _varint(buf, pos)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > end:
+                raise _Corrupt("bad length")
+            value, pos = buf[pos : pos + length], pos + length
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            if pos + size > end:
+                raise _Corrupt("bad fixed field")
+            value, pos = int.from_bytes(buf[pos : pos + size], "little"), pos + size
+        else:
+            raise _Corrupt("unsupported wire type")
+        yield field, wire, value
+
+
+def _packed_float_values(record: memoryview) -> np.ndarray | None:
+    """The values of a V1 record (``SavedTensorSlices``) holding a float tensor as ONE packed ``float_val``
+    field, as a float32 array viewing ``record`` (no copy); None for any other layout (the caller then
+    decodes the record with protobuf). Spares the decoded message and its copy for big tensors.
+
+    Path: ``SavedTensorSlices.data`` (2) -> ``SavedSlice.data`` (3) -> ``TensorProto.float_val`` (5).
+    """
+    try:
+        def only(buf: memoryview, number: int) -> memoryview | None:
+            found = [v for f, w, v in _proto_fields(buf) if f == number and w == 2]
+            return found[0] if len(found) == 1 else None
+
+        saved_slice = only(record, 2)
+        tensor = only(saved_slice, 3) if saved_slice is not None else None
+        if tensor is None:
+            return None
+        values = None
+        for field, wire, value in _proto_fields(tensor):
+            if field == 1 and (wire != 0 or value != 1):  # dtype must be DT_FLOAT
+                return None
+            if field == 4 or field >= 6 or (field == 5 and (wire != 2 or values is not None)):
+                return None  # tensor_content, other value fields, or float_val split in parts
+            if field == 5:
+                values = value
+        if values is None or len(values) % 4:
+            return None
+        return np.frombuffer(values, dtype="<f4").astype(np.float32, copy=False)
+    except _Corrupt:
+        return None
 
 
 def _tensor_proto_values(proto, code: int, dtype: np.dtype) -> np.ndarray:

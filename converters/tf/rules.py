@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from os import PathLike
 
 import numpy as np
@@ -29,11 +30,16 @@ from converters.errors import ConversionError
 
 __all__ = [
     "IGNORE_RULES",
+    "PlannedTensor",
     "depthwise_to_oihw",
     "hwio_to_oihw",
     "ignore_reason",
+    "layout_shape",
     "load_tf_arrays",
     "map_tf_names",
+    "plan_state_dict",
+    "planned_array",
+    "planned_tensor",
     "rename_rules",
     "tf_arrays_to_state_dict",
     "tf_name_to_key",
@@ -165,42 +171,92 @@ def map_tf_names(
     return forward, reverse
 
 
+def layout_shape(tf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape :func:`_layout` gives a TF variable of ``shape`` (known from the index, before reading)."""
+    shape = tuple(shape)
+    if tf_name.endswith("/depthwise_weights") and len(shape) == 4:
+        h, w, c, m = shape
+        return (c * m, 1, h, w)
+    if tf_name.endswith("/weights") and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    if tf_name.endswith("/weights") and len(shape) == 2:
+        return (shape[1], shape[0])
+    return shape
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One entry of the state dict to produce: its key, the TF variable it comes from (None for the
+    ``num_batches_tracked`` counters TF lacks, which are 0), and its shape and dtype after layout."""
+
+    key: str
+    tf_name: str | None
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def plan_state_dict(
+    shapes: Mapping[str, tuple[int, ...]],
+    model: nn.Module,
+    *,
+    path: str | PathLike | None = None,
+) -> list[PlannedTensor]:
+    """Check the TF variables ``{name: shape}`` against ``model`` and plan its complete state dict, in the
+    model's ``state_dict()`` order, without reading any value.
+
+    Contract: every non-ignored TF variable maps to exactly one parameter/buffer of ``model`` with an
+    equal shape after the layout step, and every parameter/buffer is produced. Otherwise raises
+    ``ConversionError(path, problem, layer=<TF variable name>)``.
+    """
+    forward, reverse = map_tf_names(list(shapes), model, path=path)
+    expected = model.state_dict()
+    for tf_name, key in forward.items():
+        if key not in expected:
+            raise ConversionError(path, f"no parameter '{key}' in {type(model).__name__} (unconverted)", layer=tf_name)
+        shape = layout_shape(tf_name, shapes[tf_name])
+        if shape != tuple(expected[key].shape):
+            raise ConversionError(
+                path, f"shape {shape} (after layout) != {tuple(expected[key].shape)} of '{key}'", layer=tf_name
+            )
+    plan = []
+    for key, value in expected.items():
+        if key in reverse:
+            plan.append(PlannedTensor(key, reverse[key], tuple(value.shape), value.dtype))
+        elif key.endswith("num_batches_tracked"):
+            plan.append(PlannedTensor(key, None, tuple(value.shape), value.dtype))
+        else:
+            raise ConversionError(path, f"missing: nothing maps to '{key}'", layer=None)
+    return plan
+
+
+def planned_array(entry: PlannedTensor, array: np.ndarray | None) -> np.ndarray:
+    """The state-dict value of ``entry`` from its TF variable's value (None for a counter), laid out as a
+    view of ``array`` where the layout is a transpose (no copy: a streaming writer copies it in chunks)."""
+    if entry.tf_name is None:
+        return np.zeros(entry.shape, dtype=torch.empty((), dtype=entry.dtype).numpy().dtype)
+    out = _layout(entry.tf_name, np.asarray(array))
+    if tuple(out.shape) != entry.shape:  # the index promised this shape; the reader checks sizes against it
+        raise ConversionError(None, f"shape {tuple(out.shape)} != {entry.shape} of '{entry.key}'", layer=entry.tf_name)
+    wanted = torch.empty((), dtype=entry.dtype).numpy().dtype
+    return out if out.dtype == wanted else out.astype(wanted)
+
+
+def planned_tensor(entry: PlannedTensor, array: np.ndarray | None) -> torch.Tensor:
+    """:func:`planned_array` as a contiguous torch tensor (one copy of ``array`` at most: the layout)."""
+    return torch.from_numpy(np.ascontiguousarray(planned_array(entry, array)))
+
+
 def tf_arrays_to_state_dict(
     named_arrays: Mapping[str, np.ndarray],
     model: nn.Module,
     *,
     path: str | PathLike | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Convert TF variables to a complete state dict for ``model`` (float32, our layouts).
-
-    Contract: every non-ignored TF variable maps to exactly one parameter/buffer of ``model``
-    with an equal shape after the layout step, and every parameter/buffer is produced
-    (``num_batches_tracked`` counters, which TF lacks, are set to 0). Otherwise raises
-    ``ConversionError(path, problem, layer=<TF variable name>)``.
-    """
-    forward, reverse = map_tf_names(list(named_arrays), model, path=path)
-    expected = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    for tf_name, key in forward.items():
-        if key not in expected:
-            raise ConversionError(path, f"no parameter '{key}' in {type(model).__name__} (unconverted)", layer=tf_name)
-        array = _layout(tf_name, np.asarray(named_arrays[tf_name]))
-        if tuple(array.shape) != tuple(expected[key].shape):
-            raise ConversionError(
-                path,
-                f"shape {tuple(array.shape)} (after layout) != {tuple(expected[key].shape)} of '{key}'",
-                layer=tf_name,
-            )
-        out[key] = torch.from_numpy(np.ascontiguousarray(array)).to(expected[key].dtype)
-    for key, value in expected.items():
-        if key in out:
-            continue
-        if key.endswith("num_batches_tracked"):
-            out[key] = torch.zeros(value.shape, dtype=value.dtype)  # not zeros_like: the model may be on "meta"
-            continue
-        raise ConversionError(path, f"missing: nothing maps to '{key}'", layer=None)
-    assert len(out) == len(expected) and reverse.keys() <= out.keys()
-    return out
+    """Convert in-memory TF variables to a complete state dict for ``model`` (float32, our layouts), with
+    the checks of :func:`plan_state_dict` (``num_batches_tracked`` counters, which TF lacks, are set to 0)."""
+    shapes = {name: tuple(np.shape(value)) for name, value in named_arrays.items() if ignore_reason(name) is None}
+    plan = plan_state_dict(shapes, model, path=path)
+    return {e.key: planned_tensor(e, named_arrays[e.tf_name] if e.tf_name else None) for e in plan}
 
 
 def load_tf_arrays(
