@@ -269,9 +269,10 @@ def run_stream_benchmark(workdir: Path, cases: list[str], *, threads: int | None
         out[case] = {"release": release, "format": fmt, "momentum_slots": momentum, "size_bytes": size,
                      "size_mib": round(size / MIB, 1), "largest_tensor_bytes": largest,
                      "reused": info.get("reused"), "runs": runs,
-                     # the floor alone: is <= 1.5x reachable at all for this file?
+                     # is <= 1.5x reachable at all for this file? the floor plus one tensor is the least a stream holds
                      "imports_over_file_size": round(imports.peak_rss_bytes / size, 3),
-                     "limit_reachable": imports.peak_rss_bytes <= STREAM_LIMIT * size}
+                     "imports_plus_largest_tensor_over_file_size": round((imports.peak_rss_bytes + largest) / size, 3),
+                     "limit_reachable": imports.peak_rss_bytes + largest <= STREAM_LIMIT * size}
     return {
         "benchmark": "TF conversion streamed into the output: whole-process peak RSS per checkpoint",
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -298,9 +299,9 @@ def format_stream_table(record: dict[str, Any]) -> str:
     for case, c in record["cases"].items():
         fmt = c["format"] + (" + Momentum" if c["momentum_slots"] else "")
         for label, r in c["runs"].items():
-            verdict = "met" if r["met"] else ("not reachable: the imports alone are "
-                                              f"{c['imports_over_file_size']}x" if not c["limit_reachable"]
-                                              else "NOT met")
+            verdict = "met" if r["met"] else ("NOT met; out of reach: the imports plus one tensor are "
+                                              f"{c['imports_plus_largest_tensor_over_file_size']}x"
+                                              if not c["limit_reachable"] else "NOT met")
             lines.append(f"| {case} (`{c['release']}`) | {fmt} | {c['size_mib']} | {label} | {r['seconds']:.1f} | "
                          f"{r['peak_rss_mib']} | {r['rss_over_file_size']:.2f}x | {r['rss_above_imports_mib']} | "
                          f"{r['rss_above_imports_over_file_size']:.3f}x | {r['rss_above_imports_over_largest_tensor']}x "

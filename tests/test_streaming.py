@@ -140,18 +140,19 @@ RELEASE = "resnet_v1_50_2016_08_28"  # ~98 MiB of float32: big enough that holdi
 
 @pytest.fixture(scope="module")
 def resnet_ckpt(tmp_path_factory) -> tuple[Path, int, int]:
-    """(prefix, checkpoint bytes, largest converted tensor's bytes): the release's variables, written
-    without TensorFlow in the V2 layout (cheap constant values; the CRC-32C of each tensor is real)."""
+    """(prefix, checkpoint bytes, largest converted tensor's bytes, values): the release's variables, written
+    without TensorFlow in the V2 layout (cheap distinct values; the CRC-32C of each tensor is real)."""
     from converters.releases import TF_RELEASES
     from converters.tf.rules import ignore_reason
     from tests.fuzzing import write_v2_checkpoint
 
     variables = json.loads(TF_RELEASES[RELEASE].manifest_path.read_text())["variables"]
-    values = {n: np.full(s, 0.5 + i * 1e-3, dtype=np.float32) for i, (n, s) in enumerate(sorted(variables.items()))}
+    values = {n: (np.arange(int(np.prod(s)), dtype=np.float32) * np.float32(1e-3) + i).reshape(s)
+              for i, (n, s) in enumerate(sorted(variables.items()))}
     prefix = write_v2_checkpoint(tmp_path_factory.mktemp("r50") / "model.ckpt", values)
     size = sum(p.stat().st_size for p in prefix.parent.iterdir())
     largest = max(v.nbytes for n, v in values.items() if ignore_reason(n) is None)
-    return prefix, size, largest
+    return prefix, size, largest, values
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -163,7 +164,7 @@ def test_tf_conversion_holds_one_tensor_at_a_time(resnet_ckpt, tmp_path: Path, s
     from converters.io import load_state_dict
     from converters.tf.convert import TFConversion
 
-    prefix, size, largest = resnet_ckpt
+    prefix, size, largest, values = resnet_ckpt
     read = TFConversion.array
     alive: set[int] = set()
     most = 0
@@ -192,4 +193,18 @@ def test_tf_conversion_holds_one_tensor_at_a_time(resnet_ckpt, tmp_path: Path, s
     assert peak < bound, f"traced peak {peak / MIB:.1f} MiB; the checkpoint is {size / MIB:.1f} MiB"
     state = load_state_dict(out)
     assert len(state) == json.loads(out.with_suffix(".json").read_text())["weights"]["tensors"]
-    assert torch.equal(state["conv1.weight"], torch.full((64, 3, 7, 7), state["conv1.weight"].flatten()[0].item()))
+    # every tensor equals the in-memory conversion, byte for byte; a few against the values written, laid out
+    # here with numpy (conv kernels HWIO -> OIHW), independently of the converter's rules
+    from converters.tf.convert import convert_tf_checkpoint
+
+    in_memory = convert_tf_checkpoint(prefix, release=RELEASE).state_dict
+    assert sorted(state) == sorted(in_memory)
+    for key, value in in_memory.items():
+        assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+    for tf_name, key in (("resnet_v1_50/conv1/weights", "conv1.weight"),
+                         ("resnet_v1_50/block4/unit_3/bottleneck_v1/conv2/weights", "block4.unit_3.conv2.weight"),
+                         ("resnet_v1_50/block1/unit_1/bottleneck_v1/conv1/BatchNorm/moving_mean",
+                          "block1.unit_1.conv1.bn.running_mean")):
+        array = values[tf_name]
+        expected = array.transpose(3, 2, 0, 1) if array.ndim == 4 else array
+        assert torch.equal(state[key], torch.from_numpy(np.ascontiguousarray(expected))), key

@@ -243,7 +243,8 @@ def planned_array(entry: PlannedTensor, array: np.ndarray | None) -> np.ndarray:
 
 def planned_tensor(entry: PlannedTensor, array: np.ndarray | None) -> torch.Tensor:
     """:func:`planned_array` as a contiguous torch tensor (one copy of ``array`` at most: the layout)."""
-    return torch.from_numpy(np.ascontiguousarray(planned_array(entry, array)))
+    out = planned_array(entry, array)
+    return torch.from_numpy(out if out.flags.c_contiguous else np.ascontiguousarray(out))  # keeps 0-d as 0-d
 
 
 def tf_arrays_to_state_dict(
