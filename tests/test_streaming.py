@@ -208,3 +208,33 @@ def test_tf_conversion_holds_one_tensor_at_a_time(resnet_ckpt, tmp_path: Path, s
         array = values[tf_name]
         expected = array.transpose(3, 2, 0, 1) if array.ndim == 4 else array
         assert torch.equal(state[key], torch.from_numpy(np.ascontiguousarray(expected))), key
+
+
+def test_crc_mismatch_mid_stream_leaves_nothing(tmp_path: Path, capsys) -> None:
+    """A corrupt tensor late in the stream (many already written): one line naming it, exit 1, no file left."""
+    from converters import tf2torch
+    from converters.releases import TF_RELEASES
+    from converters.tf.reader import open_checkpoint
+    from tests.fuzzing import write_v2_checkpoint
+
+    release = "deeplabv3_mnv2_pascal_train_aug_2018_01_29"
+    variables = json.loads(TF_RELEASES[release].manifest_path.read_text())["variables"]
+    values = {n: np.full(s, 0.25, dtype=np.float32) for n, s in variables.items()}
+    src = tmp_path / "src"
+    src.mkdir()
+    prefix = write_v2_checkpoint(src / "model.ckpt", values)
+    name = "logits/semantic/weights"  # the model's last parameter: every other tensor is written before it
+    with open_checkpoint(prefix) as ckpt:
+        entry = ckpt._entries[name]
+    shard = src / "model.ckpt.data-00000-of-00001"
+    data = bytearray(shard.read_bytes())
+    data[entry.offset + entry.size // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for suffix in (".pth", ".safetensors"):
+        out = out_dir / f"w{suffix}"
+        capsys.readouterr()
+        assert tf2torch.main(["--dataset", release, "--checkpoint", str(prefix), "--out", str(out), "--quiet"]) == 1
+        assert capsys.readouterr().err == f"error: {shard}: CRC-32C mismatch in tensor '{name}' (corrupt data shard)\n"
+        assert list(out_dir.iterdir()) == []  # no weights, no provenance, no temporary file
