@@ -385,6 +385,12 @@ def run_image(lm: LoadedModel, image_rgb: np.ndarray, config: InferenceConfig) -
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
 COMPILE_MIN_IMAGES = 300  # compile="auto" pays back from here (a compile costs ~30-90 s; it saves ~0.1-0.3 s/image)
+CACHE_DIR_ENV = "DEEPLAB_INDUCTOR_CACHE_DIR"
+# Inductor settings of ``Segmenter(compile=True)``. Freezing: weights become constants, folded and laid out
+# once for inference. oneDNN weight prepacking is off: prepacked weights are mkldnn tensors, which inductor's
+# FX graph cache cannot pickle, so with it every process compiles from scratch; without it a second process
+# loads the compiled graph from the cache (benchmarks/reports/msc-compile-2026-12-01: start-up and speed).
+COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "cpp.weight_prepack": False}
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -399,6 +405,42 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise InferenceError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
+
+
+def inductor_cache_dir() -> Path:
+    """Where compiled graphs and kernels are kept across runs (per user, survives a reboot).
+
+    ``$DEEPLAB_INDUCTOR_CACHE_DIR``; else ``$TORCHINDUCTOR_CACHE_DIR`` when the user set it (torch's own
+    default, a folder in the temporary directory, does not count); else
+    ``$XDG_CACHE_HOME/deeplab-repro/inductor`` (``~/.cache/deeplab-repro/inductor``).
+    """
+    ours = os.environ.get(CACHE_DIR_ENV)
+    if ours:
+        return Path(ours).expanduser()
+    theirs = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if theirs:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        if os.path.abspath(theirs) != os.path.abspath(default_cache_dir()):
+            return Path(theirs).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "deeplab-repro" / "inductor"
+
+
+def use_inductor_cache_dir() -> Path:
+    """Point inductor's on-disk cache at :func:`inductor_cache_dir` (created); returns the folder."""
+    folder = inductor_cache_dir().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InferenceError(f"{folder}: cannot create the compile cache folder ({e.strerror or e}); "
+                             f"set {CACHE_DIR_ENV} to a writable folder") from None
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(folder):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+        from torch._inductor.utils import clear_caches
+
+        clear_caches()  # inductor memoises paths under the previous folder
+    return folder
 
 
 def cpu_flags() -> set[str]:
@@ -576,6 +618,7 @@ class Segmenter:
         self.net = net.to(memory_format=self._format)
         self._compile_request = compile
         self.compiled = False
+        self.cache_dir: Path | None = None  # inductor's on-disk cache, once compiled
         self._fn: Any = self.net
         if compile is True:
             self.enable_compile()
@@ -600,10 +643,8 @@ class Segmenter:
         """Compile the fused model with inductor and weight freezing (idempotent)."""
         if self.compiled:
             return
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = True  # weights become constants: folded and laid out once for inference
-        self._fn = torch.compile(self.net, backend="inductor", dynamic=False)
+        self.cache_dir = use_inductor_cache_dir()
+        self._fn = torch.compile(self.net, backend="inductor", dynamic=False, options=dict(COMPILE_OPTIONS))
         self.compiled = True
 
     # ---- running
@@ -632,6 +673,7 @@ class Segmenter:
         """The engine's settings, for result files and logs."""
         return {"device": str(self.device), "precision": self.precision, "precision_reason": self.precision_reason,
                 "memory_format": self.memory_format, "batchnorm_folded": self.fused, "compiled": self.compiled,
+                "compile_cache": None if self.cache_dir is None else str(self.cache_dir),
                 "torch_threads": torch.get_num_threads()}
 
     def summary(self) -> str:
