@@ -75,7 +75,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- eager
-def eager_part(sizes: list[int], rounds: int, log) -> list[dict[str, Any]]:
+def eager_part(sizes: list[int], rounds: int, log, only: list[str] | None = None) -> list[dict[str, Any]]:
     from reference_models.caffe_ops import caffe_resize, scaled_size
 
     engine = _engine(MODEL)
@@ -113,6 +113,9 @@ def eager_part(sizes: list[int], rounds: int, log) -> list[dict[str, Any]]:
         "flip pair: two calls": lambda x: (net(x), net(x.flip(-1).contiguous(memory_format=cl))),
         "flip pair: one batch of 2": lambda x: net(torch.cat([x, x.flip(-1)]).contiguous(memory_format=cl)),
     }
+    if only:
+        variants = {k: v for k, v in variants.items() if k.startswith(("sequential (", "flip pair: two"))
+                    or any(word in k for word in only)}
     rows = []
     for size in sizes:
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size)).contiguous(memory_format=cl)
@@ -256,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="whole,branch", help="compile graphs: whole and/or branch")
     p.add_argument("--freezing", default="on,noprepack,off",
                    help="inductor freezing: on, noprepack (freezing without oneDNN weight prepacking), off")
+    p.add_argument("--variants", default="", help="eager part: only the variants whose names contain one of "
+                   "these comma-separated words (the baselines always run); default all")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default %(default)s)")
     p.add_argument("--out", type=Path, help="folder for results.json and results.md")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -283,7 +288,7 @@ def run(args: argparse.Namespace) -> None:
     record: dict[str, Any] = {"schema": 1, "argv": sys.argv[1:], "environment": environment()}
     if args.part in ("eager", "both"):
         log("eager MSC variants")
-        record["eager"] = eager_part(sizes, args.rounds, log)
+        record["eager"] = eager_part(sizes, args.rounds, log, [w for w in args.variants.split(",") if w])
     if args.part in ("compile", "both"):
         log("compile processes")
         record["compile"] = compile_part(args.model, sizes, modes, freezings, args.repeats, args.threads, log)

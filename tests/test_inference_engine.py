@@ -163,3 +163,38 @@ def test_foreign_weight_files_are_named_never_unpickled(tmp_path: Path, kind: st
     message = str(info.value)
     assert expect in message and "\n" not in message and str(path) in message
     assert "weights_only=False" not in message and "caffe2torch" in message
+
+
+@pytest.mark.parametrize("name, size, scales", [("deeplabv2_tiny_msc", 57, (1.0,)),
+                                                ("deeplabv3plus_tiny", 49, (0.75, 1.0))])
+def test_flip_pair_runs_as_one_batch_with_the_numbers_of_two_calls(name: str, size: int, scales) -> None:
+    """The engine runs an image and its mirror as a batch of 2; probabilities equal two separate calls."""
+    from reproduce.inference import predict_probs, scale_dimension
+
+    torch.manual_seed(5)
+    model = build_model(name, num_classes=4)
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        _randomize_bn(model)
+    engine = Segmenter.from_module(model, device="cpu", precision="fp32")
+    batches = []
+    inner = engine.lm.runner
+    engine.lm.runner = lambda t: (batches.append(t.shape[0]), inner(t))[1]
+    x = torch.randn(1, 3, size, size)
+    config = InferenceConfig(protocol="whole", scales=scales, flip=True)
+    probs = predict_probs(engine.lm, x, config, (size - 3, size - 2))
+    assert batches == [2] * len(scales)
+    expected = 0
+    with torch.inference_mode():
+        for s in scales:
+            xs = x if s == 1.0 else torch.nn.functional.interpolate(
+                x, size=(scale_dimension(size, s),) * 2, mode="bilinear", align_corners=True)
+            for flipped in (False, True):
+                out = model.eval()(xs.flip(-1) if flipped else xs)
+                if engine.lm.family == "deeplab_v3":
+                    grid = scale_dimension(size, max(1.0, s) / engine.lm.logits_stride)
+                    out = torch.nn.functional.interpolate(out, size=(grid, grid), mode="bilinear", align_corners=True)
+                out = torch.nn.functional.interpolate(out, size=(size, size), mode="bilinear", align_corners=True)
+                p = torch.softmax(out, dim=1)
+                expected = expected + (p.flip(-1) if flipped else p)
+    expected = (expected / (2 * len(scales)))[..., :size - 3, :size - 2]
+    torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)
