@@ -395,11 +395,13 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
 COMPILE_MIN_IMAGES = 300  # compile="auto" pays back from here (a compile costs ~30-90 s; it saves ~0.1-0.3 s/image)
 CACHE_DIR_ENV = "DEEPLAB_INDUCTOR_CACHE_DIR"
-# Inductor settings of ``Segmenter(compile=True)``. Freezing: weights become constants, folded and laid out
-# once for inference. oneDNN weight prepacking is off: prepacked weights are mkldnn tensors, which inductor's
-# FX graph cache cannot pickle, so with it every process compiles from scratch; without it a second process
-# loads the compiled graph from the cache (benchmarks/reports/msc-compile-2026-12-01: start-up and speed).
-COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "cpp.weight_prepack": False}
+# Inductor settings of ``Segmenter(compile=True)``: freezing (weights become constants, folded and laid out once
+# for inference) with oneDNN weight prepacking on a CPU. torch 2.13's FX graph cache cannot pickle prepacked
+# (mkldnn) weights, so on a CPU a new process compiles the graph again (the C++ kernels it builds are reused from
+# the cache folder); with "cpp.weight_prepack": False a second process loads the whole graph from the cache
+# (benchmarks/reports/msc-compile-2026-12-01 has the start-up times). Compile is for long runs, where the
+# per-image speed counts, and the compiled speed-ups measured so far are with prepacking: it stays on.
+COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
