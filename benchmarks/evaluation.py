@@ -202,11 +202,42 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def _cpu_seconds(pids: list[int] = ()) -> float:
+    """CPU seconds (user + system) used so far by this process's threads, its reaped children and ``pids``."""
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def _autogroup() -> str | None:
+    """Linux's session autogroup of this process (``None`` where the kernel has none or it is off).
+
+    With autogroups on, every process of one session shares that session's CPU share: on a busy
+    machine, more worker processes do not get more CPU, so parallel speed-ups cannot show there.
+    """
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled", encoding="ascii") as fh:
+            if fh.read().strip() != "1":
+                return None
+        with open("/proc/self/autogroup", encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
 def _median(xs: list[float]) -> float:
     return float(np.median(np.asarray(xs, dtype=np.float64)))
 
 
-def eval_pipeline_throughput(*, model: str = "deeplabv3plus_resnet101", images: int = 10, size: int = 513,
+def eval_pipeline_throughput(*, model: str = "deeplabv3plus_resnet101", images: int = 8, size: int = 513,
                              rounds: int = 3, num_classes: int = 21, image_sizes: tuple[int, int] = (375, 501),
                              decode_modes: tuple[str, ...] = ("inline", "thread", "processes"),
                              crf_max_workers: int | None = None, crf_eval_workers: int | None = None,
@@ -280,40 +311,49 @@ def eval_pipeline_throughput(*, model: str = "deeplabv3plus_resnet101", images: 
         for lab, (_, label, _) in zip(reference, decoded):
             expected_crf.update(lab, label)
         seconds: dict[str, list[float]] = {"forward": []}
+        cpu: dict[str, list[float]] = {}
         checks: dict[str, bool] = {}
         try:
             for r in range(rounds):
                 log(f"  round {r + 1}/{rounds}: forward only")
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), _cpu_seconds()
                 for x in inputs:
                     engine.forward(x)
                 seconds["forward"].append(time.perf_counter() - t0)
+                cpu.setdefault("forward", []).append(_cpu_seconds() - c0)
+                log(f"    {images / seconds['forward'][-1]:.3f} images/s")
                 for mode in decode_modes:
                     log(f"  round {r + 1}/{rounds}: evaluate, decoding {mode}")
                     data = ev.build_eval_dataset("voc12", voc, "val", "pad", size)
                     options = ev.EvalOptions(config=config, progress=False, **DECODE_MODES[mode])
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), _cpu_seconds()
                     out = ev.evaluate(engine, data, options)
                     seconds.setdefault(f"eval[{mode}]", []).append(time.perf_counter() - t0)
+                    cpu.setdefault(f"eval[{mode}]", []).append(_cpu_seconds() - c0)
+                    log(f"    {images / seconds[f'eval[{mode}]'][-1]:.3f} images/s")
                     checks[f"eval[{mode}] matrix == sequential"] = checks.get(
                         f"eval[{mode}] matrix == sequential", True) and bool(
                         out["images"] == images and np.array_equal(out["plain"].matrix, expected_plain.matrix))
                 for n, pool in pools.items():
                     log(f"  round {r + 1}/{rounds}: CRF alone, {n} worker(s)")
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), _cpu_seconds(pool.worker_pids())
                     for (image, _, _), p in zip(decoded, probs):
                         pool.submit(image, p)
                     labels = list(pool.drain())
                     seconds.setdefault(f"crf[{n}]", []).append(time.perf_counter() - t0)
+                    cpu.setdefault(f"crf[{n}]", []).append(_cpu_seconds(pool.worker_pids()) - c0)
+                    log(f"    {images / seconds[f'crf[{n}]'][-1]:.3f} images/s")
                     checks[f"crf[{n}] labels == in-process"] = checks.get(f"crf[{n}] labels == in-process", True) and (
                         len(labels) == images and all(np.array_equal(a, b) for a, b in zip(labels, reference)))
                 if crf:
                     log(f"  round {r + 1}/{rounds}: evaluate + CRF ({eval_workers} worker(s))")
                     data = ev.build_eval_dataset("voc12", voc, "val", "pad", size)
                     options = ev.EvalOptions(config=config, progress=False, crf=True, crf_workers=eval_workers)
-                    t0 = time.perf_counter()
-                    out = ev.evaluate(engine, data, options)
+                    t0, c0 = time.perf_counter(), _cpu_seconds()
+                    out = ev.evaluate(engine, data, options)  # its pool's workers are reaped when it returns
                     seconds.setdefault("eval_crf", []).append(time.perf_counter() - t0)
+                    cpu.setdefault("eval_crf", []).append(_cpu_seconds() - c0)
+                    log(f"    {images / seconds['eval_crf'][-1]:.3f} images/s")
                     checks["eval_crf matrices == sequential"] = checks.get("eval_crf matrices == sequential", True) and (
                         np.array_equal(out["plain"].matrix, expected_plain.matrix)
                         and np.array_equal(out["crf"].matrix, expected_crf.matrix))
@@ -321,7 +361,8 @@ def eval_pipeline_throughput(*, model: str = "deeplabv3plus_resnet101", images: 
             for pool in pools.values():
                 pool.close()
     rates = {k: {"images_per_s": images / _median(v), "per_round_images_per_s": [images / x for x in v],
-                 "seconds": v} for k, v in seconds.items()}
+                 "seconds": v, "cpu_seconds": cpu[k], "cpu_seconds_per_image": _median(cpu[k]) / images,
+                 "cores_used": _median([c / w for c, w in zip(cpu[k], v)])} for k, v in seconds.items()}
     ratios: dict[str, Any] = {}
 
     def ratio(name: str, num: str, den: str, factor: float = 1.0, target: float | None = None) -> None:
@@ -336,12 +377,18 @@ def eval_pipeline_throughput(*, model: str = "deeplabv3plus_resnet101", images: 
     for n in pools:
         if n > 1:
             ratio(f"crf[{n}] / ({n} x crf[1])", f"crf[{n}]", "crf[1]", factor=n, target=0.80)
+            # CPU cost per image with N workers vs 1: what the N-worker speed-up is on N free cores
+            ratios[f"crf[{n}] CPU efficiency (CPU s per image at 1 worker / at {n})"] = {
+                "of_medians": rates["crf[1]"]["cpu_seconds_per_image"] / rates[f"crf[{n}]"]["cpu_seconds_per_image"],
+                "median_of_rounds": _median([a / b for a, b in zip(cpu["crf[1]"], cpu[f"crf[{n}]"])]),
+                "per_round": [a / b for a, b in zip(cpu["crf[1]"], cpu[f"crf[{n}]"])], "target": None}
     if crf:
         ratio(f"eval_crf / crf[{eval_workers}]", "eval_crf", f"crf[{eval_workers}]")
         ratio("eval_crf / forward", "eval_crf", "forward")
     record.update(rates=rates, ratios=ratios, checks=checks, crf_max_workers=max_workers,
                   crf_eval_workers=eval_workers, crf_params=crf_mod.RESNET101.to_dict() if crf else None,
-                  decode_modes={m: DECODE_MODES[m] for m in decode_modes}, loadavg_at_end=_loadavg())
+                  decode_modes={m: DECODE_MODES[m] for m in decode_modes}, loadavg_at_end=_loadavg(),
+                  autogroup=_autogroup())
     # the keys the eval suite has always reported
     record.update(forward_images_per_s=rates["forward"]["images_per_s"],
                   eval_images_per_s=rates[f"eval[{decode_modes[0]}]"]["images_per_s"] if decode_modes else None,
@@ -356,14 +403,18 @@ def format_pipeline(record: dict[str, Any]) -> str:
              f"images (JPEG + palette PNG, sides in {record['image_sizes']}), {record['rounds']} interleaved rounds; "
              f"engine: {record['engine']['precision']}, {record['engine']['memory_format']}, "
              f"{record['engine']['torch_threads']} torch threads",
-             "", "| stage | images/s (median) | per round |", "|---|---:|---|"]
+             "", "| stage | images/s (median) | per round | CPU s / image | cores used |", "|---|---:|---|---:|---:|"]
     for name, r in record["rates"].items():
         lines.append(f"| {name} | {r['images_per_s']:.3f} | "
-                     + ", ".join(f"{x:.3f}" for x in r["per_round_images_per_s"]) + " |")
+                     + ", ".join(f"{x:.3f}" for x in r["per_round_images_per_s"])
+                     + f" | {r['cpu_seconds_per_image']:.2f} | {r['cores_used']:.2f} |")
     lines += ["", "| ratio | of medians | median of rounds | target |", "|---|---:|---:|---:|"]
     for name, r in record["ratios"].items():
         target = "" if r["target"] is None else f">= {r['target']:.2f}"
         lines.append(f"| {name} | {r['of_medians']:.3f} | {r['median_of_rounds']:.3f} | {target} |")
+    if record.get("autogroup"):
+        lines += ["", f"Linux session autogroups are on ({record['autogroup']}): all processes of this run share one "
+                      "CPU share, so on a busy machine N workers get no more CPU than one (compare 'cores used')."]
     lines += ["", "| check | result |", "|---|---|"]
     lines += [f"| {k} | {'yes' if v else 'NO'} |" for k, v in record["checks"].items()]
     return "\n".join(lines) + "\n"
@@ -388,7 +439,7 @@ def build_parser() -> Any:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--model", default="deeplabv3plus_resnet101", help="registered model (default v3+ ResNet-101)")
     parser.add_argument("--size", type=int, default=513, help="pad size (default 513)")
-    parser.add_argument("--images", type=int, default=10, help="generated images (default 10)")
+    parser.add_argument("--images", type=int, default=8, help="generated images (default 8)")
     parser.add_argument("--image-sizes", default="375,501", help="image sides drawn from [LOW, HIGH) (default 375,501)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; rates are medians (default 3)")
     parser.add_argument("--decode", default=",".join(DECODE_MODES),
