@@ -181,10 +181,10 @@ def build_parser(name: str | None = None, recipe: Config | OfficialRecipe | None
     if not official or "amp" in recipe.options:
         p.add_argument("--amp", action="store_true", help="mixed precision (CUDA; training also channels-last)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto, cuda when available)")
-    p.add_argument("--workers", type=int, help="DataLoader workers (default: the config's for training, 2 for "
-                                               "evaluation)")
+    p.add_argument("--workers", type=int, help="DataLoader workers (default: the config's for training; for "
+                                               "evaluation a decoding thread, see reproduce.evaluate --workers)")
     if not official or "crf-workers" in recipe.options:
-        p.add_argument("--crf-workers", type=int, default=2, help="dense-CRF worker processes (default 2)")
+        p.add_argument("--crf-workers", type=int, help="dense-CRF worker processes (default: one per core)")
     p.add_argument("--smoke", action="store_true",
                    help=(recipe.smoke_help if official and recipe.smoke_help else
                          "generated miniature data + random-weight official-format source weights, 2 iterations "
@@ -225,7 +225,7 @@ def _source_present(rel: Any, source: Path) -> bool:
 
 
 def evaluate_variants(variants: Sequence[Any], ev: EvalCfg, *, weights: Path, model: str | None, root: Path,
-                      out: Path, device: str, workers: int, crf_workers: int | None, amp: bool, smoke_crop: int | None,
+                      out: Path, device: str, workers: int | None, crf_workers: int | None, amp: bool, smoke_crop: int | None,
                       step: Steps) -> list[Path]:
     from reproduce import evaluate
 
@@ -234,7 +234,9 @@ def evaluate_variants(variants: Sequence[Any], ev: EvalCfg, *, weights: Path, mo
         step(v.say or f"evaluating: {v.name}")
         argv = ["--weights", str(weights), "--dataset", ev.dataset, "--root", str(root), "--split", ev.split,
                 "--protocol", ev.protocol, "--crop-size", str(smoke_crop or ev.crop_size),
-                "--device", device, "--workers", str(workers), "--out", str(out / v.name)]
+                "--device", device, "--out", str(out / v.name)]
+        if workers is not None:
+            argv += ["--workers", str(workers)]
         if model:
             argv += ["--model", model]
         if v.output_stride:
@@ -385,7 +387,7 @@ def run_train_recipe(cfg: Config, args: argparse.Namespace) -> int:
         raise RecipeError(f"config {cfg.name} has no eval section")
     ev = apply_overrides(cfg, {"eval.dataset": ev.dataset or cfg.data.dataset}).eval
     dirs = evaluate_variants(variants, ev, weights=final, model=None, root=data, out=out,
-                             device=device, workers=2 if workers is None else workers,
+                             device=device, workers=workers,
                              crf_workers=args.crf_workers, amp=args.amp,
                              smoke_crop=cfg.smoke.eval_crop if args.smoke and cfg.smoke else None, step=steps)
     steps("report")
@@ -399,7 +401,7 @@ def run_official_recipe(rec: OfficialRecipe, args: argparse.Namespace) -> int:
 
     out: Path = args.out
     data_root, models_dir, device = args.data_root, args.models_dir, args.device
-    workers = 2 if args.workers is None else args.workers
+    workers = args.workers
     note, smoke_crop = "", None
     rel = find_release(rec.release)
     steps = Steps(3 + len(rec.eval.variants))
