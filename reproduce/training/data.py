@@ -27,7 +27,7 @@ from ..transforms import TrainTransform
 from .config import Config, ConfigError, parse_config
 
 __all__ = ["DeterministicBatchSampler", "AugmentedDataset", "Batch", "collate", "build_train_dataset",
-           "build_transform", "build_preprocessing", "build_loader", "TrainingDataError"]
+           "build_transform", "build_preprocessing", "build_loader", "TrainingDataError", "iteration_batches"]
 
 
 class TrainingDataError(ConfigError):
@@ -87,6 +87,26 @@ class Batch(NamedTuple):
     images: torch.Tensor
     labels: torch.Tensor
     skipped: tuple[str, ...]
+
+
+def iteration_batches(batches: Iterator[Any], accum: int, iteration: int, logger: Any,
+                      skipped: list) -> list[tuple[Any, Any]]:
+    """The ``accum`` micro-batches of (0-based) ``iteration`` from the loader's iterator, as (images, labels).
+
+    A sample the loader skipped as corrupt (``on_error: skip``) is written to ``logger`` and appended to
+    ``skipped``; a corrupt one with ``on_error: error`` raises :class:`TrainingDataError` naming the file.
+    """
+    micro = []
+    for _ in range(accum):
+        batch = next(batches)
+        if not isinstance(batch, Batch):
+            raise TrainingDataError(f"{batch.error} (iteration {iteration + 1}; set on_error: skip or pass "
+                                    "--on-error skip to skip corrupt samples and count them)")
+        micro.append((batch.images, batch.labels))
+        for problem in batch.skipped:
+            logger.write(f"skipped a corrupt sample: {problem}")
+            skipped.append(problem)
+    return micro
 
 
 class AugmentedDataset:

@@ -60,7 +60,7 @@ from converters.io import write_atomic, write_json_atomic
 
 from ..schedule import param_groups, poly_lr
 from .config import Config, ConfigError, changed_keys, init_weights_path, parse_config, to_dict, weights_hint
-from .data import Batch, TrainingDataError, build_loader, build_preprocessing, build_train_dataset
+from .data import build_loader, build_preprocessing, build_train_dataset, iteration_batches
 from .init_weights import build_model, load_init_weights
 
 __all__ = ["KerasTrainer", "keras_state_dict", "train_keras", "KERAS_LATEST"]
@@ -491,16 +491,7 @@ def train_keras(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, 
     t0 = time.time()
     for it in range(start, max_iter):
         lr = poly_lr(solver.base_lr, it, max_iter, solver.lr_power)
-        micro = []
-        for _ in range(solver.accum_steps):
-            batch = next(batches)
-            if not isinstance(batch, Batch):
-                raise TrainingDataError(f"{batch.error} (iteration {it + 1}; set on_error: skip or pass "
-                                        "--on-error skip to skip corrupt samples and count them)")
-            micro.append((batch.images, batch.labels))
-            for problem in batch.skipped:
-                logger.write(f"skipped a corrupt sample: {problem}")
-                state["skipped"].append(problem)
+        micro = iteration_batches(batches, solver.accum_steps, it, logger, state["skipped"])
         loss = trainer.step(micro, lr)
         done = it + 1
         log = done % cfg.log_every == 0 or done == max_iter

@@ -47,7 +47,7 @@ from ..checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_che
 from ..losses import SegmentationLoss
 from ..schedule import build_optimizer, poly_lr, set_lr
 from .config import Config, ConfigError, changed_keys, init_weights_path, parse_config, to_dict, weights_hint
-from .data import Batch, TrainingDataError, build_loader, build_preprocessing, build_train_dataset
+from .data import build_loader, build_preprocessing, build_train_dataset, iteration_batches
 from .distributed import Dist, convert_sync_bn, unwrap
 from .init_weights import build_model, load_init_weights, set_train_mode
 from .logging import Logger
@@ -303,16 +303,7 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
     skipped_before = len(state["skipped"])
     for it in range(start, max_iter):
         lr = poly_lr(solver.base_lr, it, max_iter, solver.lr_power)
-        micro = []
-        for _ in range(accum):
-            batch = next(batches)
-            if not isinstance(batch, Batch):
-                raise TrainingDataError(f"{batch.error} (iteration {it + 1}; set on_error: skip or pass "
-                                        "--on-error skip to skip corrupt samples and count them)")
-            micro.append((batch.images, batch.labels))
-            for problem in batch.skipped:
-                logger.write(f"skipped a corrupt sample: {problem}")
-                state["skipped"].append(problem)
+        micro = iteration_batches(batches, accum, it, logger, state["skipped"])
         result = train_step(net, micro, optimizer=optimizer, criterion=criterion, lr=lr, scaler=scaler, amp=amp,
                             channels_last=cfg.channels_last, dist_info=d, device=device)
         done = it + 1
