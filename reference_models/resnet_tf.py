@@ -41,6 +41,15 @@ def _subsample(x: torch.Tensor, stride: int) -> torch.Tensor:
     return x if stride == 1 else x[:, :, ::stride, ::stride]
 
 
+def _bottleneck_convs(in_channels: int, depth_bottleneck: int, *, stride: int, rate: int) -> tuple[nn.Module, nn.Module]:
+    """slim's ``conv1`` (1x1) and ``conv2`` (3x3, ``stride``, atrous ``rate``; ``conv2d_same`` padding), each
+    conv + BN + ReLU: the same in ``resnet_v1`` and ``resnet_v2`` bottlenecks."""
+    conv1 = Conv2dTF(in_channels, depth_bottleneck, 1, bn_eps=RESNET_BN_EPS, activation="relu")
+    conv2 = Conv2dTF(depth_bottleneck, depth_bottleneck, 3, stride=stride, dilation=rate, padding="explicit",
+                     bn_eps=RESNET_BN_EPS, activation="relu")
+    return conv1, conv2
+
+
 class BottleneckV1(nn.Module):
     """slim ``resnet_v1.bottleneck``: post-activation; ``relu(shortcut + BN(conv3))``."""
 
@@ -54,17 +63,7 @@ class BottleneckV1(nn.Module):
             if depth != in_channels
             else None
         )
-        self.conv1 = Conv2dTF(in_channels, depth_bottleneck, 1, bn_eps=eps, activation="relu")
-        self.conv2 = Conv2dTF(
-            depth_bottleneck,
-            depth_bottleneck,
-            3,
-            stride=stride,
-            dilation=rate,
-            padding="explicit",
-            bn_eps=eps,
-            activation="relu",
-        )
+        self.conv1, self.conv2 = _bottleneck_convs(in_channels, depth_bottleneck, stride=stride, rate=rate)
         self.conv3 = Conv2dTF(depth_bottleneck, depth, 1, bn_eps=eps, activation=None)
 
     def forward_with_tap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,17 +88,7 @@ class BottleneckV2(nn.Module):
         self.preact = BatchNormAct(in_channels, eps=eps, activation="relu")
         # normalizer_fn=None on shortcut/conv3 in slim, so these convs get biases.
         self.shortcut = Conv2dTF(in_channels, depth, 1, stride=stride, bias=True) if depth != in_channels else None
-        self.conv1 = Conv2dTF(in_channels, depth_bottleneck, 1, bn_eps=eps, activation="relu")
-        self.conv2 = Conv2dTF(
-            depth_bottleneck,
-            depth_bottleneck,
-            3,
-            stride=stride,
-            dilation=rate,
-            padding="explicit",
-            bn_eps=eps,
-            activation="relu",
-        )
+        self.conv1, self.conv2 = _bottleneck_convs(in_channels, depth_bottleneck, stride=stride, rate=rate)
         self.conv3 = Conv2dTF(depth_bottleneck, depth, 1, bias=True)
 
     def forward_with_tap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
