@@ -247,17 +247,8 @@ def _dataset_error():
 # -- caffemodel
 def _caffe_seed(folder: Path) -> None:
     from converters.caffe import synth
-    from converters.caffe.reader import caffe_pb
 
-    net = caffe_pb().NetParameter(name="seed")
-    net.input.append("data")
-    net.input_shape.add().dim.extend([1, 3, 9, 9])
-    conv = net.layer.add(name="conv1", type="Convolution", bottom=["data"], top=["conv1"])
-    conv.convolution_param.num_output = 4
-    conv.convolution_param.kernel_size.append(3)
-    net.layer.add(name="bn_conv1", type="BatchNorm", bottom=["conv1"], top=["conv1"])
-    sc = net.layer.add(name="scale_conv1", type="Scale", bottom=["conv1"], top=["conv1"])
-    sc.scale_param.bias_term = True
+    net = synth.small_net("seed")
     net.layer.add(name="conv1_relu", type="ReLU", bottom=["conv1"], top=["conv1"])
     conv2 = net.layer.add(name="fc1_voc12_c0", type="Convolution", bottom=["conv1"], top=["fc1"])
     conv2.convolution_param.num_output = 3

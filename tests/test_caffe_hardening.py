@@ -15,18 +15,7 @@ from converters.errors import ConversionError
 
 
 def _small_net(with_scale: bool = True):
-    pb = caffe_pb()
-    net = pb.NetParameter(name="small")
-    net.input.append("data")
-    net.input_shape.add().dim.extend([1, 3, 9, 9])
-    conv = net.layer.add(name="conv1", type="Convolution", bottom=["data"], top=["conv1"])
-    conv.convolution_param.num_output = 4
-    conv.convolution_param.kernel_size.append(3)
-    net.layer.add(name="bn_conv1", type="BatchNorm", bottom=["conv1"], top=["conv1"])
-    if with_scale:
-        sc = net.layer.add(name="scale_conv1", type="Scale", bottom=["conv1"], top=["conv1"])
-        sc.scale_param.bias_term = True
-    return net
+    return synth.small_net(scale="scale_conv1" if with_scale else None)
 
 
 def _layer_record(lp, blobs) -> bytes:

@@ -15,18 +15,8 @@ from tests.conftest import REPO
 
 
 def _small_net():
-    """conv(bias) -> BatchNorm -> Scale -> pool: small, every kind of blob."""
-    pb = caffe_pb()
-    net = pb.NetParameter(name="small")
-    net.input.append("data")
-    net.input_shape.add().dim.extend([1, 3, 9, 9])
-    conv = net.layer.add(name="conv", type="Convolution", bottom=["data"], top=["conv"])
-    conv.convolution_param.num_output = 4
-    conv.convolution_param.kernel_size.append(3)
-    net.layer.add(name="bn", type="BatchNorm", bottom=["conv"], top=["conv"])
-    sc = net.layer.add(name="scale", type="Scale", bottom=["conv"], top=["conv"])
-    sc.scale_param.bias_term = True
-    return net
+    """conv(bias) -> BatchNorm -> Scale: small, every kind of blob."""
+    return synth.small_net(conv="conv", bn="bn", scale="scale")
 
 
 @pytest.mark.parametrize("legacy_shape,double", [(False, False), (True, False), (False, True), (True, True)])

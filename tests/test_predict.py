@@ -15,21 +15,26 @@ from reproduce.palette import voc_palette
 from reproduce.synthetic import image_from_label, random_label, save_jpeg
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """Random DeepLab v2 ResNet-101 weights with a provenance JSON naming the architecture."""
+def _random_weights(path: Path, arch: str, preprocessing, seed: int) -> Path:
+    """Random 21-class ``arch`` weights at ``path`` with a provenance JSON naming the architecture."""
     import json
 
     from converters.io import save_state_dict
     from reference_models import build_model
+
+    torch.manual_seed(seed)
+    save_state_dict(build_model(arch, num_classes=21).state_dict(), path)
+    path.with_suffix(".json").write_text(json.dumps({"architecture": arch, "num_classes": 21,
+                                                     "preprocessing": preprocessing.to_dict()}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """Random DeepLab v2 ResNet-101 weights with a provenance JSON naming the architecture."""
     from reference_models.preprocessing import CAFFE_DEEPLAB_V2
 
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("w") / "v2.pth"
-    save_state_dict(build_model("deeplabv2_resnet101", num_classes=21).state_dict(), path)
-    path.with_suffix(".json").write_text(json.dumps({"architecture": "deeplabv2_resnet101", "num_classes": 21,
-                                                     "preprocessing": CAFFE_DEEPLAB_V2.to_dict()}))
-    return path
+    return _random_weights(tmp_path_factory.mktemp("w") / "v2.pth", "deeplabv2_resnet101", CAFFE_DEEPLAB_V2, 1)
 
 
 @pytest.fixture(scope="module")
@@ -110,18 +115,9 @@ def test_errors_are_one_line(weights, tmp_path, capsys, what, message) -> None:
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
     """Random tiny DeepLab v3+ weights with a provenance JSON (fast enough for video tests)."""
-    import json
-
-    from converters.io import save_state_dict
-    from reference_models import build_model
     from reference_models.preprocessing import DEEPLAB_TF_UNIT_RANGE
 
-    torch.manual_seed(2)
-    path = tmp_path_factory.mktemp("tw") / "tiny.pth"
-    save_state_dict(build_model("deeplabv3plus_tiny", num_classes=21).state_dict(), path)
-    path.with_suffix(".json").write_text(json.dumps({"architecture": "deeplabv3plus_tiny", "num_classes": 21,
-                                                     "preprocessing": DEEPLAB_TF_UNIT_RANGE.to_dict()}))
-    return path
+    return _random_weights(tmp_path_factory.mktemp("tw") / "tiny.pth", "deeplabv3plus_tiny", DEEPLAB_TF_UNIT_RANGE, 2)
 
 
 def _folder_with_truncated_jpeg(root: Path) -> Path:

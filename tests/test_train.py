@@ -62,6 +62,24 @@ def run_cli(config: Path, out: Path, *extra: str, check: bool = True) -> subproc
     return proc
 
 
+def kill_training(config: Path, out: Path, *, after: int) -> None:
+    """Start ``reproduce.train`` and SIGKILL it once its checkpoint records ``after`` or more iterations."""
+    cmd = [sys.executable, "-m", "reproduce.train", "--config", str(config), "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            latest = out / "latest.json"
+            if latest.is_file() and json.loads(latest.read_text())["iteration"] >= after:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
 def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
     sa, sb = load_state_dict(a), load_state_dict(b)
     assert sa.keys() == sb.keys()
@@ -79,20 +97,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     run_cli(config, tmp_path / "straight")
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "reproduce.train", "--config", str(config), "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            latest = out / "latest.json"
-            if latest.is_file() and json.loads(latest.read_text())["iteration"] >= 4:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_training(config, out, after=4)
     assert not (out / "final.pth").exists()
     killed_at = json.loads((out / "latest.json").read_text())["iteration"]
     assert 4 <= killed_at < 24
@@ -253,19 +258,7 @@ def test_eval_every_keeps_best_and_last_through_sigkill(tmp_path):
     assert_same_weights(straight / "final.pth", tmp_path / "plain" / "final.pth")
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "reproduce.train", "--config", str(config), "--out", str(out)],
-                            cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            latest = out / "latest.json"
-            if latest.is_file() and json.loads(latest.read_text())["iteration"] >= 10:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_training(config, out, after=10)
     assert (out / "best.pth").is_file() and not (out / "final.pth").exists()
     ckpt = torch.load(out / json.loads((out / "latest.json").read_text())["file"], weights_only=False)
     assert ckpt["best"] is not None and ckpt["best"]["iteration"] <= ckpt["iteration"]

@@ -26,13 +26,12 @@ keras = pytest.importorskip("keras")
 
 from converters.io import load_state_dict  # noqa: E402
 from reproduce import train as T  # noqa: E402
-from reproduce.metrics import ConfusionMatrix  # noqa: E402
 from reproduce.schedule import poly_lr, set_lr  # noqa: E402
-from reproduce.shapes import ShapesDataset  # noqa: E402
 from reproduce.training import ConfigError, build_criterion, build_solver, train_step  # noqa: E402
 from reproduce.training.data import build_loader  # noqa: E402
 from reproduce.training.keras_loop import KerasTrainer, train_keras  # noqa: E402
 from tests.test_train import REPO  # noqa: E402
+from tests.test_train_learning import held_out_scores  # noqa: E402
 
 TINY = REPO / "reproduce" / "configs" / "deeplabv3plus_tiny-shapes-64.yaml"
 RTOL = 1e-4
@@ -188,17 +187,7 @@ def test_interrupted_run_resumes_bit_identical_and_loads_in_both_frameworks(tmp_
 def test_tiny_model_learns_shapes_in_keras(tmp_path):
     cfg = T.apply_overrides(T.load_config(TINY), {"progress": False, "tensorboard": False})
     final = train_keras(cfg, tmp_path / "run")
-    model = T.build_model(cfg)
-    model.load_state_dict(load_state_dict(final))  # trained in Keras, evaluated in PyTorch
-    model.eval()
-    pre = T.build_preprocessing(cfg)
-    held_out = ShapesDataset(length=100, seed=12345, size=64, num_classes=4)  # training used seed 0
-    cm = ConfusionMatrix(4)
-    with torch.no_grad():
-        for i in range(len(held_out)):
-            image, label, _ = held_out[i]
-            cm.update(model.predict(pre.apply(image))[0], torch.from_numpy(label))
-    scores = cm.compute()
+    scores = held_out_scores(cfg, final)  # trained in Keras, evaluated in PyTorch
     assert scores["miou"] >= 0.9, scores
 
 

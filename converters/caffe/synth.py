@@ -96,6 +96,25 @@ def _bn_scale_blobs(bn_blobs: list[np.ndarray], last_in_branch: bool, rng: np.ra
     return [gamma.astype(np.float32), beta.astype(np.float32)]
 
 
+def small_net(name: str = "small", *, conv: str = "conv1", bn: str = "bn_conv1",
+              scale: str | None = "scale_conv1") -> Any:
+    """The smallest net with every kind of Caffe blob: a 1x3x9x9 input, layer ``conv`` (3x3, 4 outputs,
+    bias), ``bn`` (BatchNorm) and, unless ``scale`` is None, ``scale`` (Scale with bias), all in place.
+    For tests and fuzzing seeds; fill it with :func:`write_caffemodel`."""
+    from converters.caffe.reader import caffe_pb
+
+    net = caffe_pb().NetParameter(name=name)
+    net.input.append("data")
+    net.input_shape.add().dim.extend([1, 3, 9, 9])
+    layer = net.layer.add(name=conv, type="Convolution", bottom=["data"], top=[conv])
+    layer.convolution_param.num_output = 4
+    layer.convolution_param.kernel_size.append(3)
+    net.layer.add(name=bn, type="BatchNorm", bottom=[conv], top=[conv])
+    if scale is not None:
+        net.layer.add(name=scale, type="Scale", bottom=[conv], top=[conv]).scale_param.bias_term = True
+    return net
+
+
 def write_caffemodel(net: Any, path: str | os.PathLike, *, seed: int = 0, legacy_shape: bool = False,
                      double: bool = False, v1: bool = False,
                      mutate: Callable[[Any, list[np.ndarray]], list[np.ndarray]] | None = None) -> Path:
