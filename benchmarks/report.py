@@ -346,10 +346,7 @@ def _plot_engine(by_point, ext_by_point, out: Path) -> list[str]:
            if v.get("eager", {}).get("status") == "ok"]
     if not pts:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(9, 0.3 * len(pts) + 1.8))
     y = range(len(pts))
@@ -365,10 +362,7 @@ def _plot_engine(by_point, ext_by_point, out: Path) -> list[str]:
     ax.set_title("Inference engine vs plain eager, batch 1")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "engine_ratios.png", dpi=110)
-    plt.close(fig)
-    written = ["engine_ratios.png"]
+    written = [_save(fig, out / "engine_ratios.png")]
     peer_rows = []
     for (ours, size), peers in sorted(ext_by_point.items()):
         for spec, pv in sorted(peers.items()):
@@ -392,10 +386,7 @@ def _plot_engine(by_point, ext_by_point, out: Path) -> list[str]:
         ax.set_title("Ours beside the peers' own code")
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(axis="x", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "engine_vs_peers.png", dpi=110)
-        plt.close(fig)
-        written.append("engine_vs_peers.png")
+        written.append(_save(fig, out / "engine_vs_peers.png"))
     return written
 
 
@@ -497,11 +488,28 @@ def _speedups(ok: list[dict]) -> str:
         ["model", "device", "size", "batch", "compile", "bf16", "channels_last", "best variant"], rows, "lllrlrrr")
 
 
-def _plot_inference(ok: list[dict], out: Path) -> list[str]:
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported when a plot is drawn: reports need no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    """Lay out, write (110 dpi) and close ``fig``; return the file name (for the report's list of plots)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _plot_inference(ok: list[dict], out: Path) -> list[str]:
+    plt = _pyplot()
 
     written = []
     models = sorted({(r["model"], r["device"]) for r in ok})
@@ -530,10 +538,7 @@ def _plot_inference(ok: list[dict], out: Path) -> list[str]:
     for ax in list(axes.flat)[len(models):]:
         ax.axis("off")
     fig.suptitle("Inference latency vs input size (error bar: IQR)")
-    fig.tight_layout()
-    fig.savefig(out / "inference_latency_vs_size.png", dpi=110)
-    plt.close(fig)
-    written.append("inference_latency_vs_size.png")
+    written.append(_save(fig, out / "inference_latency_vs_size.png"))
 
     # throughput vs batch, when more than one batch size was measured
     if len({r["batch"] for r in ok}) > 1:
@@ -549,10 +554,7 @@ def _plot_inference(ok: list[dict], out: Path) -> list[str]:
         ax.set_title("Inference throughput vs batch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "inference_throughput_vs_batch.png", dpi=110)
-        plt.close(fig)
-        written.append("inference_throughput_vs_batch.png")
+        written.append(_save(fig, out / "inference_throughput_vs_batch.png"))
 
     # fraction of the ceiling
     pts = [r for r in ok if r.get("ceiling_fraction") is not None]
@@ -568,10 +570,7 @@ def _plot_inference(ok: list[dict], out: Path) -> list[str]:
         ax.set_xlabel("% of the same-dtype matmul ceiling (blue fp32, orange bf16/fp16)")
         ax.set_title("Achieved fraction of the measured ceiling")
         ax.grid(axis="x", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "inference_ceiling_fraction.png", dpi=110)
-        plt.close(fig)
-        written.append("inference_ceiling_fraction.png")
+        written.append(_save(fig, out / "inference_ceiling_fraction.png"))
     return written
 
 
@@ -599,10 +598,7 @@ def train_section(groups, out: Path, plots: list[str]) -> str:
     parts.append(_table(["config", "model", "crop", "batch", "AMP", "memory format", "median ms/step", "IQR ms",
                          "images/s", "peak MiB", "loss"], rows, "llrrllrrrrl"))
     if ok:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = _pyplot()
 
         fig, ax = plt.subplots(figsize=(8, 0.35 * len(ok) + 1.5))
         ax.barh(range(len(ok)), [r["images_per_s"] for r in ok],
@@ -613,10 +609,7 @@ def train_section(groups, out: Path, plots: list[str]) -> str:
         ax.set_xlabel("images/s (forward + loss + backward + SGD step)")
         ax.set_title("Training step throughput (orange: AMP)")
         ax.grid(axis="x", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "train_throughput.png", dpi=110)
-        plt.close(fig)
-        plots.append("train_throughput.png")
+        plots.append(_save(fig, out / "train_throughput.png"))
     return "\n".join(parts)
 
 
@@ -667,10 +660,7 @@ def convert_section(groups, out: Path, plots: list[str]) -> str:
                              f"{'met' if req['met'] else 'NOT met'} ({req['ours_rss_over_file_size']}x"
                              f"{'' if req['applies'] else ', stated for the full 3-scale file'})\n")
     if bars:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = _pyplot()
 
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 0.4 * len(bars) + 1.8))
         labels = [f"{fmt}: {run}" for fmt, run, _, _ in bars]
@@ -684,10 +674,7 @@ def convert_section(groups, out: Path, plots: list[str]) -> str:
             ax.set_xlabel(label)
             ax.grid(axis="x", alpha=0.3)
         fig.suptitle("Conversion: ours (green) vs naive reference (red), import-torch baseline (gray)")
-        fig.tight_layout()
-        fig.savefig(out / "convert_time_memory.png", dpi=110)
-        plt.close(fig)
-        plots.append("convert_time_memory.png")
+        plots.append(_save(fig, out / "convert_time_memory.png"))
     return "\n".join(parts)
 
 
@@ -720,10 +707,7 @@ def eval_section(groups, out: Path, plots: list[str]) -> str:
                             [[str(c["workers"]), str(c["images"]), str(c["size"]), _f(c["seconds"], 2),
                               _f(c["images_per_s"], 2), _f(c["startup_seconds"], 2), str(c["same_labels_as_first"])]
                              for c in ok], "rrrrrrl"))
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = _pyplot()
 
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         ax.plot([c["workers"] for c in ok], [c["images_per_s"] for c in ok], marker="o")
@@ -733,10 +717,7 @@ def eval_section(groups, out: Path, plots: list[str]) -> str:
         ax.set_title(f"Dense CRF scaling ({ok[0]['size']}x{ok[0]['size']}, {ok[0]['num_classes']} classes)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "crf_scaling.png", dpi=110)
-        plt.close(fig)
-        plots.append("crf_scaling.png")
+        plots.append(_save(fig, out / "crf_scaling.png"))
     for c in crf:
         if c.get("status") != "ok":
             why = " ".join(str(c.get("reason") or c.get("error")).split())[:300]
