@@ -735,9 +735,11 @@ def eval_section(groups, out: Path, plots: list[str]) -> str:
         if p.get("status") != "ok":
             parts.append(f"\n- evaluation pipeline {p.get('status')}: {p.get('reason') or p.get('error')}\n")
             continue
+        modes = list(p.get("decode_modes") or {})
+        decoding = f"decoding {modes[0]}" if modes else "decoding"
         parts.append(f"\nEvaluation pipeline ({p['model']}, {p['protocol']} {p['size']}, {p['images']} generated "
-                     f"VOC-sized JPEGs, decoding in {p['workers']} DataLoader workers, best of {p['rounds']} "
-                     f"alternating rounds): forward only {_f(p['forward_images_per_s'], 3)} images/s, whole "
+                     f"VOC-sized JPEGs, {decoding}, median of {p['rounds']} "
+                     f"interleaved rounds): forward only {_f(p['forward_images_per_s'], 3)} images/s, whole "
                      f"evaluation (decode + forward + metrics) {_f(p['eval_images_per_s'], 3)} images/s = "
                      f"**{_f(100 * p['eval_over_forward'])} %** of the forward-only rate.\n")
     return "\n".join(parts)
