@@ -635,15 +635,9 @@ def _run_engine(models, sizes, variants, timing, device, *, rows_dir, resume, ex
 
             ceilings[precision] = _merge_ceiling(ceilings[precision], remeasure(precision))
     results = [r for row in rows for r in row["results"]]
-    for r in results:  # the final ceiling; a model faster than every kernel is the ceiling itself
-        c = ceilings.get(r.get("precision", ""))
-        if r.get("status") == "ok" and r.get("achieved_tflops") and c and r["achieved_tflops"] > c["tflops_median"]:
-            ceilings[r["precision"]] = {**c, "tflops_median": r["achieved_tflops"], "kernel": r["model"],
-                                        "source": "model (faster than every kernel)"}
-    for r in results:
-        c = ceilings.get(r.get("precision", ""))
-        if r.get("status") == "ok" and r.get("achieved_tflops") and c:
-            r["ceiling_fraction"] = r["achieved_tflops"] / c["tflops_median"]
+    from benchmarks.report import apply_ceilings
+
+    apply_ceilings(results, ceilings)  # the final ceiling; a model faster than every kernel is the ceiling itself
     done = rows + [r for f, r in on_disk.items() if f not in {t[0] for t in todo}]
     body = {"precision_auto": {"choice": auto_precision, "reason": auto_reason}, "ceilings": ceilings,
             "models": models, "sizes": [list(s) for s in sizes], "variants": list(variants),

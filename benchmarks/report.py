@@ -175,7 +175,14 @@ def engine_records(groups) -> tuple[list[dict[str, Any]], list[dict[str, Any]], 
             if old is None or str(row.get("finished_utc", "")) >= str(old.get("finished_utc", "")):
                 rows[key] = row
     results = [dict(r) for row in rows.values() for r in row.get("results", [])]
-    for r in results:  # a point faster than every merged ceiling becomes it
+    apply_ceilings(results, ceilings)
+    return results, list(rows.values()), ceilings, runs
+
+
+def apply_ceilings(results: list[dict[str, Any]], ceilings: dict[str, dict[str, Any]]) -> None:
+    """Set each timed point's ``ceiling_fraction`` (in place, ``ceilings`` too): a point faster than
+    its dtype's ceiling becomes the ceiling itself, so no fraction exceeds 1."""
+    for r in results:
         c = ceilings.get(r.get("precision", ""))
         if r.get("status") == "ok" and r.get("achieved_tflops") and c and r["achieved_tflops"] > c["tflops_median"]:
             ceilings[r["precision"]] = {**c, "tflops_median": r["achieved_tflops"], "kernel": r["model"],
@@ -184,7 +191,6 @@ def engine_records(groups) -> tuple[list[dict[str, Any]], list[dict[str, Any]], 
         c = ceilings.get(r.get("precision", ""))
         if r.get("status") == "ok" and r.get("achieved_tflops") and c:
             r["ceiling_fraction"] = r["achieved_tflops"] / c["tflops_median"]
-    return results, list(rows.values()), ceilings, runs
 
 
 def _estimate_note(est: dict[str, Any] | None) -> str:

@@ -114,6 +114,11 @@ def write_weights(state_dict: Mapping[str, Any], out: Path, record: dict[str, An
     exist without their provenance.
     """
     save_state_dict(state_dict, out)
+    _write_provenance(out, record)
+
+
+def _write_provenance(out: Path, record: dict[str, Any]) -> None:
+    """``record`` plus the sha256 of the weights at ``out``, beside them; the weights go if it fails."""
     try:
         record.setdefault("weights", {})["sha256"] = sha256_file(out)
         write_json_atomic(provenance_path(out), record)
@@ -164,9 +169,4 @@ def write_weights_streamed(specs: Sequence[Any], produce: Callable[[str], Any], 
     from converters.streaming import write_state_dict_streamed
 
     write_state_dict_streamed(out, specs, produce)
-    try:
-        record.setdefault("weights", {})["sha256"] = sha256_file(out)
-        write_json_atomic(provenance_path(out), record)
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
+    _write_provenance(out, record)
