@@ -157,6 +157,20 @@ def bundle_messages():
 _TF_DTYPES = {np.dtype("<f4"): 1, np.dtype("<f8"): 2, np.dtype("<i4"): 3, np.dtype("<i8"): 9, np.dtype("u1"): 4}
 
 
+def flip_tensor_byte(prefix: Path, name: str) -> Path:
+    """Flip one bit in the middle of tensor ``name``'s bytes in the V2 checkpoint at ``prefix`` (a data
+    shard whose CRC-32C no longer matches); returns the shard."""
+    from converters.tf.reader import open_checkpoint
+
+    with open_checkpoint(prefix) as ckpt:
+        entry = ckpt._entries[name]
+    shard = Path(f"{prefix}.data-00000-of-00001")
+    data = bytearray(shard.read_bytes())
+    data[entry.offset + entry.size // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    return shard
+
+
 def write_v2_checkpoint(prefix: Path, values: dict[str, np.ndarray]) -> Path:
     """A V2 checkpoint (``PREFIX.index`` + ``PREFIX.data-00000-of-00001``) as TensorFlow's BundleWriter lays it out."""
     from converters.tf.reader import crc32c

@@ -117,19 +117,14 @@ def test_tf_checkpoint_given_to_caffe2torch(mnv2_ckpt, tmp_path: Path, capsys) -
 @pytest.mark.slow  # TensorFlow writes the checkpoint (~20 s with its import)
 def test_flipped_tensor_byte_is_reported_naming_the_variable(mnv2_ckpt, tmp_path: Path, capsys) -> None:
     from converters import tf2torch
-    from converters.tf.reader import open_checkpoint
+    from tests.fuzzing import flip_tensor_byte
 
     release, prefix = mnv2_ckpt
     bad = tmp_path / "model.ckpt"
     for f in Path(prefix).parent.glob("model.ckpt.*"):
         (tmp_path / f.name).write_bytes(f.read_bytes())
     name = "MobilenetV2/Conv/weights"
-    with open_checkpoint(bad) as ckpt:
-        entry = ckpt._entries[name]
-    shard = tmp_path / "model.ckpt.data-00000-of-00001"
-    data = bytearray(shard.read_bytes())
-    data[entry.offset + entry.size // 2] ^= 0x01
-    shard.write_bytes(bytes(data))
+    shard = flip_tensor_byte(bad, name)
     out = tmp_path / "out.pth"
     args = ["--dataset", release, "--checkpoint", str(bad), "--out", str(out), "--quiet"]
     assert tf2torch.main(args) == 1

@@ -214,8 +214,7 @@ def test_crc_mismatch_mid_stream_leaves_nothing(tmp_path: Path, capsys) -> None:
     """A corrupt tensor late in the stream (many already written): one line naming it, exit 1, no file left."""
     from converters import tf2torch
     from converters.releases import TF_RELEASES
-    from converters.tf.reader import open_checkpoint
-    from tests.fuzzing import write_v2_checkpoint
+    from tests.fuzzing import flip_tensor_byte, write_v2_checkpoint
 
     release = "deeplabv3_mnv2_pascal_train_aug_2018_01_29"
     variables = json.loads(TF_RELEASES[release].manifest_path.read_text())["variables"]
@@ -224,12 +223,7 @@ def test_crc_mismatch_mid_stream_leaves_nothing(tmp_path: Path, capsys) -> None:
     src.mkdir()
     prefix = write_v2_checkpoint(src / "model.ckpt", values)
     name = "logits/semantic/weights"  # the model's last parameter: every other tensor is written before it
-    with open_checkpoint(prefix) as ckpt:
-        entry = ckpt._entries[name]
-    shard = src / "model.ckpt.data-00000-of-00001"
-    data = bytearray(shard.read_bytes())
-    data[entry.offset + entry.size // 2] ^= 0x01
-    shard.write_bytes(bytes(data))
+    shard = flip_tensor_byte(prefix, name)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     for suffix in (".pth", ".safetensors"):
