@@ -135,17 +135,27 @@ def write_converted(args: argparse.Namespace, *, out: Path, inputs: Callable[[ar
     ``convert(args)`` returns the in-memory result (``state_dict``, ``provenance``, ``num_classes``).
     Prints one line unless ``args.quiet``.
     """
-    if out.suffix not in WEIGHT_SUFFIXES:
-        raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
-    check_outputs_spare_inputs([out, provenance_path(out)], inputs(args))
+    check_weights_output(out, inputs(args))
     converted = convert(args)
     record = {**converted.provenance, "weights": {"file": out.name, "tensors": len(converted.state_dict)}}
     write_weights(converted.state_dict, out, record)
     if not args.quiet:
-        classes = f", {converted.num_classes} classes" if converted.num_classes else ""
-        print(f"wrote {out} ({len(converted.state_dict)} tensors, {record['architecture']}{classes}) and "
-              f"{provenance_path(out)}")
+        print_written(out, record, converted.num_classes)
     return out
+
+
+def check_weights_output(out: Path, sources: Sequence[Path]) -> None:
+    """``out`` is a weights file name and neither it nor its provenance overwrites one of ``sources``."""
+    if out.suffix not in WEIGHT_SUFFIXES:
+        raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
+    check_outputs_spare_inputs([out, provenance_path(out)], sources)
+
+
+def print_written(out: Path, record: Mapping[str, Any], num_classes: int | None) -> None:
+    """The converters' one line after writing ``out`` and its provenance ``record``."""
+    classes = f", {num_classes} classes" if num_classes else ""
+    print(f"wrote {out} ({record['weights']['tensors']} tensors, {record['architecture']}{classes}) and "
+          f"{provenance_path(out)}")
 
 
 def sync_readme_command(readme: Path, sync: Callable[..., bool], *, check: bool, stale: str) -> int:

@@ -34,9 +34,8 @@ if __name__ == "__main__" and not __package__:  # run as a file: re-run as `pyth
 import argparse
 from pathlib import Path
 
-from converters.cli import run_main
-from converters.errors import ConversionError
-from converters.io import WEIGHT_SUFFIXES, check_outputs_spare_inputs, provenance_path
+from converters.cli import check_weights_output, print_written, run_main
+from converters.io import WEIGHT_SUFFIXES
 from converters.releases import TF_MODELS_URL, TF_RELEASES, TFRelease
 from converters.tf.convert import (
     STEPS,
@@ -119,17 +118,13 @@ def inputs(args: argparse.Namespace) -> list[Path]:
 def run(args: argparse.Namespace) -> Path:
     """Convert as ``args`` say; return the weights path. Raises ConversionError for bad input."""
     out = default_output(args)
-    if out.suffix not in WEIGHT_SUFFIXES:
-        raise ConversionError(out, f"output must end in {' or '.join(WEIGHT_SUFFIXES)}")
-    check_outputs_spare_inputs([out, provenance_path(out)], inputs(args))
+    check_weights_output(out, inputs(args))
     from converters.streaming import return_freed_buffers_to_the_os
 
     return_freed_buffers_to_the_os()  # this process only streams tensors from here on: keep the peak at one
     record = write_tf_checkpoint(out, args.checkpoint, **conversion_options(args))
     if not args.quiet:
-        classes = f", {record['num_classes']} classes" if record["num_classes"] else ""
-        print(f"wrote {out} ({record['weights']['tensors']} tensors, {record['architecture']}{classes}) and "
-              f"{provenance_path(out)}")
+        print_written(out, record, record["num_classes"])
     return out
 
 
