@@ -45,7 +45,7 @@ from benchmarks._common import (
     write_result,
 )
 from benchmarks.inference import PEERS, Grid, Timing
-from converters.cli import run_main
+from converters.cli import program_name, run_main
 from converters.errors import DeeplabError, UsageError
 
 SUITES = ("inference", "train", "convert", "eval", "engine")
@@ -55,7 +55,7 @@ QUICK_TIMING = Timing(warmup=1, repeats=3, min_seconds=0.0, max_seconds=5.0)
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (hyphenated flags; lists are comma-separated)."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description="Run one benchmark suite and write its JSON for benchmarks.report.",
+    p = argparse.ArgumentParser(prog=program_name("benchmarks.run"), description="Run one benchmark suite and write its JSON for benchmarks.report.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="See the module docstrings of benchmarks/{inference,training,evaluation,"
                                        "convert}.py for what each number means.")

@@ -84,6 +84,13 @@ def run_main(
     return run_cli(run, args, interrupted=interrupted)
 
 
+def program_name(module: str) -> str:
+    """The name ``usage:`` shows: the console script's (``deeplab-evaluate``) when run as one, else
+    ``python -m <module>``."""
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return invoked if invoked.startswith("deeplab-") else f"python -m {module}"
+
+
 # --------------------------------------------------------------------------- shared flags
 def add_device_argument(parser: argparse.ArgumentParser | Any, *, default: str = "auto") -> None:
     """``--device``: cpu, cuda, cuda:N or auto (cuda when available, else cpu)."""

@@ -39,7 +39,6 @@ from converters.peers import available_formats, get_format
 def build_parser() -> argparse.ArgumentParser:
     formats = "\n".join(f"  {name:<12} {get_format(name).DESCRIPTION}" for name in available_formats())
     parser = argparse.ArgumentParser(
-        prog="import_checkpoint.py",
         description="Import a checkpoint trained with another DeepLab port (weights only, never unpickled code).",
         epilog=f"formats (--from):\n{formats}",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from converters.cli import program_name
 from reproduce.inference import (
     COMPILE_MIN_IMAGES,
     MEMORY_FORMATS,
@@ -431,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     from reproduce.datasets import DATASETS
 
     parser = argparse.ArgumentParser(
-        prog="python -m reproduce.evaluate",
+        prog=program_name("reproduce.evaluate"),
         description="Evaluate DeepLab weights on a dataset split (official protocols) and compare with the paper.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

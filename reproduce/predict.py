@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from converters.cli import program_name
 from reproduce.inference import (
     MEMORY_FORMATS,
     PRECISIONS,
@@ -400,7 +401,7 @@ def predict_video(
 # ---------------------------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m reproduce.predict",
+        prog=program_name("reproduce.predict"),
         description="Segment images, videos or a camera with DeepLab weights: a palette PNG mask and an overlay "
                     "per image, an overlay video per video.",
         epilog=_EPILOG,

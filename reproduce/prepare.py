@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from converters.cli import run_main
+from converters.cli import program_name, run_main
 from converters.errors import DeeplabError, ReportedError
 from converters.io import atomic_path
 
@@ -213,7 +213,7 @@ def build_deepfashion2_masks(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m reproduce.prepare",
+        prog=program_name("reproduce.prepare"),
         description="Build derived dataset files. Safe to interrupt and rerun: finished files are kept.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
+from converters.cli import program_name
 from converters.errors import DeeplabError
 from reproduce.training.config import (
     CONFIGS_DIR,
@@ -150,7 +151,7 @@ def build_parser(name: str | None = None, recipe: Config | OfficialRecipe | None
                  prog: str | None = None) -> argparse.ArgumentParser:
     if recipe is None:
         names = ", ".join(find_recipes())
-        p = _Parser(prog=prog or "python -m reproduce.recipe",
+        p = _Parser(prog=prog or program_name("reproduce.recipe"),
                     description="Run a published row end to end: check -> convert -> prepare -> train -> evaluate "
                                 "-> report.", epilog=f"recipes: {names}")
         p.add_argument("name", metavar="NAME", help="the recipe (see below)")
@@ -166,7 +167,7 @@ def build_parser(name: str | None = None, recipe: Config | OfficialRecipe | None
         published = published_text(recipe.eval.variants if recipe.eval else [])
         if recipe.recipe.paper:
             published = f"{recipe.recipe.paper}. Compared rows: {published}"
-    p = _Parser(prog=prog or f"python -m reproduce.recipe {name}", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _Parser(prog=prog or f"{program_name('reproduce.recipe')} {name}", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description=f"{title}\nPublished: {published}")
     data_help = "VOCdevkit/VOC2012" if official else (recipe.recipe.data_help or "the dataset")
     p.add_argument("--data-root", type=Path, default=Path("data"),

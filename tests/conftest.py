@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,31 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 
+# Folders the session-scoped fixtures make under the base temp folder start with this; the others a test
+# module's fixtures make (a release tree, a dataset) are deleted when the module ends, so the slow suite's
+# disk use stays at about one module's worth (pyproject's tmp_path_retention_policy does the same per test).
+SESSION_PREFIX = "session-"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_module_folders(request, tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    before = {p.name for p in base.iterdir()}
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed:  # kept for a look, as the failing tests' own folders are
+        return
+    for path in base.iterdir():
+        if path.name not in before and not path.name.startswith(SESSION_PREFIX) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def caffemodels(tmp_path_factory):
     """``get(arch, num_classes=21, seed=0)`` -> (NetParameter, path) of a random official-topology caffemodel."""
     from converters.caffe import synth
 
-    root = tmp_path_factory.mktemp("caffemodels")
+    root = tmp_path_factory.mktemp(SESSION_PREFIX + "caffemodels")
     cache: dict[tuple, tuple] = {}
 
     def get(arch: str, num_classes: int = 21, seed: int = 0):

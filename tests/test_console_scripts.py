@@ -142,3 +142,14 @@ def test_converter_help_as_a_file_keeps_interpreter_options(script: str) -> None
                           text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: "), proc.stderr[-2000:]
     assert "| converters\n" in proc.stderr  # the package, imported (and timed) by the re-run under its name
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_usage_names_the_command_the_user_typed(name: str, monkeypatch, capsys) -> None:
+    """Run as the console script, `usage:` says `deeplab-...` (not `python -m ...`), whatever the module."""
+    module, _, attr = SCRIPTS[name].partition(":")
+    main = getattr(importlib.import_module(module), attr)
+    monkeypatch.setattr(sys, "argv", [f"/venv/bin/{name}", "--help"])
+    rc = main(["--help"])
+    usage = capsys.readouterr().out.split("\n", 1)[0]
+    assert rc == 0 and usage.startswith(f"usage: {name}"), usage

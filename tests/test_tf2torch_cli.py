@@ -75,7 +75,7 @@ def write_checkpoint(prefix: Path, values: dict[str, np.ndarray], fmt: str) -> P
     return prefix
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def release_ckpt(tmp_path_factory):
     """``get(release)`` -> (prefix, values) of a TF-written checkpoint holding exactly the manifest's variables."""
     root = tmp_path_factory.mktemp("tf_releases")

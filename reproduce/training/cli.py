@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from converters.cli import program_name
+
 from .config import (
     Config,
     ConfigError,
@@ -41,7 +43,7 @@ exit codes: 0 done, 1 bad input (one line on stderr), 2 usage, 130 interrupted (
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m reproduce.train",
+        prog=program_name("reproduce.train"),
         description="Train a DeepLab model from a config (reproduce/configs/*.yaml); resumes automatically.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
