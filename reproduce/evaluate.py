@@ -37,9 +37,10 @@ metrics (one bincount per image into the confusion matrix) in the main thread, a
 in ``--crf-workers`` processes (default one per core) that take each image's probabilities as the
 forward produces them; results are collected in order, so every setting gives the same matrices.
 
-``--on-error skip`` skips (and counts, in ``result.json``) images or labels that cannot be read;
-the default stops at the first with a one-line error naming it. Ctrl-C stops the decoding thread
-and the CRF workers and exits 130.
+``--on-error skip`` skips (and counts, in ``result.json``) images or labels that are missing or
+cannot be read, naming each missing file once in a ``warning:`` line; the default stops at the
+first with a one-line error naming it. Ctrl-C stops the decoding thread and the CRF workers and
+exits 130.
 ``result.json`` is strict JSON: an undefined score (a class absent from the split) is ``null``.
 
 Exit codes: 0 done, 1 bad input (one line on stderr), 2 usage error, 130 interrupted.
@@ -196,21 +197,36 @@ class EvalOptions:
     workers: int = 0  # decoding processes (DataLoader workers); 0: a decoding thread in this process
     prefetch: int = 2  # images decoded ahead of the forward; 0: decode each right before its forward
     classes: str = "present_in_gt"
-    limit: int | None = None
+    limit: int | None = None  # the first N images (N >= 1); None: the whole split
     progress: bool = True
     on_error: str = "error"  # "skip": unreadable samples are skipped and counted
 
 
-def build_eval_dataset(name: str, root: str | Path, split: str, protocol: str, crop_size: int) -> Any:
-    """The reader for ``name``; ``protocol="warp"`` turns on COCO-Stuff 10k's pre-warp."""
+def build_eval_dataset(name: str, root: str | Path, split: str, protocol: str, crop_size: int,
+                       on_error: str = "error") -> Any:
+    """The reader for ``name``; ``protocol="warp"`` turns on COCO-Stuff 10k's pre-warp.
+
+    ``on_error="skip"``: a sample whose image or label file is missing is left out of the reader
+    (its one-line message in ``dataset.skipped``; :func:`evaluate` counts it as skipped); the
+    default raises :class:`~reproduce.datasets.DatasetError` naming the first missing file.
+    """
     from reproduce.datasets import build_dataset
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"on_error": on_error}
     if protocol == "warp":
         if name != "cocostuff10k":
             raise InferenceError(f"--protocol warp is the COCO-Stuff 10k protocol; dataset {name!r} has no pre-warp")
         kwargs["warp_size"] = crop_size
     return build_dataset(name, root=root, split=split, **kwargs)
+
+
+def _dropped(dataset: Any) -> list[str]:
+    """Messages of the samples ``dataset`` left out before the run (missing files under ``on_error="skip"``)."""
+    skipped = getattr(dataset, "skipped", None)
+    if not skipped:
+        return []
+    kept = {ref.id for ref in getattr(dataset, "refs", ())}
+    return [message for sample_id, message in skipped.items() if sample_id not in kept]
 
 
 def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions) -> dict[str, Any]:
@@ -221,6 +237,8 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
     ``(image, label, meta)`` (the :mod:`reproduce.datasets` contract). Predictions and labels are
     compared at the label's size; nothing is averaged per image. A Segmenter made with
     ``compile="auto"`` compiles when the run is long and every input has one shape (``pad``).
+    Samples the dataset left out before the run (missing files, ``on_error="skip"``) are counted
+    in ``"skipped"`` with ``options.on_error="skip"`` and raised (the first) with ``"error"``.
     """
     from torch.utils.data import DataLoader, Subset
 
@@ -229,6 +247,8 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
     lm = model.lm if isinstance(model, Segmenter) else model
     if options.on_error not in ("error", "skip"):
         raise InferenceError(f"on_error must be 'error' or 'skip', got {options.on_error!r}")
+    if options.limit is not None and options.limit < 1:
+        raise InferenceError(f"limit must be >= 1 (or None for the whole split), got {options.limit}")
     if dataset.num_classes != lm.num_classes:
         raise InferenceError(
             f"the model predicts {lm.num_classes} classes but {dataset.name} has {dataset.num_classes}"
@@ -236,34 +256,41 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
     # Inference sees "whole" after the warp: the warped image is the crop size already.
     config = options.config
     dataset.transform = _Prepare(lm.preprocessing, config)
+    skipped: list[str] = _dropped(dataset)
+    if skipped and options.on_error == "error":
+        raise InferenceError(skipped[0])
     if hasattr(dataset, "on_error"):
         dataset.on_error = "error"  # never substitute another sample in an evaluation (see _Guarded)
     data = Subset(dataset, range(min(options.limit, len(dataset)))) if options.limit else dataset
     if isinstance(model, Segmenter) and model.want_compile(len(data), fixed_shape=config.protocol == "pad"):
         model.enable_compile()
     data = _Guarded(data)
-    if options.workers > 0:
-        loader: Any = DataLoader(data, batch_size=1, shuffle=False, num_workers=options.workers, collate_fn=_first,
-                                 pin_memory=lm.device.type == "cuda", persistent_workers=False,
-                                 prefetch_factor=max(1, math.ceil(max(options.prefetch, 1) / options.workers)))
-    elif options.prefetch > 0:
-        loader = _Prefetcher(data, options.prefetch)
-    else:
-        loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=0, collate_fn=_first)
-    plain = ConfusionMatrix(lm.num_classes, dataset.ignore_index)
-    refined = ConfusionMatrix(lm.num_classes, dataset.ignore_index) if options.crf else None
-    pool = None
     waiting: deque[np.ndarray] = deque()  # ground truth of images queued in the CRF pool, in order
-    iterator: Any = loader
-    if options.progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(loader, total=len(data), desc=f"eval {dataset.name} {dataset.split}", unit="img",
-                        dynamic_ncols=True)
     t0 = time.perf_counter()
     count, oversize = 0, 0
-    skipped: list[str] = []
+    # Everything that starts a thread or processes lives inside the try, so any failure stops them all.
+    loader: Any = None
+    batches: Any = None  # the loader's iterator (holds the DataLoader workers)
+    bar: Any = None
+    pool = None
     try:
+        plain = ConfusionMatrix(lm.num_classes, dataset.ignore_index)
+        refined = ConfusionMatrix(lm.num_classes, dataset.ignore_index) if options.crf else None
+        if options.workers > 0:
+            loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=options.workers, collate_fn=_first,
+                                pin_memory=lm.device.type == "cuda", persistent_workers=False,
+                                prefetch_factor=max(1, math.ceil(max(options.prefetch, 1) / options.workers)))
+        elif options.prefetch > 0:
+            loader = _Prefetcher(data, options.prefetch)
+        else:
+            loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=0, collate_fn=_first)
+        batches = iter(loader)
+        iterator: Any = batches
+        if options.progress:
+            from tqdm import tqdm
+
+            iterator = bar = tqdm(batches, total=len(data), desc=f"eval {dataset.name} {dataset.split}",
+                                  unit="img", dynamic_ncols=True)
         if options.crf:
             from reproduce.crf import CRFPool
 
@@ -290,8 +317,14 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
             for crf_label in pool.drain():
                 refined.update(crf_label, waiting.popleft())
     finally:
+        if bar is not None:
+            bar.close()
         if isinstance(loader, _Prefetcher):
             loader.close()
+        # The DataLoader's iterator stops its worker processes when collected; stop them now instead.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
         if pool is not None:
             pool.close()
     return {"plain": plain, "crf": refined, "images": count, "oversize_images": oversize,
@@ -382,7 +415,7 @@ def _markdown(result: dict[str, Any], table: str) -> str:
         f"- protocol: {run['protocol']} (crop {run['crop_size']}), scales {list(run['scales'])}, "
         f"flip {run['flip']}, output stride {run['model']['build_kwargs'].get('output_stride', 'default')}",
         f"- images: {run['images']}, classes averaged: {run['classes']}, device: {run['device']}, "
-        f"{run['seconds']:.1f} s" + (f", skipped (unreadable): {run['skipped_images']}"
+        f"{run['seconds']:.1f} s" + (f", skipped (missing or unreadable): {run['skipped_images']}"
                                      if run.get("skipped_images") else ""),
         "",
         "| variant | pixel acc | mean acc | mIoU | FWIoU |",
@@ -450,9 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-root", "--root", dest="root", type=Path, required=True,
                    help="dataset folder (e.g. data/VOCdevkit)")
     d.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    d.add_argument("--limit", type=int, help="evaluate only the first N images (debugging)")
+    d.add_argument("--limit", type=int, help="evaluate only the first N images, N >= 1 (debugging)")
     d.add_argument("--on-error", choices=("error", "skip"), default="error",
-                   help="an unreadable image or label: stop naming it (default) or skip it and count it")
+                   help="a missing or unreadable image or label: stop naming it (default) or skip it and count it")
     p = parser.add_argument_group("protocol")
     p.add_argument("--protocol", choices=ALL_PROTOCOLS, default="pad",
                    help="pad: bottom/right pad to --crop-size (official VOC); whole: as is; "
@@ -515,11 +548,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     device = str(resolve_device(args.device))
     try:
-        dataset = build_eval_dataset(args.dataset, args.root, args.split, args.protocol, args.crop_size)
+        dataset = build_eval_dataset(args.dataset, args.root, args.split, args.protocol, args.crop_size,
+                                     on_error=args.on_error)
     except DatasetError as e:
         raise InferenceError(f"dataset {args.dataset}: {e}") from None
+    missing = _dropped(dataset)
+    for message in missing:  # named here, once; counted with the unreadable ones in result.json
+        print(f"warning: skipped {message}", file=sys.stderr)
     if len(dataset) == 0:
-        raise InferenceError(f"{args.root}: split {args.split!r} of {args.dataset} has no images")
+        raise InferenceError(f"{args.root}: split {args.split!r} of {args.dataset} has no images"
+                             + (f" left ({len(missing)} skipped: files missing)" if missing else ""))
     from reproduce.predict import resolve_weights
 
     precision = "fp16" if args.amp and args.precision == "auto" else args.precision
@@ -581,11 +619,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"argument --limit: must be >= 1, got {args.limit} (leave it out for the whole split)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: exit 0 done, 1 bad input (one line on stderr), 2 usage, 130 interrupted."""
     from converters.cli import run_main
 
-    return run_main(build_parser(), run, argv)
+    return run_main(build_parser(), run, argv, check=_check)
 
 
 _EPILOG = """examples:

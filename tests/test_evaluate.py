@@ -372,4 +372,59 @@ def test_cli_on_error_skip_counts_in_the_result(tmp_path, v2_weights, capsys) ->
     run = _no_nan((out / "result.json").read_text())["run"]
     assert run["skipped_images"] == 1 and run["images"] == len(VAL_IDS) - 1
     assert run["engine"]["batchnorm_folded"] and run["engine"]["precision"] in ("fp32", "bf16")
-    assert "skipped (unreadable): 1" in (out / "result.md").read_text()
+    assert "skipped (missing or unreadable): 1" in (out / "result.md").read_text()
+
+
+def test_cli_missing_label_stops_naming_it_or_is_skipped_and_counted(tmp_path, v2_weights) -> None:
+    from tests.inprocess import run_main
+
+    root = tmp_path / "voc"
+    write_voc(root, train_ids=["2007_000032"], val_ids=VAL_IDS, seed=3, sizes=(24, 41))
+    label = next(root.rglob(f"SegmentationClass/{VAL_IDS[2]}.png"))
+    label.unlink()
+    out = tmp_path / "res"
+    done = run_main(ev.main, _cli(root, v2_weights, out))
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert str(label) in done.stderr and "not found" in done.stderr
+    assert not (out / "result.json").exists()
+    done = run_main(ev.main, _cli(root, v2_weights, out, "--on-error", "skip"))
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and str(label) in warnings[0], done.stderr  # named once
+    run = _no_nan((out / "result.json").read_text())["run"]
+    assert run["skipped_images"] == 1 and run["images"] == len(VAL_IDS) - 1
+    assert len(run["skipped"]) == 1 and str(label) in run["skipped"][0]
+    assert "skipped (missing or unreadable): 1" in (out / "result.md").read_text()
+
+
+def test_missing_file_in_the_api_is_counted_with_skip_and_raised_without(tmp_path) -> None:
+    root = tmp_path / "voc"
+    write_voc(root, train_ids=["2007_000032"], val_ids=VAL_IDS, seed=3, sizes=(24, 41))
+    next(root.rglob(f"JPEGImages/{VAL_IDS[0]}.jpg")).unlink()
+    config = InferenceConfig(protocol="pad", crop_size=65)
+    lm = pixel_model(seed=4)
+    from reproduce.datasets import DatasetError
+
+    with pytest.raises(DatasetError, match=f"{VAL_IDS[0]}.jpg"):
+        ev.build_eval_dataset("voc12", root, "val", "pad", 65)
+    dataset = ev.build_eval_dataset("voc12", root, "val", "pad", 65, on_error="skip")
+    out = ev.evaluate(lm, dataset, ev.EvalOptions(config=config, progress=False, on_error="skip"))
+    assert out["images"] == len(VAL_IDS) - 1 and len(out["skipped"]) == 1 and VAL_IDS[0] in out["skipped"][0]
+    # a reader that left a sample out cannot be evaluated strictly: the first missing file is the error
+    dataset = ev.build_eval_dataset("voc12", root, "val", "pad", 65, on_error="skip")
+    with pytest.raises(InferenceError, match=f"{VAL_IDS[0]}.jpg"):
+        ev.evaluate(lm, dataset, ev.EvalOptions(config=config, progress=False))
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_limit_below_one_is_refused(voc, v2_weights, tmp_path, limit) -> None:
+    from tests.inprocess import run_main
+
+    done = run_main(ev.main, _cli(voc, v2_weights, tmp_path / "res", "--limit", str(limit)))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("usage: ") and f"error: argument --limit: must be >= 1, got {limit}" in done.stderr
+    assert not (tmp_path / "res").exists()
+    dataset = ev.build_eval_dataset("voc12", voc, "val", "pad", 65)
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        ev.evaluate(pixel_model(), dataset, ev.EvalOptions(config=InferenceConfig(), limit=limit, progress=False))

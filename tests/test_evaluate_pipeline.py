@@ -255,3 +255,45 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_no_worker(tmp_path) -> None:
     assert err.strip() == "error: interrupted", err
     assert not (tmp_path / "out" / "result.json").exists()
     assert not _wait_gone(sorted(seen)), "processes left running after Ctrl-C"
+
+
+
+def _recording_dataloader_iter(monkeypatch) -> list:
+    """Every DataLoader iterator made from now on (they hold the worker processes)."""
+    made: list = []
+    make = torch.utils.data.DataLoader.__iter__
+
+    def recording(self):
+        made.append(make(self))
+        return made[-1]
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", recording)
+    return made
+
+
+@pytest.mark.parametrize("broken", ["ConfusionMatrix", "tqdm", "forward"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_failure_anywhere_leaves_no_decoding_thread_or_worker(voc, monkeypatch, broken, workers) -> None:
+    import threading
+
+    import tqdm
+
+    from reproduce import metrics
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(f"{broken} failed")
+
+    # evaluate imports ConfusionMatrix and tqdm when it runs; the forward is its predict_probs
+    target = {"ConfusionMatrix": (metrics, "ConfusionMatrix"), "tqdm": (tqdm, "tqdm"),
+              "forward": (ev, "predict_probs")}[broken]
+    monkeypatch.setattr(*target, fail)
+    made = _recording_dataloader_iter(monkeypatch)
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match=f"{broken} failed"):
+        ev.evaluate(pixel_model(seed=7), ev.build_eval_dataset("voc12", voc, "val", "pad", 65),
+                    ev.EvalOptions(config=CONFIG, workers=workers, prefetch=2, progress=True))
+    assert not [t for t in set(threading.enumerate()) - before if t.name == "eval-decode"]
+    pids = [w.pid for it in made for w in getattr(it, "_workers", [])]
+    if workers and broken != "ConfusionMatrix":
+        assert pids and all(it._shutdown for it in made)  # stopped on the way out, not left to the collector
+    assert not _wait_gone(pids)
