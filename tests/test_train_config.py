@@ -112,3 +112,12 @@ def test_missing_dataset_names_the_registry_commands(tmp_path):
     cfg = C.apply_overrides(cfg, [f"data.root={tmp_path}/cocostuff-10k-v1.1"])
     with pytest.raises(C.ConfigError, match=rf"python -m reproduce\.download cocostuff10k --data-root {tmp_path}$"):
         build_train_dataset(cfg)
+
+
+@pytest.mark.parametrize("limit", [0, -3])
+def test_eval_limit_below_one_is_refused_when_the_config_is_read(limit):
+    """Not at the first evaluation, thousands of iterations into the run."""
+    cfg = C.load_config(CONFIGS / "deeplabv3_resnet101-os16-vocaug-513-30k.yaml")
+    with pytest.raises(C.ConfigError, match=rf"eval_limit must be >= 1 .*got {limit}"):
+        C.apply_overrides(cfg, [f"eval_limit={limit}"])
+    assert C.apply_overrides(cfg, ["eval_limit=5"]).eval_limit == 5

@@ -353,6 +353,8 @@ def _check(cfg: Config, where: str | None) -> None:
         fail(f"init.release {cfg.init.release!r} is not in converters/releases.py")
     if cfg.eval_every < 0:
         fail("eval_every must be >= 0")
+    if cfg.eval_limit is not None and cfg.eval_limit < 1:
+        fail(f"eval_limit must be >= 1 (or null for the whole split), got {cfg.eval_limit}")
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
