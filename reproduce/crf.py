@@ -10,9 +10,21 @@ a third-party code comment give them (the official per-model pages are not avail
 4, xy std 67, rgb std 3. The unary is ``-log(softmax)`` of the logits upsampled to the image size,
 and the bilateral kernel sees the **raw RGB uint8 image**, never the mean-subtracted network input.
 
-:class:`CRFPool` runs images in worker processes (``workers`` > 0; default one per core, see
-:func:`default_workers`) and yields the results in submission order. Each image's CRF is a pure function of (image, probabilities,
-settings), so the output does not depend on the number of workers or the chunk size.
+:class:`CRFPool` runs images in worker processes (``workers`` > 0; default one per core, fewer when
+the images are large, see :func:`default_workers`) and yields the results in submission order. Each
+image's CRF is a pure function of (image, probabilities, settings), so the output does not depend on
+the number of workers or the chunk size.
+
+Memory, per image of ``C`` classes at ``H x W`` (:func:`item_bytes`): the probabilities are
+``C x H x W x 4`` bytes (float32) plus the ``H x W x 3`` image. VOC (21 classes, 500 x 375) is ~16 MB;
+COCO-Stuff 164k (182 classes, 640 x 480) is ~224 MB. The parent holds every image in flight (queued
+for or running in a worker) until its labels come back, plus one pickled copy on its way to a worker:
+:class:`CRFPool` bounds that by bytes (``max_bytes``, default :data:`DEFAULT_MAX_BYTES`), never less
+than one image per worker. A worker running one image holds its unpickled copy and, at the peak of
+``pydensecrf``'s inference, ~20 more maps of that size (the unary and its temporaries, the mean-field
+buffers, and the permutohedral lattice's blur buffers with up to ``(5 + 1) x H x W`` lattice points of
+``C`` values: measured 19-26x at 240 x 320 for 21-182 classes), so :data:`WORKER_ITEM_COPIES` x item
+bytes + :data:`WORKER_BASE_BYTES` each: ~0.6 GB for VOC, ~5 GB for COCO-Stuff 164k.
 """
 
 from __future__ import annotations
@@ -34,7 +46,8 @@ import numpy as np
 from converters.errors import DeeplabError
 
 __all__ = ["CRFParams", "RESNET101", "VGG16", "CRFUnavailable", "require_pydensecrf", "dense_crf", "CRFPool",
-           "CRFError", "default_workers", "usable_cores"]
+           "CRFError", "default_workers", "usable_cores", "available_memory", "item_bytes", "worker_bytes",
+           "DEFAULT_MAX_BYTES"]
 
 INSTALL_HINT = "dense CRF needs pydensecrf: pip install pydensecrf2 (or pip install -e .[crf])"
 
@@ -106,7 +119,41 @@ def _run_chunk(chunk: list[tuple[np.ndarray, np.ndarray]], params: CRFParams) ->
     return [_crf_labels(image, probs, params) for image, probs in chunk]
 
 
-MAX_DEFAULT_WORKERS = 16  # each worker holds ~100 MB for a VOC-sized 21-class image
+MAX_DEFAULT_WORKERS = 16
+DEFAULT_MAX_BYTES = 2 << 30  # images in flight held by the parent (at least one per worker, see CRFPool)
+WORKER_ITEM_COPIES = 22  # a worker's peak, in item_bytes: its copy + ~20 in pydensecrf (module docstring) + slack
+WORKER_BASE_BYTES = 256 << 20  # a spawned worker's interpreter, numpy, pydensecrf (and the parent's main module)
+MEMORY_FRACTION = 0.75  # of the available memory, for the CRF (in-flight budget + workers); the rest: the forward
+
+
+def item_bytes(probs_shape: tuple[int, ...]) -> int:
+    """Bytes of one image in flight: the ``(C, H, W)`` float32 probabilities plus the ``(H, W, 3)`` uint8 image."""
+    c, h, w = probs_shape
+    return c * h * w * 4 + h * w * 3
+
+
+def worker_bytes(item: int) -> int:
+    """Peak memory of a worker running one image of ``item`` bytes (see the module docstring)."""
+    return WORKER_BASE_BYTES + WORKER_ITEM_COPIES * item
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new work, or ``None`` when the OS does not say.
+
+    Linux's ``MemAvailable`` (free memory plus reclaimable cache); else ``os.sysconf``'s free pages.
+    """
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * size if pages > 0 and size > 0 else None
 
 
 def usable_cores() -> int:
@@ -117,14 +164,28 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_workers() -> int:
-    """CRF worker processes when none are asked for: one per usable core, at most 16.
+def default_workers(item: int | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                    available: int | None = None) -> int:
+    """CRF worker processes when none are asked for: one per usable core, at most 16, fewer for large images.
 
     The CRF of one VOC-sized image costs 1.5-3x a ResNet-101 forward at 513 on a CPU, so beside
     the forward it is the slowest stage and gets every core; the forward's intra-op threads
     still run in the gaps (and the CRF pool blocks the forward only when it is full).
+
+    With ``item`` (:func:`item_bytes` of a typical image) the count also fits the memory: one image
+    per worker within ``max_bytes`` (the parent's in-flight budget), and ``workers x``
+    :func:`worker_bytes` within :data:`MEMORY_FRACTION` of ``available`` (default
+    :func:`available_memory`) less ``max_bytes``; at least 1. VOC keeps every core; COCO-Stuff 164k
+    (~224 MB an image, ~5 GB a worker) gets 9 within 2 GB, 3 with 24 GB available.
     """
-    return min(usable_cores(), MAX_DEFAULT_WORKERS)
+    workers = min(usable_cores(), MAX_DEFAULT_WORKERS)
+    if item:
+        workers = min(workers, max(1, max_bytes // item))
+        available = available_memory() if available is None else available
+        if available:
+            room = int(available * MEMORY_FRACTION) - max_bytes
+            workers = min(workers, max(1, room // worker_bytes(item)))
+    return workers
 
 
 class CRFError(DeeplabError, RuntimeError):
@@ -163,9 +224,13 @@ class CRFPool:
 
     ``submit(image, probs)`` queues one image (``probs`` as float32 ``(C, H, W)``); ``results()``
     yields finished ``(H, W)`` uint8 label maps in submission order without waiting; ``submit``
-    blocks only when more than ``max_pending`` chunks (default ``2 x workers``) are in flight, so
-    memory stays bounded on a whole dataset and the producer runs at most that far ahead.
-    Call ``drain()`` at the end for the rest. ``close()`` (or leaving the ``with`` block) stops
+    blocks (collecting the oldest chunk) while the images in flight exceed ``max_bytes`` (default
+    :data:`DEFAULT_MAX_BYTES`; never fewer than one chunk per worker, so every worker stays busy)
+    or more than ``max_pending`` chunks (default ``2 x workers``) are in flight: memory stays
+    bounded on a whole dataset of any image size and the producer runs at most that far ahead.
+    ``workers=None`` is :func:`default_workers` for images of ``item_bytes`` (a hint, e.g. the
+    first image's :func:`item_bytes`), or, without the hint, for the first image submitted (the
+    workers then start on that first ``submit``). Call ``drain()`` at the end for the rest. ``close()`` (or leaving the ``with`` block) stops
     the workers: at once (terminated) when work is still in flight, e.g. after an error or Ctrl-C.
     The workers ignore SIGINT (the parent stops them); a worker that dies (killed, out of memory)
     raises :class:`CRFError` instead of a hang.
@@ -175,26 +240,40 @@ class CRFPool:
     """
 
     def __init__(self, workers: int | None = None, *, params: CRFParams = RESNET101, chunk_size: int = 1,
-                 max_pending: int | None = None) -> None:
+                 max_pending: int | None = None, max_bytes: int | None = None, item_bytes: int | None = None) -> None:
         require_pydensecrf()  # fail before any inference work
-        workers = default_workers() if workers is None else workers
-        if workers < 0 or chunk_size < 1:
-            raise ValueError(f"need workers >= 0 and chunk_size >= 1, got {workers}, {chunk_size}")
-        self.workers, self.params, self.chunk_size = workers, params, chunk_size
-        self.max_pending = max_pending or max(2 * workers, 1)
+        max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        if (workers is not None and workers < 0) or chunk_size < 1 or max_bytes < 0:
+            raise ValueError(f"need workers >= 0, chunk_size >= 1 and max_bytes >= 0, got {workers}, {chunk_size}, "
+                             f"{max_bytes}")
+        self.params, self.chunk_size, self.max_bytes = params, chunk_size, max_bytes
+        self._max_pending = max_pending
+        self.workers: int | None = None
+        self.max_pending = 0
         self._pool: ProcessPoolExecutor | None = None
+        self._chunk: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending: collections.deque[tuple[Future, int]] = collections.deque()  # (future, bytes of its chunk)
+        self.pending_bytes = 0  # bytes of the images submitted to the workers and not collected yet
+        self._done: collections.deque[np.ndarray] = collections.deque()
+        if workers is not None or item_bytes:
+            self._start(default_workers(item_bytes, max_bytes=max_bytes) if workers is None else workers)
+
+    def _start(self, workers: int) -> None:
+        self.workers = workers
+        self.max_pending = self._max_pending or max(2 * workers, 1)
         if workers > 0:
             # spawn, not fork: forking a process that holds torch/OpenMP threads can deadlock. A spawned
             # worker imports the parent's main module (torch, for reproduce.evaluate): ~1 s of CPU per worker
             # once; warm() starts them beside the first forward.
             self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
-        self._chunk: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pending: collections.deque[Future] = collections.deque()
-        self._done: collections.deque[np.ndarray] = collections.deque()
 
     def warm(self) -> CRFPool:
-        """Start the worker processes in the background (without waiting for them); returns ``self``."""
-        if self._pool is not None and not self.worker_pids():
+        """Start the worker processes in the background (without waiting for them); returns ``self``.
+
+        A pool still waiting for its first image to choose its size (``workers=None`` without
+        ``item_bytes``) starts on that image instead.
+        """
+        if self._pool is not None and self.workers and not self.worker_pids():
             with _no_sigint():  # the pool spawns its workers on submit
                 for _ in range(self.workers):
                     self._pool.submit(_noop)
@@ -203,7 +282,7 @@ class CRFPool:
     def start(self) -> CRFPool:
         """Start every worker process and wait until they run (they start on first use otherwise)."""
         for _ in range(3):  # workers spawn on demand: a round of short tasks brings them up, usually all at once
-            if self._pool is None or len(self.worker_pids()) >= self.workers:
+            if self._pool is None or not self.workers or len(self.worker_pids()) >= self.workers:
                 break
             with _no_sigint():
                 futures = [self._pool.submit(_noop) for _ in range(self.workers)]
@@ -212,7 +291,10 @@ class CRFPool:
         return self
 
     def submit(self, image_rgb: np.ndarray, probs: np.ndarray) -> None:
-        self._chunk.append((np.ascontiguousarray(image_rgb), np.ascontiguousarray(probs, dtype=np.float32)))
+        image_rgb, probs = np.ascontiguousarray(image_rgb), np.ascontiguousarray(probs, dtype=np.float32)
+        if self.workers is None:
+            self._start(default_workers(image_rgb.nbytes + probs.nbytes, max_bytes=self.max_bytes))
+        self._chunk.append((image_rgb, probs))
         if len(self._chunk) >= self.chunk_size:
             self._flush()
 
@@ -223,13 +305,24 @@ class CRFPool:
         if self._pool is None:
             self._done.extend(_run_chunk(chunk, self.params))
             return
+        size = sum(image.nbytes + probs.nbytes for image, probs in chunk)
         try:
             with _no_sigint():
-                self._pending.append(self._pool.submit(_run_chunk, chunk, self.params))
+                self._pending.append((self._pool.submit(_run_chunk, chunk, self.params), size))
         except BrokenProcessPool:
             raise CRFError(_BROKEN) from None
-        while len(self._pending) > self.max_pending:
-            self._done.extend(self._collect(self._pending.popleft()))
+        self.pending_bytes += size
+        # over the budget: wait for the oldest chunk, but always leave one chunk per worker in flight
+        while len(self._pending) > self.max_pending or (self.pending_bytes > self.max_bytes
+                                                        and len(self._pending) > (self.workers or 1)):
+            self._collect_oldest()
+
+    def _collect_oldest(self) -> None:
+        future, size = self._pending[0]
+        labels = self._collect(future)
+        self._pending.popleft()
+        self.pending_bytes -= size
+        self._done.extend(labels)
 
     @staticmethod
     def _collect(future: Future) -> Any:
@@ -240,8 +333,8 @@ class CRFPool:
 
     def results(self) -> Iterator[np.ndarray]:
         """Label maps finished so far (in order), collecting finished chunks without blocking."""
-        while self._pending and self._pending[0].done():
-            self._done.extend(self._collect(self._pending.popleft()))
+        while self._pending and self._pending[0][0].done():
+            self._collect_oldest()
         while self._done:
             yield self._done.popleft()
 
@@ -249,7 +342,7 @@ class CRFPool:
         """Finish everything submitted and yield the remaining label maps in order."""
         self._flush()
         while self._pending:
-            self._done.extend(self._collect(self._pending.popleft()))
+            self._collect_oldest()
         yield from self.results()
 
     def worker_pids(self) -> list[int]:
@@ -262,8 +355,9 @@ class CRFPool:
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        busy = any(not f.done() for f in self._pending)
+        busy = any(not f.done() for f, _ in self._pending)
         self._pending.clear()
+        self.pending_bytes = 0
         self._chunk.clear()
         if not busy:
             pool.shutdown(wait=True)

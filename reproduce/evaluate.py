@@ -34,8 +34,10 @@ precision ``--precision auto`` picks, ``torch.compile`` for long fixed-size runs
 ``--compile auto``). The stages overlap: decoding (image and label files, preprocessing, padding)
 runs ``--prefetch`` images ahead in a thread (or ``--workers`` processes), the forward and the
 metrics (one bincount per image into the confusion matrix) in the main thread, and the dense CRF
-in ``--crf-workers`` processes (default one per core) that take each image's probabilities as the
-forward produces them; results are collected in order, so every setting gives the same matrices.
+in ``--crf-workers`` processes (default one per core, fewer when one image's CRF memory would not
+fit; see :mod:`reproduce.crf`) that take each image's probabilities as the forward produces them,
+at most ``--crf-memory-mb`` of them in flight; results are collected in order, so every setting
+gives the same matrices.
 
 ``--on-error skip`` skips (and counts, in ``result.json``) images or labels that are missing or
 cannot be read, naming each missing file once in a ``warning:`` line; the default stops at the
@@ -193,7 +195,8 @@ class EvalOptions:
 
     config: InferenceConfig
     crf: bool = False
-    crf_workers: int | None = None  # None: reproduce.crf.default_workers() (one per core); 0: in this process
+    crf_workers: int | None = None  # None: reproduce.crf.default_workers() for the first image; 0: in this process
+    crf_max_bytes: int | None = None  # images in flight to the CRF workers; None: reproduce.crf.DEFAULT_MAX_BYTES
     workers: int = 0  # decoding processes (DataLoader workers); 0: a decoding thread in this process
     prefetch: int = 2  # images decoded ahead of the forward; 0: decode each right before its forward
     classes: str = "present_in_gt"
@@ -230,7 +233,8 @@ def _dropped(dataset: Any) -> list[str]:
 
 
 def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions) -> dict[str, Any]:
-    """Run ``model`` over ``dataset``; return ``{"plain": ConfusionMatrix, "crf": ConfusionMatrix | None, ...}``.
+    """Run ``model`` over ``dataset``; return ``{"plain": ConfusionMatrix, "crf": ConfusionMatrix | None, ...}``
+    (``"crf_workers"``: the CRF worker processes used, ``None`` without CRF).
 
     ``model`` is a :class:`~reproduce.inference.Segmenter` (the engine; a plain
     :class:`~reproduce.inference.LoadedModel` runs as it is, eager fp32). ``dataset`` yields
@@ -291,10 +295,6 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
 
             iterator = bar = tqdm(batches, total=len(data), desc=f"eval {dataset.name} {dataset.split}",
                                   unit="img", dynamic_ncols=True)
-        if options.crf:
-            from reproduce.crf import CRFPool
-
-            pool = CRFPool(options.crf_workers).warm()  # the workers start beside the first forward
         for sample in iterator:
             if "error" in sample:
                 if options.on_error == "skip":
@@ -303,6 +303,13 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
                 raise InferenceError(sample["error"])
             label = sample["label"]
             h, w = label.shape
+            if options.crf and pool is None:
+                from reproduce.crf import CRFPool, item_bytes
+
+                # sized for the first image (the default worker count fits its memory); the workers start
+                # beside its forward
+                pool = CRFPool(options.crf_workers, max_bytes=options.crf_max_bytes,
+                               item_bytes=item_bytes((lm.num_classes, h, w))).warm()
             if config.protocol == "pad" and max(h, w) > config.crop_size:
                 oversize += 1
             probs = predict_probs(lm, sample["input"], config, (h, w))[0]
@@ -328,7 +335,8 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
         if pool is not None:
             pool.close()
     return {"plain": plain, "crf": refined, "images": count, "oversize_images": oversize,
-            "skipped": skipped, "seconds": time.perf_counter() - t0}
+            "skipped": skipped, "seconds": time.perf_counter() - t0,
+            "crf_workers": pool.workers if pool is not None else (options.crf_workers if options.crf else None)}
 
 
 # ---------------------------------------------------------------------------------------- comparison
@@ -497,7 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", action="store_true", help="also report the dense-CRF result (needs pydensecrf2)")
     p.add_argument("--crf-workers", type=int, default=None,
                    help="CRF worker processes beside the forward (default: one per core, here "
-                        f"{_default_crf_workers()}; 0: in this process, after each forward)")
+                        f"{_default_crf_workers()}, fewer when large images would not fit --crf-memory-mb or the "
+                        "available memory; 0: in this process, after each forward)")
+    p.add_argument("--crf-memory-mb", type=int, default=None, metavar="MB",
+                   help="images (probabilities + RGB) in flight to the CRF workers, held by this process "
+                        f"(default {_default_crf_memory_mb()}; at least one image per worker)")
     p.add_argument("--classes", choices=("present_in_gt", "present_in_union", "all"), default="present_in_gt",
                    help="classes averaged into mIoU (see reproduce/metrics.py; default present_in_gt)")
     r = parser.add_argument_group("run")
@@ -528,12 +540,20 @@ def _default_crf_workers() -> int:
     return default_workers()
 
 
+def _default_crf_memory_mb() -> int:
+    from reproduce.crf import DEFAULT_MAX_BYTES
+
+    return DEFAULT_MAX_BYTES >> 20
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as ``args`` say, write the outputs, return the result record."""
     from reproduce.datasets import DatasetError
 
     if args.workers < 0 or args.prefetch < 0 or (args.crf_workers is not None and args.crf_workers < 0):
         raise InferenceError("--workers, --prefetch and --crf-workers must be >= 0")
+    if args.crf_memory_mb is not None and args.crf_memory_mb < 1:
+        raise InferenceError("--crf-memory-mb must be >= 1")
     rows = resolve_rows(args.compare_to)  # before any heavy work: a typo should fail fast
     if args.crf:
         from reproduce.crf import require_pydensecrf
@@ -571,9 +591,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if lm.family == "deeplab_v2" and config.scales != (1.0,):
         raise InferenceError("--scales is for DeepLab v3/v3+; DeepLab v2's MSC (1, 0.75, 0.5, max) is the "
                              "deeplabv2_resnet101_msc model itself")
-    crf_workers = (_default_crf_workers() if args.crf_workers is None else args.crf_workers) if args.crf else None
-    options = EvalOptions(config=config, crf=args.crf, crf_workers=crf_workers, workers=args.workers,
-                          prefetch=args.prefetch, classes=args.classes, limit=args.limit, progress=not args.quiet,
+    crf_max_bytes = args.crf_memory_mb << 20 if args.crf_memory_mb is not None else None
+    options = EvalOptions(config=config, crf=args.crf, crf_workers=args.crf_workers, crf_max_bytes=crf_max_bytes,
+                          workers=args.workers, prefetch=args.prefetch, classes=args.classes, limit=args.limit, progress=not args.quiet,
                           on_error=args.on_error)
     try:
         out = evaluate(engine, dataset, options)
@@ -601,7 +621,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "device": device,
             "engine": engine.describe(),
             "pipeline": {"decode": f"{args.workers} processes" if args.workers else "thread",
-                         "prefetch": args.prefetch, "crf_workers": crf_workers},
+                         "prefetch": args.prefetch, "crf_workers": out["crf_workers"]},
             "on_error": args.on_error,
             "skipped_images": len(out["skipped"]),
             "skipped": out["skipped"],

@@ -433,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flip", action="store_true", help="average with the left-right flipped image")
     parser.add_argument("--crf", action="store_true", help="dense CRF post-processing of images (needs pydensecrf2)")
     parser.add_argument("--crf-workers", type=int, default=None,
-                        help="CRF worker processes beside the forward (default: one per core; 0: in this process)")
+                        help="CRF worker processes beside the forward (default: one per core, fewer when one "
+                             "image's CRF memory would not fit; 0: in this process)")
     parser.add_argument("--on-error", choices=("error", "skip"), default="error",
                         help="an unreadable image: stop with an error naming it (default) or skip and count it")
     parser.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")

@@ -150,6 +150,33 @@ def test_default_crf_workers_follow_the_cores() -> None:
     assert 1 <= crf.default_workers() == min(crf.usable_cores(), crf.MAX_DEFAULT_WORKERS)
 
 
+def test_evaluate_sizes_the_crf_pool_for_the_first_image_within_the_budget(voc, monkeypatch) -> None:
+    _needs_crf()
+    from reproduce import crf
+
+    made: list[tuple[int | None, dict]] = []
+
+    class Recording(crf.CRFPool):
+        def __init__(self, workers=None, **kwargs) -> None:
+            made.append((workers, kwargs))
+            super().__init__(0, **kwargs)  # in this process: nothing to start
+
+    monkeypatch.setattr(crf, "CRFPool", Recording)
+    dataset = ev.build_eval_dataset("voc12", voc, "val", "pad", 65)
+    first = dataset.load(0)[1].shape
+    out = ev.evaluate(pixel_model(seed=1), dataset,
+                      ev.EvalOptions(config=CONFIG, crf=True, crf_max_bytes=5 << 20, progress=False))
+    assert made == [(None, {"max_bytes": 5 << 20, "item_bytes": crf.item_bytes((21, *first))})]
+    assert out["crf_workers"] == 0 and out["crf"].matrix.sum() == out["plain"].matrix.sum()
+
+
+def test_crf_memory_must_be_positive(tmp_path, capsys) -> None:
+    code = ev.main(["--weights", str(tmp_path / "w.pth"), "--dataset", "voc12", "--data-root", str(tmp_path),
+                    "--crf", "--crf-memory-mb", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "--crf-memory-mb" in err
+
+
 def test_crf_pool_is_bit_exact_and_in_order_when_later_images_finish_first() -> None:
     _needs_crf()
     from reproduce import crf
