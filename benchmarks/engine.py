@@ -6,11 +6,14 @@ compared by their medians, so a busy neighbour slows them alike:
 
 * ``eager``: the model as built, fp32, NCHW, ``torch.inference_mode`` (what a plain user runs);
 * ``engine``: :class:`reproduce.inference.Segmenter` with its defaults (BatchNorm folded,
-  channels_last, ``precision="auto"``);
+  channels_last, ``precision="auto"``); the result records the precision auto chose and is held to
+  that dtype's ceiling;
 * ``compile``: the engine with ``torch.compile`` (inductor, frozen weights); the first call (the
   compilation) is timed apart as ``first_call_s``;
 * ``bf16``: the engine under bf16 autocast, run only where bf16 is native (``precision="auto"``
-  picks it); elsewhere the row records ``not native`` with the engine's reason and does not run it;
+  picks it); elsewhere the row records ``not native`` with the engine's reason and does not run it.
+  Where it runs, it is the same configuration as ``engine`` (auto picked bf16): its result says so
+  (``same_configuration_as``), and the pair's ratio is the timing noise of one configuration;
 * externals (``--external MODULE:FACTORY[=OURS,...]``): another implementation's own builder in
   eager fp32 NCHW and eager fp32 channels_last (what its users can do). Attached to our models
   (``=OURS``) it is timed in their rows, in the same rounds; if an importer of ``converters/peers``
@@ -21,9 +24,11 @@ Every variant's argmax is compared with eager fp32's on the pixels whose top-2 m
 ``MARGIN_TOL`` x max |eager| (float noise cannot flip those); the share of such pixels is recorded.
 
 Incremental: each row is written, as it completes, to its own strict-JSON file in a rows
-directory named by the environment (device, CPU, threads); ``resume=True`` skips rows whose file
-exists, so a long table runs in pieces and ``benchmarks.report`` merges every row file and run
-record it is given into one table. :func:`estimate` predicts the time of rows not yet measured
+directory named by the environment (device, CPU, threads), with the settings it was measured with
+(:func:`row_settings`: variants, timing, quick, class count, torch version); ``resume=True`` skips a
+row whose file has the same settings, every external asked of it and no failed result (anything
+else is measured again, with one line saying why), so a long table runs in pieces and
+``benchmarks.report`` merges every row file and run record it is given into one table. :func:`estimate` predicts the time of rows not yet measured
 from the ones that were (per-GFLOP rates and per-module compile time, FLOPs counted on the meta
 device).
 """
@@ -325,8 +330,10 @@ def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx
             engine = Segmenter.from_module(copy.deepcopy(model), device=ctx.device,
                                            precision="bf16" if variant == "bf16" else "auto",
                                            compile=variant == "compile")
+            synchronize(ctx.device)  # timed like a round: a GPU's queued work is in the figure
             t0 = time.perf_counter()
             engine.forward(x)  # the first call compiles (compile) or creates oneDNN primitives
+            synchronize(ctx.device)
             meta[variant] = {"first_call_s": time.perf_counter() - t0, "engine": engine.describe()}
             fns[variant] = lambda engine=engine, x=x: engine.forward(x)
             owner[variant] = point
@@ -364,6 +371,10 @@ def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx
             owner[key] = ext_point
             meta[key] = {"flops": peer_flops}
     row["same_network"] = same_network
+    same = same_configuration(meta.get("bf16", {}).get("engine"), meta.get("engine", {}).get("engine"))
+    if same:  # precision="auto" picked bf16: the default engine already is the bf16 engine
+        meta["bf16"]["same_configuration_as"] = "engine"
+        row["note"] = "engine default and bf16 are the same configuration (precision auto picks bf16)"
     outputs: dict[str, torch.Tensor] = {}
     for key, fn in fns.items():
         for _ in range(max(1, ctx.timing.warmup)):
@@ -376,7 +387,7 @@ def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx
         info = meta.get(key, {})
         rec = {**owner[key], "variant": variant, "label": VARIANT_LABELS[variant], "status": "ok",
                "latency": stats, "samples_s": ts, "ratio_to_eager": stats["median_s"] / eager_median,
-               "precision": "bf16" if variant == "bf16" else "fp32",
+               "precision": (info.get("engine") or {}).get("precision", "fp32"),  # what the engine chose
                **{k: v for k, v in info.items() if k != "flops"}}
         if variant.startswith("external"):
             rec["ratio_to_ours_eager"] = rec.pop("ratio_to_eager")
@@ -400,6 +411,14 @@ def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx
     if "compile" in ctx.variants:
         torch._dynamo.reset()
     return _finish_row(row, t_row)
+
+
+def same_configuration(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Two engines' :meth:`~reproduce.inference.Segmenter.describe` agree on everything but why the precision."""
+    if not a or not b:
+        return False
+    return ({k: v for k, v in a.items() if k != "precision_reason"}
+            == {k: v for k, v in b.items() if k != "precision_reason"})
 
 
 def run_external_row(ext: External, size: tuple[int, int], ctx: RowContext) -> dict[str, Any]:
@@ -481,9 +500,81 @@ def read_rows(rows_dir: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def row_is_done(row: dict[str, Any] | None, externals: Sequence[External]) -> bool:
-    """A row on disk counts as done when it exists and was timed with every external asked of it now."""
-    return row is not None and {e.spec for e in externals} <= set(row.get("externals", []))
+def row_settings(variants: Sequence[str], timing: Timing, *, quick: bool, num_classes: int) -> dict[str, Any]:
+    """What a row's numbers depend on besides the code (stored in each row; ``--resume`` compares them).
+
+    The git commit is recorded in the row's environment but not compared: the engine may improve
+    between the pieces of one table, and the report shows each row's commit."""
+    return {"variants": list(variants), "timing": asdict(timing), "rounds": max(5, timing.repeats),
+            "quick": bool(quick), "num_classes": num_classes, "torch": torch.__version__}
+
+
+def legacy_settings(row: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a row written before rows stored them, as far as the row shows them: the variants of
+    its results, its rounds and torch version (warm-up, ``max_seconds``, quick and the class count it
+    does not record: :func:`rerun_reason` checks the class count through the row's FLOPs)."""
+    ours = [r.get("variant") for r in row.get("results", [])
+            if r.get("role", "ours") == "ours" and r.get("variant") != "build"]
+    return {"variants": ours, "rounds_timed": row.get("rounds"),
+            "torch": (row.get("environment") or {}).get("torch"), "legacy": True}
+
+
+def _time_limited(row: dict[str, Any], max_seconds: float) -> bool:
+    """The row's rounds stopped at the time limit (``max_seconds`` per timed variant, see :func:`interleaved`)."""
+    timed = [r for r in row.get("results", []) if r.get("status") == "ok" and r.get("samples_s")]
+    spent = sum(sum(r["samples_s"]) for r in timed)
+    return bool(timed) and spent >= 0.95 * max_seconds * len(timed)
+
+
+def rerun_reason(row: dict[str, Any] | None, externals: Sequence[External], settings: dict[str, Any]) -> str | None:
+    """``None`` when the row on disk is done for ``settings`` (:func:`row_settings`) and ``externals``, else why
+    it is measured again: missing, an external not timed in it, a result that failed, other settings."""
+    if row is None:
+        return "not measured yet"
+    missing = sorted({e.spec for e in externals} - set(row.get("externals", [])))
+    if missing:
+        return f"external {', '.join(missing)} not timed in it"
+    errors = [str(r.get("variant")) for r in row.get("results", []) if r.get("status") == "error"]
+    if errors:
+        return f"{', '.join(errors)} failed in it"
+    have = row.get("settings") or legacy_settings(row)
+    ours = row.get("role", "ours") == "ours"
+    if ours and set(have.get("variants") or []) != set(settings["variants"]):
+        return (f"variants {','.join(have.get('variants') or [])} in it, "
+                f"{','.join(settings['variants'])} asked")
+    if have.get("torch") != settings["torch"]:
+        return f"torch {have.get('torch')} in it, {settings['torch']} now"
+    if have.get("legacy"):
+        timed, asked = have.get("rounds_timed"), settings["rounds"]
+        if timed != asked and not (timed is not None and 3 <= timed < asked
+                                   and _time_limited(row, settings["timing"]["max_seconds"])):
+            return f"{timed} rounds in it, {asked} asked"
+        return _legacy_classes_reason(row, settings["num_classes"]) if ours else None
+    for key in ("quick", "num_classes", "rounds"):
+        if have.get(key) != settings[key]:
+            return f"{key} {have.get(key)} in it, {settings[key]} asked"
+    for key in ("warmup", "max_seconds"):  # the timing fields the engine suite uses (rounds: from repeats)
+        if (have.get("timing") or {}).get(key) != settings["timing"][key]:
+            return f"{key} {(have.get('timing') or {}).get(key)} in it, {settings['timing'][key]} asked"
+    return None
+
+
+def _legacy_classes_reason(row: dict[str, Any], num_classes: int) -> str | None:
+    """A row without settings was built with ``num_classes`` classes when its FLOPs are the model's with them."""
+    if not row.get("gflops"):
+        return None
+    try:
+        gflops = count_flops_meta(row["model"], tuple(row["size"]), num_classes) / 1e9
+    except Exception:  # noqa: BLE001 - not countable on the meta device: the class count cannot be checked
+        return None
+    if abs(gflops - row["gflops"]) > 1e-6 * max(gflops, 1e-9):
+        return f"{row['gflops']:.6g} GFLOP in it, {gflops:.6g} with {num_classes} classes"
+    return None
+
+
+def row_is_done(row: dict[str, Any] | None, externals: Sequence[External], settings: dict[str, Any]) -> bool:
+    """A row on disk counts as done when :func:`rerun_reason` finds no reason to measure it again."""
+    return rerun_reason(row, externals, settings) is None
 
 
 # ---- estimate ------------------------------------------------------------------------------------------------------
@@ -583,9 +674,15 @@ def _run_engine(models, sizes, variants, timing, device, *, rows_dir, resume, ex
     def attached(name: str) -> list[External]:
         return [e for e in exts if name in e.vs]
 
-    todo = [(f, s, w) for f, s, w in plan
-            if not (isinstance(w, str) and row_is_done(on_disk.get(f), attached(w)))
-            and not (not isinstance(w, str) and f in on_disk)]
+    settings = row_settings(variants, timing, quick=quick, num_classes=num_classes)
+    todo = []
+    for f, s, w in plan:
+        reason = rerun_reason(on_disk.get(f), attached(w) if isinstance(w, str) else [], settings)
+        if reason is None:
+            continue
+        if f in on_disk:
+            log(f"resume: {f} measured again: {reason}")
+        todo.append((f, s, w))
     if resume:
         log(f"resume: {len(plan) - len(todo)} of {len(plan)} rows already in {rows_dir}")
         done_before = [r for r in on_disk.values() if r.get("role") == "ours"]
@@ -598,7 +695,9 @@ def _run_engine(models, sizes, variants, timing, device, *, rows_dir, resume, ex
     def remeasure(precision: str) -> dict[str, Any]:
         return measure_best_ceiling(device, precision, timing, quick=quick)
 
-    precisions = ["fp32"] + (["bf16"] if auto_precision == "bf16" and "bf16" in variants else [])
+    # the engine variants run in what auto picks (bf16 on AMX / most GPUs): each is held to its own dtype's ceiling
+    engined = {"engine", "compile", "bf16"} & set(variants)
+    precisions = ["fp32"] + ([auto_precision] if auto_precision != "fp32" and engined else [])
     if todo:
         for p in precisions:
             log(f"ceiling: matmuls and conv shapes, {p}")
@@ -621,6 +720,7 @@ def _run_engine(models, sizes, variants, timing, device, *, rows_dir, resume, ex
         row["ceilings"] = {p: {"tflops_median": c["tflops_median"], "kernel": c["kernel"]} for p, c in ceilings.items()}
         row["precision_auto"] = {"choice": auto_precision, "reason": auto_reason}
         row["environment"] = row_env
+        row["settings"] = settings
         rows.append(row)
         if rows_dir is not None:
             from converters.io import write_json_atomic
@@ -680,6 +780,8 @@ def _log_row(row: dict[str, Any], log: Callable[[str], None]) -> None:
     parts = []
     for r in row["results"]:
         tag = r.get("variant", "?") + (f"[{r['model']}]" if r.get("role") == "external" else "")
+        if r.get("precision") not in (None, "fp32") and r.get("variant") != r.get("precision"):
+            tag += f" ({r['precision']})"
         if r.get("status") != "ok":
             parts.append(f"{tag} {r.get('status')}")
             continue

@@ -7,6 +7,7 @@ report renders Markdown and PNGs from those JSONs (and from a reproduction resul
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -151,7 +152,7 @@ def test_engine_quick_with_an_external_builder(results: Path, tmp_path: Path, mo
     assert record["estimate_full_table"]["rows"] == 2 and record["estimate_full_table"]["seconds"] > 0
 
 
-def test_engine_resume_runs_only_missing_rows_and_the_report_merges_the_pieces(tmp_path: Path):
+def test_engine_resume_runs_only_missing_rows_and_the_report_merges_the_pieces(tmp_path: Path, capsys):
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     common = ["--suite", "engine", "--quick", "--device", "cpu", "--variants", "eager,engine", "--repeats", "3"]
     assert _run([*common, "--models", "deeplabv3_tiny", "--out", str(first)]) == 0
@@ -169,6 +170,95 @@ def test_engine_resume_runs_only_missing_rows_and_the_report_merges_the_pieces(t
     assert "| deeplabv3_tiny | 65 |" in table and "| deeplabv2_tiny_msc | 65 |" in table
     assert f"Device: **{record['environment']['device_name']}**" in text  # the CPU is named
     assert (out / "engine_ratios.png").read_bytes()[:8] == PNG_MAGIC
+    # other settings: rows timed with other variants are measured again (not silently kept) ...
+    third = tmp_path / "c.json"
+    assert _run([*common[:-4], "--variants", "eager,engine,bf16", "--repeats", "3",
+                 "--models", "deeplabv3_tiny,deeplabv2_tiny_msc", "--resume", "--out", str(third)]) == 0
+    record = json.loads(third.read_text(encoding="utf-8"))
+    assert record["rows_resumed"] == 0 and record["rows_measured"] == 2
+    assert {(r["model"], r["variant"]) for r in record["results"]} >= {("deeplabv3_tiny", "bf16"),
+                                                                       ("deeplabv2_tiny_msc", "bf16")}
+    row = json.loads((rows_dir / "deeplabv3_tiny@65.json").read_text(encoding="utf-8"))
+    assert row["settings"]["variants"] == ["eager", "engine", "bf16"] and row["settings"]["rounds"] == 5
+    # ... and so is a row with a failed result, with one line saying why
+    engine_rec = next(r for r in row["results"] if r["variant"] == "engine")
+    engine_rec.update(status="error", error="RuntimeError: out of memory")
+    (rows_dir / "deeplabv3_tiny@65.json").write_text(json.dumps(row), encoding="utf-8")
+    capsys.readouterr()
+    fourth = tmp_path / "d.json"
+    assert run.main(["--threads", "1", *common[:-4], "--variants", "eager,engine,bf16", "--repeats", "3",
+                     "--models", "deeplabv3_tiny,deeplabv2_tiny_msc", "--resume", "--out", str(fourth)]) == 0
+    assert "resume: deeplabv3_tiny@65.json measured again: engine failed in it" in capsys.readouterr().out
+    record = json.loads(fourth.read_text(encoding="utf-8"))
+    assert record["rows_resumed"] == 1 and {r["model"] for r in record["results"]} == {"deeplabv3_tiny"}
+    assert all(r["status"] != "error" for r in record["results"])
+
+
+REAL_ROWS = (Path(__file__).resolve().parents[1] / "benchmarks" / "reports" / "cpu-2026-12-01-full" / "results"
+             / "engine-rows-cpu-intel-r-xeon-r-processor-2t")
+
+
+def test_engine_resume_judges_rows_written_before_rows_stored_their_settings(tmp_path: Path):
+    # a row of the 2026-12-01 CPU table: --repeats 5 --threads 2, every variant, sizes 321,513, VainF attached
+    src = REAL_ROWS / "deeplabv3plus_resnet101@321.json"
+    shutil.copy(src, tmp_path / src.name)
+    row = engine.read_rows(tmp_path)[src.name]
+    assert "settings" not in row
+    exts = [engine.External(spec, (row["model"],), lambda _n: None) for spec in row["externals"]]
+    timing = run._timing(run.build_parser().parse_args(["--suite", "engine", "--repeats", "5"]))
+
+    def settings(variants=engine.ENGINE_VARIANTS, timing=timing, num_classes=21, **over):
+        # the torch of that table (the installed one may differ): the comparison itself is checked below
+        return {**engine.row_settings(variants, timing, quick=False, num_classes=num_classes),
+                "torch": row["environment"]["torch"], **over}
+
+    assert engine.rerun_reason(row, exts, settings()) is None and engine.row_is_done(row, exts, settings())
+    assert engine.rerun_reason(row, exts, settings(variants=["eager", "engine"])).startswith("variants")
+    extra = engine.External("peer_factories:other", (row["model"],), lambda _n: None)
+    assert "peer_factories:other not timed" in engine.rerun_reason(row, [*exts, extra], settings())
+    assert engine.rerun_reason(row, exts, settings(timing=inference.Timing(repeats=10))) == (
+        "5 rounds in it, 10 asked")
+    assert "with 19 classes" in engine.rerun_reason(row, exts, settings(num_classes=19))
+    assert engine.rerun_reason(row, exts, settings(torch="2.99.0")).startswith("torch 2.13.0")
+    # a row written now stores its settings, and every one of them counts
+    now = {**row, "settings": settings()}
+    assert engine.row_is_done(now, exts, settings())
+    for changed in (settings(variants=[*engine.ENGINE_VARIANTS][:3]), settings(num_classes=19),
+                    {**settings(), "quick": True},
+                    settings(timing=inference.Timing(warmup=1, repeats=5, max_seconds=60.0))):
+        assert not engine.row_is_done(now, exts, changed), changed
+
+
+def test_engine_rows_record_the_precision_auto_chose(tmp_path: Path, monkeypatch):
+    import reproduce.inference as ri
+
+    real = ri.choose_precision
+    monkeypatch.setattr(ri, "choose_precision",  # as on a CPU with AMX or an Ampere GPU
+                        lambda req, dev: ("bf16", "auto: test says native") if req == "auto" else real(req, dev))
+    fake = {"fp32": 1e3, "bf16": 1e-12}  # no model reaches the fp32 one; every bf16 model beats the bf16 one
+    monkeypatch.setattr(engine, "measure_best_ceiling", lambda _dev, precision, _timing, quick: {
+        "tflops_median": fake[precision], "kernel": f"fake {precision}"})
+    events: list[str] = []
+    forward = ri.Segmenter.forward
+    monkeypatch.setattr(ri.Segmenter, "forward", lambda self, x: (events.append("forward"), forward(self, x))[1])
+    monkeypatch.setattr(engine, "synchronize", lambda _dev: events.append("sync"))
+    body = engine.run_engine(["deeplabv2_tiny_msc"], [(33, 33)], ["eager", "engine", "bf16"],
+                             inference.Timing(warmup=1, repeats=3, min_seconds=0.0, max_seconds=2.0),
+                             torch.device("cpu"), rows_dir=tmp_path, quick=True, log=lambda _m: None)
+    assert events[:3] == ["sync", "forward", "sync"]  # the first call (compile time) is timed synchronised
+    by = {r["variant"]: r for r in body["results"]}
+    assert by["eager"]["precision"] == "fp32"
+    assert by["engine"]["precision"] == "bf16" == by["engine"]["engine"]["precision"]
+    assert by["bf16"]["status"] == "ok" and by["bf16"]["same_configuration_as"] == "engine"
+    assert "same_configuration_as" not in by["engine"]
+    # each held to its own dtype's ceiling: the bf16 engine never becomes the fp32 ceiling
+    ceilings = body["ceilings"]
+    assert ceilings["fp32"]["tflops_median"] == 1e3 and ceilings["fp32"]["kernel"] == "fake fp32"
+    assert ceilings["bf16"]["source"].startswith("model")
+    for r in by.values():
+        assert r["ceiling_fraction"] == pytest.approx(r["achieved_tflops"] / ceilings[r["precision"]]["tflops_median"])
+    row = json.loads((tmp_path / "deeplabv2_tiny_msc@33.json").read_text(encoding="utf-8"))
+    assert "same configuration" in row["note"] and row["ceilings"]["fp32"]["tflops_median"] == 1e3
 
 
 def test_engine_agreement_ignores_pixels_without_a_margin():
