@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--external-path", action="append", default=[], metavar="DIR",
                    help="engine: put DIR first on the import path of this run for --external (repeatable)")
     g.add_argument("--resume", action="store_true",
-                   help="engine: skip the model/size rows already written in the rows directory")
+                   help="engine: skip the model/size rows already written in the rows directory with the same "
+                        "settings and no failed result")
     t = p.add_argument_group("timing")
     t.add_argument("--warmup", type=int, default=None, help="untimed calls per point (default 2, quick 1)")
     t.add_argument("--repeats", type=int, default=None, help="minimum timed calls per point (default 10, quick 3)")
