@@ -240,7 +240,7 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
     :class:`~reproduce.inference.LoadedModel` runs as it is, eager fp32). ``dataset`` yields
     ``(image, label, meta)`` (the :mod:`reproduce.datasets` contract). Predictions and labels are
     compared at the label's size; nothing is averaged per image. A Segmenter made with
-    ``compile="auto"`` compiles when the run is long and every input has one shape (``pad``).
+    ``compile="auto"`` compiles when the run is long and the inputs have one shape (``pad``, ``warp``).
     Samples the dataset left out before the run (missing files, ``on_error="skip"``) are counted
     in ``"skipped"`` with ``options.on_error="skip"`` and raised (the first) with ``"error"``.
     """
@@ -266,8 +266,11 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
     if hasattr(dataset, "on_error"):
         dataset.on_error = "error"  # never substitute another sample in an evaluation (see _Guarded)
     data = Subset(dataset, range(min(options.limit, len(dataset)))) if options.limit else dataset
-    if isinstance(model, Segmenter) and model.want_compile(len(data), fixed_shape=config.protocol == "pad"):
-        model.enable_compile()
+    # pad and COCO-Stuff 10k's warp give one input shape (pad: but for images larger than the crop, which run
+    # eagerly: the engine compiles only the first image's shapes)
+    fixed_shape = config.protocol == "pad" or getattr(dataset, "warp_size", None) is not None
+    if isinstance(model, Segmenter) and model.want_compile(len(data), fixed_shape=fixed_shape):
+        model.enable_compile(len(config.scales))
     data = _Guarded(data)
     waiting: deque[np.ndarray] = deque()  # ground truth of images queued in the CRF pool, in order
     t0 = time.perf_counter()
@@ -519,8 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "fp32, bf16, fp16")
     r.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto", help="auto: channels_last")
     r.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help=f"torch.compile (inductor, frozen weights); auto: for pad runs of >= "
-                        f"{COMPILE_MIN_IMAGES} images")
+                   help=f"torch.compile (inductor, frozen weights) for the first image's size, other sizes run "
+                        f"eager; auto: for pad or warp runs of >= {COMPILE_MIN_IMAGES} images")
     r.add_argument("--amp", action="store_true", help="same as --precision fp16 (CUDA)")
     r.add_argument("--workers", type=int, default=0,
                    help="decoding processes (DataLoader workers); default 0: one decoding thread in this process, "

@@ -26,7 +26,10 @@ One image in, class probabilities at the label size out, following the official 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +53,7 @@ __all__ = [
     "PROTOCOLS",
     "default_preprocessing",
     "load_model",
+    "MAX_SCALES",
     "parse_scales",
     "pad_bottom_right",
     "prepare_input",
@@ -94,8 +98,8 @@ class InferenceConfig:
             raise InferenceError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.crop_size < 1:
             raise InferenceError(f"crop size must be positive, got {self.crop_size}")
-        if not self.scales or any(not (s > 0) for s in self.scales):
-            raise InferenceError(f"scales must be positive numbers, got {self.scales}")
+        if not self.scales or not all(math.isfinite(s) and s > 0 for s in self.scales):
+            raise InferenceError(f"scales must be finite positive numbers, got {self.scales}")
 
 
 @dataclass
@@ -112,7 +116,8 @@ class LoadedModel:
     provenance: dict[str, Any] | None = None
     build_kwargs: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    # Set by :class:`Segmenter`: the engine's forward (fused, channels_last, autocast, compiled); None = plain.
+    # The engine's forward (fused, channels_last, autocast, compiled) on a :class:`Segmenter`'s own copy
+    # (``Segmenter.lm``); None = the plain model, eager fp32.
     runner: Any = None
 
     @property
@@ -133,21 +138,47 @@ class LoadedModel:
         }
 
 
+MAX_SCALES = 32  # more scales than any published protocol uses (6); a typo must not allocate millions
+
+
 def parse_scales(text: str | Sequence[float]) -> tuple[float, ...]:
-    """``"0.5:0.25:1.75"`` (start:step:stop, inclusive, as the TF zoo writes it), ``"0.5,1,1.5"`` or a list."""
-    if not isinstance(text, str):
-        return tuple(float(s) for s in text)
-    text = text.strip()
+    """``"0.5:0.25:1.75"`` (start:step:stop, inclusive, as the TF zoo writes it), ``"0.5,1,1.5"`` or a list.
+
+    A range never goes past its stop (``"1:0.3:1.5"`` is 1, 1.3). Every scale must be a finite positive
+    number and there are at most :data:`MAX_SCALES`; anything else is an :class:`InferenceError`.
+    """
+    usage = "use START:STEP:STOP (e.g. 0.5:0.25:1.75) or 0.5,1,1.5"
+    shown = text if isinstance(text, str) else list(text)
+    bounds: tuple[float, float, float] | None = None
     try:
-        if ":" in text:
-            start, step, stop = (float(p) for p in text.split(":"))
-            if step <= 0 or stop < start:
-                raise ValueError
-            n = int(round((stop - start) / step)) + 1
-            return tuple(round(start + i * step, 6) for i in range(n))
-        return tuple(float(p) for p in text.replace(" ", ",").split(",") if p)
-    except ValueError:
-        raise InferenceError(f"cannot parse scales {text!r}; use START:STEP:STOP (e.g. 0.5:0.25:1.75) or 0.5,1,1.5") from None
+        if not isinstance(text, str):
+            scales: tuple[float, ...] = tuple(float(s) for s in text)
+        elif ":" in text:
+            start, step, stop = (float(p) for p in text.strip().split(":"))
+            bounds, scales = (start, step, stop), ()
+        else:
+            scales = tuple(float(p) for p in text.strip().replace(" ", ",").split(",") if p)
+    except (ValueError, TypeError):
+        raise InferenceError(f"cannot parse scales {shown!r}; {usage}") from None
+    if bounds is not None:
+        start, step, stop = bounds
+        if not all(math.isfinite(v) and v > 0 for v in bounds):
+            raise InferenceError(f"scales {shown!r}: start, step and stop must be finite positive numbers")
+        if stop < start:
+            raise InferenceError(f"scales {shown!r}: stop is below start; {usage}")
+        # floor, not round: the stop is never exceeded; the epsilon keeps an exact stop (1:0.25:2 has 2)
+        steps = (stop - start) / step
+        if not steps < MAX_SCALES:  # also inf, from a step too small to divide by
+            raise InferenceError(f"scales {shown!r}: more than {MAX_SCALES} scales")
+        count = math.floor(steps + 1e-9) + 1
+        scales = tuple(round(start + i * step, 6) for i in range(count))
+    if not scales:
+        raise InferenceError(f"no scales in {shown!r}; {usage}")
+    if not all(math.isfinite(s) and s > 0 for s in scales):
+        raise InferenceError(f"scales must be finite positive numbers, got {shown!r}")
+    if len(scales) > MAX_SCALES:
+        raise InferenceError(f"scales {shown!r}: {len(scales)} scales, more than {MAX_SCALES}")
+    return scales
 
 
 def _family(model: nn.Module) -> Literal["deeplab_v2", "deeplab_v3"]:
@@ -394,6 +425,7 @@ def run_image(lm: LoadedModel, image_rgb: np.ndarray, config: InferenceConfig) -
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
 COMPILE_MIN_IMAGES = 300  # compile="auto" pays back from here (a compile costs ~30-90 s; it saves ~0.1-0.3 s/image)
+COMPILE_MAX_SHAPES = 8  # torch._dynamo.config.recompile_limit's default: dynamo runs eager past it anyway
 CACHE_DIR_ENV = "DEEPLAB_INDUCTOR_CACHE_DIR"
 # Inductor settings of ``Segmenter(compile=True)``: freezing (weights become constants, folded and laid out once
 # for inference) with oneDNN weight prepacking on a CPU. torch 2.13's FX graph cache cannot pickle prepacked
@@ -500,7 +532,7 @@ def _probe_cpu_bf16() -> dict[str, Any]:
 def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
     """``(precision, why)``: what ``requested`` (``auto|fp32|bf16|fp16``) means on ``device``.
 
-    ``auto``: on CUDA bf16 autocast where the GPU supports it, else fp16; on a CPU bf16 only where it is
+    ``auto``: on CUDA bf16 autocast where ``device`` has native bf16 (compute capability 8.0+), else fp16; on a CPU bf16 only where it is
     native and faster: AMX (``amx_bf16``), or ``avx512_bf16`` confirmed by a 1-conv probe that runs at
     least 1.3x faster than fp32; fp32 everywhere else (a CPU without native bf16 runs it 2-5x slower).
     """
@@ -511,9 +543,12 @@ def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
     if requested != "auto":
         return requested, "asked for"
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "auto: CUDA device supports bf16"
-        return "fp16", "auto: CUDA device without bf16"
+        # Native bf16 tensor cores start at Ampere (sm80). torch.cuda.is_bf16_supported() is not the test: it
+        # counts emulation (True on a V100/T4, where bf16 is slow) and asks the current device, not ``device``.
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) >= (8, 0):
+            return "bf16", f"auto: CUDA device {device} (sm{major}{minor}) has native bf16"
+        return "fp16", f"auto: CUDA device {device} (sm{major}{minor}) has no native bf16 (needs sm80+)"
     if device.type != "cpu":
         return "fp32", f"auto: {device.type} device"
     flags = cpu_flags()
@@ -545,8 +580,6 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     ``conv_bn_pairs`` a module declares (DeepLab v2's Caffe ResNet). BatchNorms that follow no conv
     (ResNet v2's pre-activations) stay.
     """
-    import copy
-
     from reference_models.tf_ops import Conv2dTF
 
     fused = copy.deepcopy(model).eval()
@@ -581,10 +614,16 @@ class Segmenter:
       NHWC; measured in ``benchmarks/``), ``contiguous`` to keep NCHW;
     * ``precision="auto"``: see :func:`choose_precision` (the choice and the reason are in
       :attr:`precision` / :attr:`precision_reason` and :meth:`describe`);
-    * ``compile=True``: ``torch.compile`` (inductor, with weight freezing) of the fused model; one graph per
-      input shape, reused for every image of that shape (inductor's on-disk cache keeps compiled kernels
-      across runs where torch allows). ``"auto"`` leaves the choice to the caller's
-      :meth:`want_compile` (long evaluations at a fixed size).
+    * ``compile=True``: ``torch.compile`` (inductor, with weight freezing) of the fused model, for the
+      input shapes of the first image only (one shape per scale): an input of any other shape runs the
+      same fused module eagerly instead of compiling again (a compile costs 30-90 s on a CPU, and
+      dynamo would fall back to eager by itself after its recompile limit anyway). :meth:`describe` counts
+      the forwards run each way. Inductor's on-disk cache keeps compiled kernels across runs where torch
+      allows. ``"auto"`` leaves the choice to the caller's :meth:`want_compile` (long evaluations at a
+      fixed size).
+
+    A :class:`LoadedModel` given as ``weights`` is not modified (its model is copied before folding or
+    moving); the engine's own :attr:`lm` holds the prepared network and its runner.
 
     ``predict(image)`` -> ``(H, W)`` uint8 label map; ``scores(image)`` -> ``(C, H, W)`` float32
     probabilities; both take an RGB uint8 ``(H, W, 3)`` array and follow :class:`InferenceConfig`
@@ -606,34 +645,36 @@ class Segmenter:
         config: InferenceConfig | None = None,
     ) -> None:
         dev = resolve_device(device)
-        if isinstance(weights, LoadedModel):
-            lm = weights
-            lm.model.eval().to(dev)
-            lm.device = dev
-        else:
-            lm = load_model(model, weights, num_classes=num_classes, output_stride=output_stride, device=dev)
         if memory_format not in MEMORY_FORMATS:
             raise InferenceError(f"memory format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
         if compile not in (True, False, "auto"):
             raise InferenceError(f"compile must be true, false or auto, got {compile!r}")
-        self.lm = lm
         self.device = dev
         self.config = config or InferenceConfig()
         self.precision, self.precision_reason = choose_precision(precision, dev)
+        if isinstance(weights, LoadedModel):
+            source, owned = weights, False  # the caller's: never modified
+        else:
+            source = load_model(model, weights, num_classes=num_classes, output_stride=output_stride, device=dev)
+            owned = True
         self.memory_format = "channels_last" if memory_format == "auto" else memory_format
         self.fused = fuse
-        net = fuse_for_inference(lm.model) if fuse else lm.model.eval()
         if fuse:
-            lm.model = net  # the unfused copy is not needed for inference; free it
+            net = fuse_for_inference(source.model)  # a copy; an owned unfused model is freed with ``source``
+        else:
+            net = source.model if owned else copy.deepcopy(source.model)
         self._format = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
-        self.net = net.to(memory_format=self._format)
+        self.net = net.eval().to(dev, memory_format=self._format)
+        self.lm = dataclasses.replace(source, model=self.net, device=dev, runner=self.forward)
         self._compile_request = compile
         self.compiled = False
         self.cache_dir: Path | None = None  # inductor's on-disk cache, once compiled
-        self._fn: Any = self.net
+        self._compiled_fn: Any = None
+        self.compile_shapes = 0  # how many input shapes get a compiled graph (the first ones seen)
+        self.compiled_shapes: list[tuple[int, ...]] = []
+        self.forwards = {"compiled": 0, "eager": 0}
         if compile is True:
             self.enable_compile()
-        lm.runner = self.forward
 
     # ---- construction helpers
     @classmethod
@@ -650,22 +691,42 @@ class Segmenter:
         return self._compile_request is True or (
             self._compile_request == "auto" and fixed_shape and images >= COMPILE_MIN_IMAGES)
 
-    def enable_compile(self) -> None:
-        """Compile the fused model with inductor and weight freezing (idempotent)."""
+    def enable_compile(self, shapes: int | None = None) -> None:
+        """Compile the fused model with inductor and weight freezing (idempotent).
+
+        Graphs are made for the first ``shapes`` distinct input shapes the engine sees (default: one per
+        scale of :attr:`config`, the shapes of one image); inputs of other shapes run eagerly.
+        """
+        if shapes is None:
+            shapes = len(self.config.scales)
+        self.compile_shapes = max(self.compile_shapes, min(max(int(shapes), 1), COMPILE_MAX_SHAPES))
         if self.compiled:
             return
         self.cache_dir = use_inductor_cache_dir()
-        self._fn = torch.compile(self.net, backend="inductor", dynamic=False, options=dict(COMPILE_OPTIONS))
+        self._compiled_fn = torch.compile(self.net, backend="inductor", dynamic=False, options=dict(COMPILE_OPTIONS))
         self.compiled = True
 
     # ---- running
+    def _module_for(self, x: torch.Tensor) -> Any:
+        """The compiled graph for a shape it has (or may still take), else the eager fused module."""
+        if self._compiled_fn is not None:
+            shape = tuple(x.shape)
+            if shape in self.compiled_shapes or len(self.compiled_shapes) < self.compile_shapes:
+                if shape not in self.compiled_shapes:
+                    self.compiled_shapes.append(shape)
+                self.forwards["compiled"] += 1
+                return self._compiled_fn
+        self.forwards["eager"] += 1
+        return self.net
+
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network's raw output (logits / score map) in float32 for a preprocessed NCHW batch."""
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self._format)
         dtype = _AUTOCAST_DTYPES.get(self.precision)
+        fn = self._module_for(x)
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = self._fn(x)
+            out = fn(x)
         return out.float()
 
     def scores(self, image_rgb: np.ndarray, config: InferenceConfig | None = None) -> torch.Tensor:
@@ -685,6 +746,8 @@ class Segmenter:
         return {"device": str(self.device), "precision": self.precision, "precision_reason": self.precision_reason,
                 "memory_format": self.memory_format, "batchnorm_folded": self.fused, "compiled": self.compiled,
                 "compile_cache": None if self.cache_dir is None else str(self.cache_dir),
+                "compiled_shapes": [list(shape) for shape in self.compiled_shapes],
+                "forwards": dict(self.forwards),
                 "torch_threads": torch.get_num_threads()}
 
     def summary(self) -> str:

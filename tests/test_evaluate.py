@@ -76,8 +76,22 @@ def test_parse_scales_and_scale_dimension() -> None:
     assert parse_scales("0.5,1,1.5") == (0.5, 1.0, 1.5)
     with pytest.raises(InferenceError):
         parse_scales("a:b")
+    # a range never passes its stop (rounding the count gave 1, 1.3, 1.6); an exact stop is kept
+    assert parse_scales("1:0.3:1.5") == (1.0, 1.3)
+    assert parse_scales("1:0.25:2") == (1.0, 1.25, 1.5, 1.75, 2.0)
+    assert parse_scales("0.5:0.1:0.8") == (0.5, 0.6, 0.7, 0.8)  # 0.3 / 0.1 is 2.9999999999999996 in floats
+    assert parse_scales("1:0.5:1.2") == (1.0,)
+    assert parse_scales([0.5, 1]) == (0.5, 1.0)
     # TF's scale_dimension: 513 at 1/4 -> 129 (the decoder grid), at 0.5 -> 257, at 1.75 -> 897
     assert [scale_dimension(513, s) for s in (0.25, 0.5, 1.75)] == [129, 257, 897]
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "0", "-1", "0.5,inf", "1,-0.5", "1:0:2", "1:inf:2", "0:0.5:1",
+                                  "1:0.5:nan", "2:0.5:1", "1:1e-320:2", "0.1:0.001:10", ",", [1.0, float("nan")]])
+def test_parse_scales_refuses_non_finite_non_positive_and_too_many(text) -> None:
+    with pytest.raises(InferenceError) as info:
+        parse_scales(text)
+    assert "\n" not in str(info.value)
 
 
 def test_pad_is_bottom_right_with_the_mean() -> None:
@@ -203,6 +217,40 @@ def test_cocostuff_warp_protocol(tmp_path) -> None:
         ev.build_eval_dataset("voc12", tmp_path, "val", "warp", 513)
 
 
+def test_compile_auto_compiles_long_warp_runs_not_variable_size_ones(tmp_path, voc, monkeypatch) -> None:
+    """warp gives one input shape, like pad: compile="auto" compiles a long run; "whole" on VOC never."""
+    from reproduce import inference
+
+    compiled: list = []
+
+    def fake_compile(module, **kwargs):  # stands in for inductor: records the shapes it is given
+        compiled.append([])
+        shapes = compiled[-1]
+        return lambda x: (shapes.append(tuple(x.shape)), module(x))[1]
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(inference, "use_inductor_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(inference, "COMPILE_MIN_IMAGES", 3)
+    base = write_cocostuff10k(tmp_path, n_train=1, n_test=3, sizes=(30, 50))
+    dataset = ev.build_eval_dataset("cocostuff10k", base, "test", "warp", 33)
+    lm = pixel_model(num_classes=182, kernel=3)
+    options = ev.EvalOptions(config=InferenceConfig(protocol="whole"), progress=False)
+    engine = ev.Segmenter(lm, device="cpu", precision="fp32", compile="auto")
+    out = ev.evaluate(engine, dataset, options)
+    assert engine.compiled and compiled == [[(1, 3, 33, 33)] * 3]
+    assert engine.describe()["forwards"] == {"compiled": 3, "eager": 0}
+    plain = ev.evaluate(lm, ev.build_eval_dataset("cocostuff10k", base, "test", "warp", 33), options)
+    np.testing.assert_array_equal(out["plain"].matrix, plain["plain"].matrix)
+    # shorter than COMPILE_MIN_IMAGES: eager
+    short = ev.Segmenter(lm, device="cpu", precision="fp32", compile="auto")
+    ev.evaluate(short, dataset, ev.EvalOptions(config=InferenceConfig(protocol="whole"), progress=False, limit=2))
+    assert not short.compiled and short.describe()["forwards"] == {"compiled": 0, "eager": 2}
+    # "whole" on images of their own sizes is not one shape: never compiled by auto
+    varied = ev.Segmenter(pixel_model(kernel=3), device="cpu", precision="fp32", compile="auto")
+    ev.evaluate(varied, ev.build_eval_dataset("voc12", voc, "val", "pad", 65), options)
+    assert not varied.compiled and len(compiled) == 1
+
+
 def test_class_count_mismatch_is_an_error(voc) -> None:
     dataset = ev.build_eval_dataset("voc12", voc, "val", "pad", 65)
     with pytest.raises(InferenceError, match="182 classes but voc12 has 21"):
@@ -266,6 +314,7 @@ def test_cli_uses_the_provenance_preprocessing(voc, v2_weights, tmp_path) -> Non
         ({"--compare-to": "no_such_table[0]"}, "unknown table"),
         ({"--compare-to": "deeplab_v2_resnet101_voc12_val:crf=maybe"}, "no row"),
         ({"--scales": "0.5,1"}, "DeepLab v2's MSC"),
+        ({"--scales": "inf"}, "finite positive"),
         ({"--model": "deeplabv2_nope"}, "unknown model"),
     ],
 )

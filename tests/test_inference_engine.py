@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -114,10 +115,34 @@ def test_auto_precision_on_this_machine_is_honest() -> None:
         assert "probe" in why
 
 
-def test_segmenter_from_weights_predicts_like_the_plain_model(tmp_path: Path) -> None:
+def test_auto_precision_on_cuda_asks_the_given_device_for_native_bf16(monkeypatch) -> None:
+    """bf16 only from compute capability 8.0, asked of the device given; is_bf16_supported (emulation) is no proof."""
+    asked: list = []
+    capability = {"value": (7, 5)}  # T4: torch says bf16 is "supported" (emulated), and it is slow
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: (asked.append(device), capability["value"])[1])
+    cuda1 = torch.device("cuda:1")
+    precision, why = choose_precision("auto", cuda1)
+    assert precision == "fp16" and "sm75" in why and "cuda:1" in why and why.startswith("auto: ")
+    assert len(asked) == 1 and torch.device(asked[0]).index == 1
+    capability["value"] = (7, 0)  # V100
+    assert choose_precision("auto", cuda1)[0] == "fp16"
+    capability["value"] = (8, 0)  # A100
+    precision, why = choose_precision("auto", cuda1)
+    assert precision == "bf16" and "sm80" in why and "native bf16" in why
+    capability["value"] = (8, 6)
+    assert choose_precision("auto", cuda1)[0] == "bf16"
+    assert all(torch.device(d).index == 1 for d in asked)
+    capability["value"] = (7, 5)
+    assert choose_precision("bf16", cuda1) == ("bf16", "asked for")  # an explicit choice is honoured
+
+
+def _tiny_weights(tmp_path: Path, seed: int = 3) -> Path:
+    """Random deeplabv3plus_tiny weights (non-trivial BatchNorm) with a provenance JSON."""
     from converters.io import save_state_dict
 
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     model = _randomize_bn(build_model("deeplabv3plus_tiny", num_classes=4))
     weights = tmp_path / "tiny.pth"
     save_state_dict(model.state_dict(), weights)
@@ -125,6 +150,11 @@ def test_segmenter_from_weights_predicts_like_the_plain_model(tmp_path: Path) ->
                                                         "preprocessing": {"channel_order": "RGB",
                                                                           "mean": [127.5] * 3,
                                                                           "std": [127.5] * 3}}))
+    return weights
+
+
+def test_segmenter_from_weights_predicts_like_the_plain_model(tmp_path: Path) -> None:
+    weights = _tiny_weights(tmp_path)
     config = InferenceConfig(protocol="pad", crop_size=49)
     engine = Segmenter(weights, device="cpu", config=config)
     assert engine.describe()["batchnorm_folded"] and engine.memory_format == "channels_last"
@@ -198,3 +228,89 @@ def test_flip_pair_runs_as_one_batch_with_the_numbers_of_two_calls(name: str, si
                 expected = expected + (p.flip(-1) if flipped else p)
     expected = (expected / (2 * len(scales)))[..., :size - 3, :size - 2]
     torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_segmenter_leaves_the_loaded_model_it_is_given(tmp_path: Path, fuse: bool) -> None:
+    """Segmenter(lm) works on a copy: the caller's model keeps its BatchNorms, layout and eager fp32 path."""
+    weights = _tiny_weights(tmp_path)
+    lm = load_model(None, weights)
+    model, keys = lm.model, list(lm.model.state_dict())
+    config = InferenceConfig(protocol="pad", crop_size=49)
+    image = np.random.default_rng(1).integers(0, 256, (40, 45, 3), dtype=np.uint8)
+    plain = run_image(lm, image, config)
+    engine = Segmenter(lm, device="cpu", precision="fp32", fuse=fuse, config=config)
+    assert lm.runner is None and lm.model is model and list(lm.model.state_dict()) == keys
+    assert any(isinstance(m, nn.BatchNorm2d) for m in lm.model.modules())
+    conv_weights = [m.weight for m in lm.model.modules() if isinstance(m, nn.Conv2d)]
+    assert conv_weights and all(w.is_contiguous() for w in conv_weights)  # not turned channels_last
+    build_model("deeplabv3plus_tiny", num_classes=4).load_state_dict(lm.model.state_dict(), strict=True)
+    assert engine.lm is not lm and engine.lm.runner is not None and engine.lm.model is engine.net
+    # the caller's LoadedModel still runs the plain model: the very same numbers as before the engine existed
+    torch.testing.assert_close(run_image(lm, image, config), plain, rtol=0, atol=0)
+    # and the engine predicts like it
+    torch.testing.assert_close(engine.scores(image), plain, rtol=1e-4, atol=1e-5)
+    assert engine.describe()["batchnorm_folded"] is fuse
+
+
+@pytest.mark.parametrize("tracer", ["recorder", "dynamo"])
+def test_compiled_engine_compiles_the_first_shape_only(monkeypatch, tmp_path: Path, tracer: str) -> None:
+    """Inputs of new sizes run the fused module eagerly instead of recompiling; describe() counts both.
+
+    ``recorder``: torch.compile replaced by a wrapper recording the shapes it is called with (one shape =
+    one compile with ``dynamic=False``); ``dynamo``: traced by dynamo for real (a counting backend instead of
+    inductor), counting the graphs it makes.
+    """
+    graphs: list = []  # one entry per graph made (dynamo) or per shape seen (recorder)
+    requested: list[dict] = []
+    real_compile = torch.compile
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def fake_compile(module, **kwargs):
+        requested.append(kwargs)
+        if tracer == "dynamo":
+            return real_compile(module, backend=counting_backend, dynamic=kwargs.get("dynamic"))
+
+        def recorder(x):
+            if tuple(x.shape) not in graphs:
+                graphs.append(tuple(x.shape))
+            return module(x)
+        return recorder
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(inference, "use_inductor_cache_dir", lambda: tmp_path)
+    dynamo = importlib.import_module("torch._dynamo") if tracer == "dynamo" else None
+    if dynamo is not None:
+        dynamo.reset()
+    try:
+        torch.manual_seed(0)
+        model = _randomize_bn(build_model("deeplabv3_tiny", num_classes=5))
+        engine = Segmenter.from_module(model, device="cpu", precision="fp32", compile=True)
+        assert len(requested) == 1 and requested[0]["dynamic"] is False and engine.compile_shapes == 1
+        gen = torch.Generator().manual_seed(1)
+        inputs = [torch.randn(1, 3, size, size + 4, generator=gen) for size in (33, 41, 49)]
+        outs = [engine.forward(inputs[0])]
+        traced = len(graphs)
+        assert traced >= 1  # the first shape is compiled
+        outs += [engine.forward(x) for x in (*inputs[1:], inputs[0])]
+        assert len(graphs) == traced  # other shapes ran eager; the first shape again reused its graph
+        if tracer == "recorder":
+            assert graphs == [(1, 3, 33, 37)]
+        with torch.inference_mode():
+            for x, out in zip([*inputs, inputs[0]], outs):
+                ref = model(x)
+                assert out.shape == ref.shape
+                assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
+        described = engine.describe()
+        assert described["compiled"] and described["forwards"] == {"compiled": 2, "eager": 2}
+        assert described["compiled_shapes"] == [[1, 3, 33, 37]]
+        # multi-scale: one graph per scale of the first image
+        multi = Segmenter.from_module(model, device="cpu", precision="fp32", compile=True,
+                                      config=InferenceConfig(scales=(0.75, 1.0, 1.25)))
+        assert multi.compile_shapes == 3
+    finally:
+        if dynamo is not None:
+            dynamo.reset()
