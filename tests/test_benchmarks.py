@@ -380,3 +380,16 @@ def test_helpers():
     env = {"device": "cpu", "device_name": "AMD EPYC 7B13", "torch": "2.13.0+cpu", "torch_threads": 2,
            "git": {"commit": "abcdef0123", "dirty": False}}
     assert result_filename("inference", env, quick=True) == "inference-cpu-amd-epyc-7b13-torch2.13.0-cpu-2t-abcdef0-quick.json"
+
+
+@pytest.mark.parametrize("capability, skipped", [((7, 5), True), ((7, 0), True), ((8, 0), False), ((9, 0), False)])
+def test_bf16_is_benchmarked_on_gpus_with_native_bf16_only(monkeypatch, capability, skipped):
+    """sm70/75 emulate bf16 (is_bf16_supported() still says yes): no bf16 column there; the device asked is the one given."""
+    from benchmarks._common import precision_skip_reason
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    reason = precision_skip_reason("bf16", torch.device("cuda:1"))
+    assert (reason is not None) == skipped and asked == [torch.device("cuda:1")]
+    assert precision_skip_reason("fp32", torch.device("cuda:1")) is None
