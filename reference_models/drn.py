@@ -72,7 +72,8 @@ class DRNBottleneck(nn.Module):
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return self.relu(y + identity)
+        y += identity  # bn3's (or, folded, conv3's) fresh output, summed in place as fyu's drn does
+        return self.relu(y)
 
 
 def _conv_layers(in_channels: int, channels: int, *, stride: int, dilation: int) -> nn.Sequential:

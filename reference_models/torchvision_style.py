@@ -50,7 +50,7 @@ def _cbr(in_ch: int, out_ch: int, k: int, *, stride: int = 1, padding: int = 0, 
     layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, k, stride, padding, dilation=dilation, groups=groups,
                                          bias=False), nn.BatchNorm2d(out_ch, eps=eps)]
     if act is not None:
-        layers.append(act())
+        layers.append(act(inplace=True))  # on BatchNorm's (or, folded, the conv's) fresh output
     return nn.Sequential(*layers)
 
 
@@ -79,7 +79,9 @@ class TVBottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
-        return self.relu(self.bn3(self.conv3(y)) + identity)
+        y = self.bn3(self.conv3(y))
+        y += identity  # bn3's (or, folded, conv3's) fresh output, summed in place as torchvision does
+        return self.relu(y)
 
 
 class TVResNet(nn.Module):
@@ -291,7 +293,7 @@ class TorchASPP(nn.Module):
         branches.append(ASPPPooling(in_ch, channels))
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(OrderedDict(conv=nn.Conv2d(len(branches) * channels, channels, 1, bias=False),
-                                                 bn=nn.BatchNorm2d(channels), relu=nn.ReLU(),
+                                                 bn=nn.BatchNorm2d(channels), relu=nn.ReLU(inplace=True),
                                                  dropout=nn.Dropout(dropout)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -321,14 +323,14 @@ class TorchDeepLab(nn.Module):
             head_in = 256 + 48
         head_conv = (separable(head_in, 256, 3, padding=1) if separable_convs
                      else nn.Conv2d(head_in, 256, 3, padding=1, bias=False))
-        self.head = nn.Sequential(OrderedDict(conv=head_conv, bn=nn.BatchNorm2d(256), relu=nn.ReLU(),
+        self.head = nn.Sequential(OrderedDict(conv=head_conv, bn=nn.BatchNorm2d(256), relu=nn.ReLU(inplace=True),
                                               logits=nn.Conv2d(256, num_classes, 1)))
         self.aux_classifier = None
         if aux:
             aux_ch, _ = backbone.feature_info["aux"]
             self.aux_classifier = nn.Sequential(OrderedDict(
                 conv=nn.Conv2d(aux_ch, aux_ch // 4, 3, padding=1, bias=False), bn=nn.BatchNorm2d(aux_ch // 4),
-                relu=nn.ReLU(), dropout=nn.Dropout(0.1), logits=nn.Conv2d(aux_ch // 4, num_classes, 1)))
+                relu=nn.ReLU(inplace=True), dropout=nn.Dropout(0.1), logits=nn.Conv2d(aux_ch // 4, num_classes, 1)))
         self.logits_stride = 1  # resized to the input
 
     def _logits(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
