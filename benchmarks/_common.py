@@ -238,9 +238,11 @@ def precision_skip_reason(precision: str, device: torch.device) -> str | None:
         return f"unknown precision {precision!r}"
     if precision == "fp16" and device.type != "cuda":
         return "fp16 autocast is measured on CUDA only (CPU fp16 convolutions are not a deployment target)"
-    if precision == "bf16" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
-        # is_bf16_supported() also says yes where bf16 is only emulated (sm70/75), and asks the current device
-        return "this GPU has no native bf16 (needs sm80+)"
+    if precision == "bf16" and device.type == "cuda":
+        from reproduce.inference import cuda_native_bf16
+
+        if not cuda_native_bf16(device)[0]:
+            return "this GPU has no native bf16 (needs sm80+)"
     return None
 
 

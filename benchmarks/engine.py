@@ -263,6 +263,11 @@ def module_count(name: str, num_classes: int) -> int:
 # ---- one row -------------------------------------------------------------------------------------------------------
 
 
+def engine_rounds(timing: Timing) -> int:
+    """Interleaved rounds per row: ``timing.repeats``, at least 5."""
+    return max(5, timing.repeats)
+
+
 @dataclass
 class RowContext:
     device: torch.device
@@ -277,7 +282,7 @@ class RowContext:
 
     @property
     def rounds(self) -> int:
-        return max(5, self.timing.repeats)
+        return engine_rounds(self.timing)
 
 
 def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx: RowContext) -> dict[str, Any]:
@@ -413,12 +418,16 @@ def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx
     return _finish_row(row, t_row)
 
 
+# describe() keys that are not settings: why auto chose, and what the engine has run so far
+_NOT_CONFIGURATION = frozenset({"precision_reason", "forwards", "compiled_shapes"})
+
+
 def same_configuration(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    """Two engines' :meth:`~reproduce.inference.Segmenter.describe` agree on everything but why the precision."""
+    """Two engines' :meth:`~reproduce.inference.Segmenter.describe` agree on every setting."""
     if not a or not b:
         return False
-    return ({k: v for k, v in a.items() if k != "precision_reason"}
-            == {k: v for k, v in b.items() if k != "precision_reason"})
+    return ({k: v for k, v in a.items() if k not in _NOT_CONFIGURATION}
+            == {k: v for k, v in b.items() if k not in _NOT_CONFIGURATION})
 
 
 def run_external_row(ext: External, size: tuple[int, int], ctx: RowContext) -> dict[str, Any]:
@@ -505,7 +514,7 @@ def row_settings(variants: Sequence[str], timing: Timing, *, quick: bool, num_cl
 
     The git commit is recorded in the row's environment but not compared: the engine may improve
     between the pieces of one table, and the report shows each row's commit."""
-    return {"variants": list(variants), "timing": asdict(timing), "rounds": max(5, timing.repeats),
+    return {"variants": list(variants), "timing": asdict(timing), "rounds": engine_rounds(timing),
             "quick": bool(quick), "num_classes": num_classes, "torch": torch.__version__}
 
 

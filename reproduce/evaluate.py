@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from converters.cli import program_name
+from converters.cli import program_name, run_main
 from reproduce.inference import (
     COMPILE_MIN_IMAGES,
     MEMORY_FORMATS,
@@ -649,8 +649,6 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: exit 0 done, 1 bad input (one line on stderr), 2 usage, 130 interrupted."""
-    from converters.cli import run_main
-
     return run_main(build_parser(), run, argv, check=_check)
 
 

@@ -529,6 +529,16 @@ def _probe_cpu_bf16() -> dict[str, Any]:
     return _BF16_PROBE
 
 
+def cuda_native_bf16(device: torch.device) -> tuple[bool, tuple[int, int]]:
+    """``(native, capability)``: whether CUDA ``device`` has native bf16 (Ampere, sm80, and newer).
+
+    Not ``torch.cuda.is_bf16_supported()``: it counts emulation (True on a V100/T4, where bf16 is slow) and
+    asks the current device, not ``device``.
+    """
+    major, minor = torch.cuda.get_device_capability(device)
+    return (major, minor) >= (8, 0), (major, minor)
+
+
 def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
     """``(precision, why)``: what ``requested`` (``auto|fp32|bf16|fp16``) means on ``device``.
 
@@ -543,10 +553,8 @@ def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
     if requested != "auto":
         return requested, "asked for"
     if device.type == "cuda":
-        # Native bf16 tensor cores start at Ampere (sm80). torch.cuda.is_bf16_supported() is not the test: it
-        # counts emulation (True on a V100/T4, where bf16 is slow) and asks the current device, not ``device``.
-        major, minor = torch.cuda.get_device_capability(device)
-        if (major, minor) >= (8, 0):
+        native, (major, minor) = cuda_native_bf16(device)
+        if native:
             return "bf16", f"auto: CUDA device {device} (sm{major}{minor}) has native bf16"
         return "fp16", f"auto: CUDA device {device} (sm{major}{minor}) has no native bf16 (needs sm80+)"
     if device.type != "cpu":

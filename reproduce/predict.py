@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from converters.cli import program_name
+from converters.cli import program_name, run_main
 from reproduce.inference import (
     MEMORY_FORMATS,
     PRECISIONS,
@@ -540,8 +540,6 @@ def _run_and_report(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: exit 0 done, 1 bad input (one line on stderr), 2 usage, 130 interrupted."""
-    from converters.cli import run_main
-
     return run_main(build_parser(), _run_and_report, argv)
 
 

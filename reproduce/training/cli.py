@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from converters.cli import program_name
+from converters.cli import program_name, run_main
 
 from .config import (
     Config,
@@ -212,6 +212,4 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 done, 1 bad input (one line ``error: ...``), 2 usage, 130 interrupted."""
-    from converters.cli import run_main
-
     return run_main(build_parser(), run, argv)
