@@ -223,13 +223,34 @@ def build_eval_dataset(name: str, root: str | Path, split: str, protocol: str, c
     return build_dataset(name, root=root, split=split, **kwargs)
 
 
-def _dropped(dataset: Any) -> list[str]:
-    """Messages of the samples ``dataset`` left out before the run (missing files under ``on_error="skip"``)."""
+def _within(dataset: Any, sample_id: str, limit: int | None) -> bool:
+    """Whether ``sample_id`` is among the first ``limit`` samples of the split's list (all if None)."""
+    if limit is None:
+        return True
+    position = getattr(dataset, "listed_position", {}).get(sample_id)
+    return position is None or position < limit
+
+
+def _dropped(dataset: Any, limit: int | None = None) -> list[str]:
+    """Messages of the samples ``dataset`` left out before the run (missing files under ``on_error="skip"``),
+    among the first ``limit`` of the split's list."""
     skipped = getattr(dataset, "skipped", None)
     if not skipped:
         return []
     kept = {ref.id for ref in getattr(dataset, "refs", ())}
-    return [message for sample_id, message in skipped.items() if sample_id not in kept]
+    return [message for sample_id, message in skipped.items()
+            if sample_id not in kept and _within(dataset, sample_id, limit)]
+
+
+def _limited(dataset: Any, limit: int | None) -> int:
+    """How many of the reader's samples (in order) the run takes: those among the first ``limit`` samples of
+    the split's list, so that samples left out for missing files count toward ``limit`` (every sample if None)."""
+    if limit is None:
+        return len(dataset)
+    refs = getattr(dataset, "refs", None)
+    if refs is None or not hasattr(dataset, "listed_position"):
+        return min(limit, len(dataset))
+    return sum(1 for ref in refs if _within(dataset, ref.id, limit))
 
 
 def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions) -> dict[str, Any]:
@@ -260,12 +281,13 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
     # Inference sees "whole" after the warp: the warped image is the crop size already.
     config = options.config
     dataset.transform = _Prepare(lm.preprocessing, config)
-    skipped: list[str] = _dropped(dataset)
+    skipped: list[str] = _dropped(dataset, options.limit)
     if skipped and options.on_error == "error":
         raise InferenceError(skipped[0])
     if hasattr(dataset, "on_error"):
         dataset.on_error = "error"  # never substitute another sample in an evaluation (see _Guarded)
-    data = Subset(dataset, range(min(options.limit, len(dataset)))) if options.limit else dataset
+    # --limit N: the first N samples of the split's list; those left out for missing files are among them
+    data = Subset(dataset, range(_limited(dataset, options.limit))) if options.limit else dataset
     # pad and COCO-Stuff 10k's warp give one input shape (pad: but for images larger than the crop, which run
     # eagerly: the engine compiles only the first image's shapes)
     fixed_shape = config.protocol == "pad" or getattr(dataset, "warp_size", None) is not None
@@ -494,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-root", "--root", dest="root", type=Path, required=True,
                    help="dataset folder (e.g. data/VOCdevkit)")
     d.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    d.add_argument("--limit", type=int, help="evaluate only the first N images, N >= 1 (debugging)")
+    d.add_argument("--limit", type=int, help="evaluate only the first N images of the split's list, N >= 1 "
+                   "(debugging; with --on-error skip, missing ones among them are skipped and counted)")
     d.add_argument("--on-error", choices=("error", "skip"), default="error",
                    help="a missing or unreadable image or label: stop naming it (default) or skip it and count it")
     p = parser.add_argument_group("protocol")
@@ -575,11 +598,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      on_error=args.on_error)
     except DatasetError as e:
         raise InferenceError(f"dataset {args.dataset}: {e}") from None
-    missing = _dropped(dataset)
+    missing = _dropped(dataset, args.limit)
     for message in missing:  # named here, once; counted with the unreadable ones in result.json
         print(f"warning: skipped {message}", file=sys.stderr)
-    if len(dataset) == 0:
-        raise InferenceError(f"{args.root}: split {args.split!r} of {args.dataset} has no images"
+    if _limited(dataset, args.limit) == 0:
+        first = f"the first {args.limit} images of " if args.limit is not None else ""
+        raise InferenceError(f"{args.root}: {first}split {args.split!r} of {args.dataset} has no images"
                              + (f" left ({len(missing)} skipped: files missing)" if missing else ""))
     from reproduce.predict import resolve_weights
 

@@ -477,3 +477,33 @@ def test_limit_below_one_is_refused(voc, v2_weights, tmp_path, limit) -> None:
     dataset = ev.build_eval_dataset("voc12", voc, "val", "pad", 65)
     with pytest.raises(ValueError, match="limit must be >= 1"):
         ev.evaluate(pixel_model(), dataset, ev.EvalOptions(config=InferenceConfig(), limit=limit, progress=False))
+
+
+def test_limit_counts_missing_files_among_the_first_n_only(tmp_path, v2_weights) -> None:
+    """``--limit N`` is the first N samples of the split's list: a missing file among them is skipped and
+    counted; one further down the list is neither evaluated, named nor counted."""
+    from tests.inprocess import run_main
+
+    root = tmp_path / "voc"
+    write_voc(root, train_ids=["2007_000032"], val_ids=VAL_IDS, seed=3, sizes=(24, 41))
+    early = next(root.rglob(f"SegmentationClass/{VAL_IDS[0]}.png"))
+    late = next(root.rglob(f"JPEGImages/{VAL_IDS[-1]}.jpg"))
+    early.unlink()
+    late.unlink()
+    out = tmp_path / "res"
+    limit = len(VAL_IDS) - 1
+    done = run_main(ev.main, _cli(root, v2_weights, out, "--on-error", "skip", "--limit", str(limit)))
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and str(early) in warnings[0], done.stderr
+    run = _no_nan((out / "result.json").read_text())["run"]
+    assert run["skipped_images"] == 1 and run["images"] == limit - 1, run
+    # the first sample only: it is missing, so nothing is left to evaluate
+    done = run_main(ev.main, _cli(root, v2_weights, tmp_path / "res1", "--on-error", "skip", "--limit", "1"))
+    assert done.returncode == 1 and "the first 1 images of split" in done.stderr and "1 skipped" in done.stderr, \
+        done.stderr
+    # the API: the same count through EvalOptions(limit=...)
+    dataset = ev.build_eval_dataset("voc12", root, "val", "pad", 65, on_error="skip")
+    api = ev.evaluate(pixel_model(seed=4), dataset, ev.EvalOptions(config=InferenceConfig(protocol="pad", crop_size=65),
+                                                                   progress=False, on_error="skip", limit=2))
+    assert api["images"] == 1 and len(api["skipped"]) == 1 and VAL_IDS[0] in api["skipped"][0]

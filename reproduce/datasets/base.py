@@ -233,8 +233,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.skipped: dict[str, str] = {}
         self.refs: list[SampleRef] = []
+        # Where each sample stands in the split's list (refs and files left out alike), so that "the
+        # first N samples of the split" means the same whichever files are missing.
+        self.listed_position: dict[str, int] = {}
         # A stat per file is cheap next to decoding and catches the commonest mistake up front.
-        for ref in refs:
+        for position, ref in enumerate(refs):
+            self.listed_position.setdefault(ref.id, position)
             missing = next((p for p in (ref.image, ref.label) if not p.is_file()), None)
             if missing is None:
                 self.refs.append(ref)
