@@ -419,7 +419,7 @@ def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx
 
 
 # describe() keys that are not settings: why auto chose, and what the engine has run so far
-_NOT_CONFIGURATION = frozenset({"precision_reason", "forwards", "compiled_shapes"})
+_NOT_CONFIGURATION = frozenset({"precision_reason", "memory_format_reason", "forwards", "compiled_shapes"})
 
 
 def same_configuration(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:

@@ -543,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto (default: bf16 only where native and faster, fp16/bf16 on CUDA, else fp32), "
                         "fp32, bf16, fp16")
-    r.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto", help="auto: channels_last")
+    r.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                   help="auto: channels_last on a CPU and at fp16/bf16 on CUDA, NCHW for fp32 on CUDA")
     r.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help=f"torch.compile (inductor, frozen weights) for the first image's size, other sizes run "
                         f"eager; auto: for pad or warp runs of >= {COMPILE_MIN_IMAGES} images")

@@ -572,6 +572,28 @@ def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
                    f"{torch.backends.cpu.get_cpu_capability()})"
 
 
+def choose_memory_format(requested: str, device: torch.device, precision: str) -> tuple[str, str]:
+    """``(memory_format, why)``: what ``requested`` (``auto|contiguous|channels_last``) means on ``device`` at
+    ``precision``.
+
+    ``auto``: channels_last on a CPU (oneDNN's NHWC convolutions: 0.58-0.89x the NCHW engine's time on every
+    registered model measured, ``benchmarks/memory_format.py``) and on CUDA at fp16/bf16 (tensor-core
+    convolutions are NHWC); NCHW on CUDA at fp32, where cuDNN's NHWC kernels bring no speed-up (PyTorch's
+    channels_last guidance: the gain comes with reduced precision on tensor cores), and on other devices.
+    """
+    if requested not in MEMORY_FORMATS:
+        raise InferenceError(f"memory format must be one of {', '.join(MEMORY_FORMATS)}, got {requested!r}")
+    if requested != "auto":
+        return requested, "asked for"
+    if device.type == "cpu":
+        return "channels_last", "auto: oneDNN runs NHWC convolutions faster on a CPU"
+    if device.type == "cuda" and precision in ("fp16", "bf16"):
+        return "channels_last", f"auto: {precision} convolutions on tensor cores are NHWC"
+    if device.type == "cuda":
+        return "contiguous", "auto: fp32 on CUDA (cuDNN's NHWC kernels pay off with fp16/bf16 only)"
+    return "contiguous", f"auto: {device.type} device"
+
+
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Fold eval-mode ``bn`` into ``conv``'s weight and bias (``torch.nn.utils.fusion``), in place."""
     from torch.nn.utils.fusion import fuse_conv_bn_weights
@@ -618,8 +640,8 @@ class Segmenter:
 
     * BatchNorm folded into the convolutions (:func:`fuse_for_inference`, a copy: the weights file and
       the model's state-dict layout are unchanged);
-    * ``memory_format="auto"``: channels_last (oneDNN on CPU and cuDNN run these convolutions faster in
-      NHWC; measured in ``benchmarks/``), ``contiguous`` to keep NCHW;
+    * ``memory_format="auto"``: see :func:`choose_memory_format` (channels_last on a CPU and at fp16/bf16
+      on CUDA, NCHW for fp32 on CUDA; the choice and the reason in :meth:`describe`);
     * ``precision="auto"``: see :func:`choose_precision` (the choice and the reason are in
       :attr:`precision` / :attr:`precision_reason` and :meth:`describe`);
     * ``compile=True``: ``torch.compile`` (inductor, with weight freezing) of the fused model, for the
@@ -665,7 +687,7 @@ class Segmenter:
         else:
             source = load_model(model, weights, num_classes=num_classes, output_stride=output_stride, device=dev)
             owned = True
-        self.memory_format = "channels_last" if memory_format == "auto" else memory_format
+        self.memory_format, self.memory_format_reason = choose_memory_format(memory_format, dev, self.precision)
         self.fused = fuse
         if fuse:
             net = fuse_for_inference(source.model)  # a copy; an owned unfused model is freed with ``source``
@@ -752,7 +774,8 @@ class Segmenter:
     def describe(self) -> dict[str, Any]:
         """The engine's settings, for result files and logs."""
         return {"device": str(self.device), "precision": self.precision, "precision_reason": self.precision_reason,
-                "memory_format": self.memory_format, "batchnorm_folded": self.fused, "compiled": self.compiled,
+                "memory_format": self.memory_format, "memory_format_reason": self.memory_format_reason,
+                "batchnorm_folded": self.fused, "compiled": self.compiled,
                 "compile_cache": None if self.cache_dir is None else str(self.cache_dir),
                 "compiled_shapes": [list(shape) for shape in self.compiled_shapes],
                 "forwards": dict(self.forwards),

@@ -393,3 +393,31 @@ def test_bf16_is_benchmarked_on_gpus_with_native_bf16_only(monkeypatch, capabili
     reason = precision_skip_reason("bf16", torch.device("cuda:1"))
     assert (reason is not None) == skipped and asked == [torch.device("cuda:1")]
     assert precision_skip_reason("fp32", torch.device("cuda:1")) is None
+
+
+def test_memory_format_benchmark_writes_strict_json_and_a_table(tmp_path) -> None:
+    """Both layouts of the engine are timed side by side and give the same output."""
+    import json
+
+    from benchmarks import memory_format
+
+    out = tmp_path / "mf"
+    code = memory_format.main(["--out", str(out), "--models", "deeplabv3_tiny,deeplabv2_tiny_msc", "--sizes", "33",
+                               "--rounds", "3", "--device", "cpu"])
+    assert code == 0
+    record = json.loads((out / "memory-format.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    rows = record["rows"]
+    assert [r["model"] for r in rows] == ["deeplabv3_tiny", "deeplabv2_tiny_msc"]
+    for r in rows:
+        assert r["rounds"] == 3 and len(r["samples_s"]["channels_last"]) == 3 and r["max_rel_diff"] < 1e-4, r
+        assert r["channels_last_over_nchw"] == pytest.approx(r["channels_last_ms"] / r["nchw_ms"], rel=1e-2)
+    assert "| deeplabv2_tiny_msc | 33 |" in (out / "README.md").read_text()
+    assert record["environment"]["cpu_model"]
+
+
+def test_memory_format_benchmark_refuses_an_unknown_model(tmp_path, capsys) -> None:
+    from benchmarks import memory_format
+
+    assert memory_format.main(["--out", str(tmp_path / "x"), "--models", "no_such_model"]) == 2
+    assert "unknown no_such_model" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -314,3 +314,23 @@ def test_compiled_engine_compiles_the_first_shape_only(monkeypatch, tmp_path: Pa
     finally:
         if dynamo is not None:
             dynamo.reset()
+
+
+def test_memory_format_auto_is_channels_last_on_cpu_and_with_reduced_precision_on_cuda() -> None:
+    from reproduce.inference import InferenceError, choose_memory_format
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_memory_format("auto", cpu, "fp32")[0] == "channels_last"
+    assert choose_memory_format("auto", cpu, "bf16")[0] == "channels_last"
+    assert choose_memory_format("auto", cuda, "fp16")[0] == "channels_last"
+    assert choose_memory_format("auto", cuda, "bf16")[0] == "channels_last"
+    fmt, why = choose_memory_format("auto", cuda, "fp32")
+    assert fmt == "contiguous" and "fp32" in why
+    assert choose_memory_format("auto", torch.device("mps"), "fp32")[0] == "contiguous"
+    assert choose_memory_format("contiguous", cpu, "fp32") == ("contiguous", "asked for")
+    assert choose_memory_format("channels_last", cuda, "fp32") == ("channels_last", "asked for")
+    with pytest.raises(InferenceError, match="memory format must be one of"):
+        choose_memory_format("nhwc", cpu, "fp32")
+    engine = Segmenter.from_module(build_model("deeplabv3_tiny", num_classes=3).eval(), device="cpu")
+    assert engine.describe()["memory_format"] == "channels_last"
+    assert engine.describe()["memory_format_reason"].startswith("auto: ")
