@@ -576,8 +576,8 @@ def choose_memory_format(requested: str, device: torch.device, precision: str) -
     """``(memory_format, why)``: what ``requested`` (``auto|contiguous|channels_last``) means on ``device`` at
     ``precision``.
 
-    ``auto``: channels_last on a CPU (oneDNN's NHWC convolutions: 0.58-0.89x the NCHW engine's time on every
-    registered model measured, ``benchmarks/memory_format.py``) and on CUDA at fp16/bf16 (tensor-core
+    ``auto``: channels_last on a CPU (oneDNN's NHWC convolutions: 0.62-0.93x the NCHW engine's time on every
+    registered model at 321 and 513, ``benchmarks/reports/memory-format-2026-12-02``) and on CUDA at fp16/bf16 (tensor-core
     convolutions are NHWC); NCHW on CUDA at fp32, where cuDNN's NHWC kernels bring no speed-up (PyTorch's
     channels_last guidance: the gain comes with reduced precision on tensor cores), and on other devices.
     """
