@@ -15,8 +15,9 @@ Paths, each in a fresh process measured by ``benchmarks._measure.run_measured``:
   variable into a dict of ``torch.from_numpy`` tensors and ``torch.save`` (TensorFlow imported);
 - ``baseline``: ``import torch`` only (from the Caffe benchmark of the same run);
 - ``ours_no_verify``: ``ours`` with ``--no-verify`` (no CRC-32C check of the tensors);
-- ``imports``: what ``tf2torch.py`` imports before it reads a tensor (torch, the reference models, the
-  converters; the parser built), nothing converted: the floor of the conversion process.
+- ``imports``: what ``tf2torch.py`` imports before it reads a tensor (the converters, numpy, protobuf,
+  the stored state-dict signatures; the parser built; no torch, no reference model: it plans against
+  ``converters/tf/signatures.json``), nothing converted: the floor of the conversion process.
 
 ``rss_above_imports_over_file_size`` is what the conversion itself adds above that floor, per byte of
 checkpoint; streaming keeps it near one tensor plus buffers.
@@ -229,9 +230,10 @@ def run_stream_benchmark(workdir: Path, cases: list[str], *, threads: int | None
             raise RuntimeError(f"{what} failed (exit {m.returncode}): {m.stderr.strip()[-1500:]}")
     floors = {"import_torch_peak_rss_bytes": baseline.peak_rss_bytes,
               "after_imports_peak_rss_bytes": imports.peak_rss_bytes,
-              "after_imports_vm_rss_bytes": imports.result().get("vm_rss_after_imports_bytes")}
+              "after_imports_vm_rss_bytes": imports.result().get("vm_rss_after_imports_bytes"),
+              "after_imports_torch_imported": imports.result().get("torch_imported")}
     log(f"floors: import torch {baseline.peak_rss_bytes / MIB:.1f} MiB; tf2torch.py's imports "
-        f"{imports.peak_rss_bytes / MIB:.1f} MiB")
+        f"{imports.peak_rss_bytes / MIB:.1f} MiB (torch imported: {floors['after_imports_torch_imported']})")
     out: dict[str, Any] = {}
     for case in cases:
         release, fmt, momentum = STREAM_CASES[case]
@@ -276,7 +278,7 @@ def run_stream_benchmark(workdir: Path, cases: list[str], *, threads: int | None
     return {
         "benchmark": "TF conversion streamed into the output: whole-process peak RSS per checkpoint",
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "rss_method": "ru_maxrss of each child from os.wait4 in a ~10 MB launcher (whole process, torch included)",
+        "rss_method": "ru_maxrss of each child from os.wait4 in a ~10 MB launcher (the whole process)",
         "environment": environment(baseline.result(), env),
         "limit_ratio": STREAM_LIMIT,
         "floors": floors,
@@ -291,7 +293,9 @@ def format_stream_table(record: dict[str, Any]) -> str:
              f"{env['torch']}, Python {env['python']}; commit {(env['git'] or {}).get('commit')}",
              "",
              f"Floors (fresh processes): `import torch` {floors['import_torch_peak_rss_bytes'] / MIB:.1f} MiB; "
-             f"tf2torch.py's imports with nothing converted {floors['after_imports_peak_rss_bytes'] / MIB:.1f} MiB.",
+             f"tf2torch.py's imports with nothing converted {floors['after_imports_peak_rss_bytes'] / MIB:.1f} MiB"
+             + ("" if floors.get("after_imports_torch_imported") is None else
+                " (torch imported)" if floors["after_imports_torch_imported"] else " (torch not imported)") + ".",
              "",
              "| checkpoint | format | file MiB | output | seconds | peak RSS MiB | peak / file | above imports MiB "
              "| above imports / file | above imports / largest tensor | <= 1.5x |",
@@ -362,18 +366,21 @@ def work_generate(prefix: Path, release: str, fmt: str = "V2", momentum: bool = 
 
 
 def work_imports() -> dict[str, Any]:
-    """What ``tf2torch.py`` imports before reading a tensor, and its parser built; nothing converted."""
-    import torch  # noqa: F401
-
+    """What ``tf2torch.py`` imports before reading a tensor, its parser built and the stored signatures
+    read; nothing converted. Reports whether torch got imported (the streaming path never imports it)."""
+    import converters.cli  # noqa: F401
+    import converters.provenance  # noqa: F401
     import converters.streaming  # noqa: F401
     import converters.tf.reader  # noqa: F401
     import converters.tf.rules  # noqa: F401
-    import reference_models  # noqa: F401
     from benchmarks._measure import proc_status_bytes
     from converters import tf2torch
+    from converters.tf.signatures import stored, tf_archs
 
     tf2torch.build_parser()
-    return {"vm_rss_after_imports_bytes": proc_status_bytes("VmRSS")}
+    for arch in sum(tf_archs(), []):
+        stored(arch)
+    return {"vm_rss_after_imports_bytes": proc_status_bytes("VmRSS"), "torch_imported": "torch" in sys.modules}
 
 
 def work_naive(prefix: Path, out: Path) -> dict[str, Any]:

@@ -19,6 +19,16 @@ from converters import __version__
 FORMAT = "deeplab-repro provenance v1"
 
 
+def torch_version() -> str | None:
+    """The installed torch's version (``torch.__version__``), without importing torch; None if absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return None
+
+
 def provenance_record(
     *,
     tool: str,
@@ -36,16 +46,15 @@ def provenance_record(
     """The record for weights converted by ``tool``.
 
     ``model``: further facts about the target (e.g. ``kind``, ``output_stride``), placed beside
-    ``architecture``; ``preprocessing``: a ``Preprocessing`` (or None); ``extra``: further
-    top-level entries (e.g. ``deeplab_preprocessing``); ``libraries``: module names whose
-    ``__version__`` is recorded besides torch's (e.g. ``("google.protobuf",)``).
+    ``architecture``; ``preprocessing``: a ``Preprocessing`` or its ``to_dict()`` (or None); ``extra``:
+    further top-level entries (e.g. ``deeplab_preprocessing``); ``libraries``: module names whose
+    ``__version__`` is recorded besides torch's (e.g. ``("google.protobuf",)``). torch's version is
+    the installed distribution's (read without importing torch: the streaming converters never do).
     """
     import importlib
 
-    import torch
-
     converter: dict[str, Any] = {"tool": tool, "version": __version__, "steps": list(steps),
-                                 "torch": torch.__version__}
+                                 "torch": torch_version()}
     for name in libraries:
         converter[name.rsplit(".", 1)[-1]] = getattr(importlib.import_module(name), "__version__", None)
     return {
@@ -57,7 +66,8 @@ def provenance_record(
         "load_with": load_with,
         "source": dict(source),
         "converter": converter,
-        "preprocessing": preprocessing.to_dict() if preprocessing is not None else None,
+        "preprocessing": None if preprocessing is None else
+        dict(preprocessing) if isinstance(preprocessing, Mapping) else preprocessing.to_dict(),
         **(extra or {}),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

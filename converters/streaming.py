@@ -15,6 +15,10 @@ persistent id: the globals ``torch.load(weights_only=True)`` allows); the record
 the standard library's ``zipfile`` (CRC-32 of every record included, which ``torch.save`` also writes).
 ``tests/test_streaming.py`` checks that ``data.pkl`` is byte-for-byte ``torch.save``'s.
 
+No torch needed: dtypes are named as numpy names them (``float32``, ``int64``; ``bfloat16`` too);
+the pickle's torch globals are written by name (the pure-Python pickler, a marker object per global);
+tensors are numpy arrays, or torch tensors when the caller has imported torch (never imported here).
+
 ``.safetensors``: an 8-byte little-endian header length, the JSON header (per tensor its dtype, shape
 and byte range; padded with spaces to 8 bytes), then the bytes, tensors laid out as the
 ``safetensors`` library lays them out (by dtype, largest first, then by name), so the file is
@@ -38,7 +42,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import torch
 
 from converters.io import WEIGHT_SUFFIXES, atomic_path
 
@@ -48,32 +51,48 @@ ALIGNMENT = 64  # torch.save's storage alignment (its .storage_alignment record)
 _PICKLE_PROTOCOL = 2  # torch.serialization.DEFAULT_PROTOCOL
 _ZIP_PADDING_ID = 0x4246  # the extra-field id torch's zip writer pads record headers with ("FB")
 
-# dtype -> (torch.save storage class name, safetensors dtype, safetensors layout rank: larger first)
-_DTYPES: dict[torch.dtype, tuple[str, str, int]] = {
-    torch.int64: ("LongStorage", "I64", 9),
-    torch.float64: ("DoubleStorage", "F64", 8),
-    torch.float32: ("FloatStorage", "F32", 7),
-    torch.int32: ("IntStorage", "I32", 6),
-    torch.bfloat16: ("BFloat16Storage", "BF16", 5),
-    torch.float16: ("HalfStorage", "F16", 4),
-    torch.int16: ("ShortStorage", "I16", 3),
-    torch.int8: ("CharStorage", "I8", 2),
-    torch.uint8: ("ByteStorage", "U8", 1),
-    torch.bool: ("BoolStorage", "BOOL", 0),
+# dtype name -> (torch.save storage class name, safetensors dtype, safetensors layout rank: larger first,
+# bytes per element)
+_DTYPES: dict[str, tuple[str, str, int, int]] = {
+    "int64": ("LongStorage", "I64", 9, 8),
+    "float64": ("DoubleStorage", "F64", 8, 8),
+    "float32": ("FloatStorage", "F32", 7, 4),
+    "int32": ("IntStorage", "I32", 6, 4),
+    "bfloat16": ("BFloat16Storage", "BF16", 5, 2),
+    "float16": ("HalfStorage", "F16", 4, 2),
+    "int16": ("ShortStorage", "I16", 3, 2),
+    "int8": ("CharStorage", "I8", 2, 1),
+    "uint8": ("ByteStorage", "U8", 1, 1),
+    "bool": ("BoolStorage", "BOOL", 0, 1),
 }
+
+
+def dtype_name(dtype: Any) -> str:
+    """numpy's name of a dtype given as a name, a numpy dtype (or type) or a torch dtype: ``float32``..."""
+    if isinstance(dtype, str):
+        return dtype
+    text = str(dtype)
+    if text.startswith("torch."):
+        return text.removeprefix("torch.")
+    return np.dtype(dtype).name
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One tensor of the state dict to write: its key, shape and dtype (contiguous, on the CPU)."""
+    """One tensor of the state dict to write: its key, shape and dtype (contiguous, on the CPU). ``dtype``
+    may be given as a numpy or torch dtype; it is kept as its numpy name (``float32``)."""
 
     key: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "dtype", dtype_name(self.dtype))
 
     @property
     def nbytes(self) -> int:
-        return prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+        return prod(self.shape) * _DTYPES[self.dtype][3]
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -87,25 +106,36 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 CHUNK_BYTES = 1 << 20  # a non-contiguous tensor (a layout transpose) is made contiguous this much at a time
 
 
+def _as_array(tensor: Any) -> tuple[np.ndarray, str]:
+    """(a numpy view of ``tensor``'s values, its dtype name): a numpy array as it is (in native byte order),
+    a torch tensor (only when torch is imported already) detached, on the CPU, bfloat16 as int16 bits."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(tensor, torch.Tensor):
+        name = dtype_name(tensor.dtype)
+        tensor = tensor.detach().cpu()
+        return (tensor.view(torch.int16) if name == "bfloat16" else tensor).numpy(), name
+    array = np.asarray(tensor)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array, array.dtype.name
+
+
 def _tensor_chunks(spec: TensorSpec, tensor: Any) -> Iterator[memoryview]:
-    """The raw bytes of ``tensor`` (a torch tensor or numpy array, any strides) in row-major order, after
+    """The raw bytes of ``tensor`` (a numpy array, or a torch tensor; any strides) in row-major order, after
     checking it matches ``spec``. A contiguous tensor is one view, no copy; a strided one (e.g. a transposed
     view of what was read) is copied :data:`CHUNK_BYTES` at a time along its first dimension, never whole."""
-    if isinstance(tensor, np.ndarray):
-        tensor = torch.from_numpy(tensor if tensor.dtype.isnative else tensor.astype(tensor.dtype.newbyteorder("=")))
-    if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
-        raise ValueError(f"'{spec.key}': got {tuple(tensor.shape)} {tensor.dtype}, the plan says {spec.shape} "
-                         f"{spec.dtype}")
-    tensor = tensor.detach().cpu()
-    if tensor.numel() == 0:
+    array, name = _as_array(tensor)
+    if tuple(array.shape) != spec.shape or name != spec.dtype:
+        raise ValueError(f"'{spec.key}': got {tuple(array.shape)} {name}, the plan says {spec.shape} {spec.dtype}")
+    if array.size == 0:
         return
-    if tensor.dim() == 0 or tensor.is_contiguous():
-        yield memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+    if array.ndim == 0 or array.flags.c_contiguous:
+        yield memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
         return
-    row_bytes = tensor[0].numel() * tensor.element_size()
+    row_bytes = array[0].size * array.itemsize
     step = max(1, CHUNK_BYTES // max(1, row_bytes))
-    for start in range(0, tensor.shape[0], step):
-        yield memoryview(tensor[start:start + step].contiguous().reshape(-1).view(torch.uint8).numpy())
+    for start in range(0, array.shape[0], step):
+        yield memoryview(np.ascontiguousarray(array[start:start + step]).reshape(-1).view(np.uint8))
 
 
 class _StreamWriter:
@@ -155,6 +185,22 @@ class _StorageRef:
         self.key, self.storage_class, self.numel = key, storage_class, numel
 
 
+class _Global:
+    """Stands for a module-level object the pickle names (``GLOBAL module name``) without importing it."""
+
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __call__(self, *args: Any) -> Any:  # pickle requires a reduce function to be callable
+        raise TypeError(f"{self.module}.{self.name} is only named in a pickle here")
+
+
+_REBUILD_TENSOR = _Global("torch._utils", "_rebuild_tensor_v2")
+_STORAGE_CLASSES = {name: _Global("torch", name) for name, *_ in _DTYPES.values()}
+
+
 class _TensorRef:
     """Pickles as ``torch.Tensor.__reduce_ex__`` reduces a contiguous CPU tensor without hooks."""
 
@@ -164,14 +210,25 @@ class _TensorRef:
         self.storage, self.shape = storage, shape
 
     def __reduce__(self):
-        return (torch._utils._rebuild_tensor_v2,
+        return (_REBUILD_TENSOR,
                 (self.storage, 0, self.shape, _contiguous_strides(self.shape), False, collections.OrderedDict()))
 
 
-class _TorchPickler(pickle.Pickler):
+class _TorchPickler(pickle._Pickler):
+    """The pure-Python pickler (it writes what the C one writes), writing a :class:`_Global` as the
+    ``GLOBAL`` opcode of the object it names, memoized like any global."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_named_global(self, obj: _Global) -> None:
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+        self.memoize(obj)
+
+    dispatch[_Global] = _save_named_global
+
     def persistent_id(self, obj: Any) -> tuple | None:
         if isinstance(obj, _StorageRef):
-            return ("storage", getattr(torch, obj.storage_class), obj.key, "cpu", obj.numel)
+            return ("storage", _STORAGE_CLASSES[obj.storage_class], obj.key, "cpu", obj.numel)
         return None
 
 

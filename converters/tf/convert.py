@@ -4,13 +4,16 @@ Pipeline: open the checkpoint (``reader``) -> check the architecture's scope and
 its manifest -> ignore non-model variables and rename (``rules``) -> layouts -> checks (nothing
 left over, nothing missing, shapes equal) -> strict ``load_state_dict``.
 
-Memory: the reference model is built on the ``meta`` device (no weights allocated) and the whole
-state dict is planned and checked from the checkpoint's index (names, shapes, dtypes) before any
-value is read (:func:`open_tf_conversion`). Writing a file (:func:`write_tf_checkpoint`, what
-``tf2torch.py`` runs) then reads one tensor, lays it out, writes it into the output and drops it
-(``converters.streaming``): peak memory is one tensor plus buffers, never the checkpoint. The
-in-memory result (:func:`convert_tf_checkpoint`, for the Keras writers and the Python API) holds
-the converted weights once, which the model takes over (``load_state_dict(..., assign=True)``).
+Memory: the whole state dict is planned and checked from the checkpoint's index (names, shapes,
+dtypes) against the target's state-dict signature before any value is read (:func:`open_tf_conversion`).
+Writing a file (:func:`write_tf_checkpoint`, what ``tf2torch.py`` runs) plans against the stored
+signature (``converters/tf/signatures.json``, checked against the models by the tests), so it
+imports neither torch nor the models, then reads one tensor, lays it out, writes it into the output
+and drops it (``converters.streaming``): peak memory is the interpreter, numpy and one tensor plus
+buffers, never the checkpoint. The in-memory result (:func:`convert_tf_checkpoint`, for the Keras
+writers and the Python API) builds the reference model on the ``meta`` device, plans against its own
+signature, loads the plan strictly into it before reading, and holds the converted weights once,
+which the model takes over (``load_state_dict(..., assign=True)``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from converters.errors import ConversionError
 from converters.releases import TF_RELEASES, TFRelease
+from converters.tf.signatures import preprocessing_contract, stored, tf_archs
 
 TOOL = "converters/tf2torch.py"
 
@@ -40,17 +44,9 @@ STEPS = (
     "check_complete_and_shapes",  # no leftovers, nothing missing, equal shapes
     "load_state_dict_strict",  # the result loads with strict=True into the reference model
 )
-_BACKBONE_PREFIXES = ("resnet_v", "xception_", "mobilenet_v")
 _SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
-
-
-def tf_archs() -> tuple[list[str], list[str]]:
-    """(TF-ported backbones, TF-ported DeepLab v3/v3+ models) of the registry."""
-    from reference_models import list_backbones, list_models
-
-    backbones = [b for b in list_backbones() if b.startswith(_BACKBONE_PREFIXES)]
-    models = [m for m in list_models() if m.startswith("deeplabv3") and "tiny" not in m]
-    return backbones, models
+__all__ = ["STEPS", "Converted", "TFConversion", "convert_tf_checkpoint", "find_checkpoint", "open_tf_conversion",
+           "source_files", "tf_archs", "write_tf_checkpoint"]
 
 
 # --------------------------------------------------------------------------- locating the checkpoint
@@ -123,21 +119,21 @@ def check_manifest(ckpt, manifest: dict, path: str) -> None:
                                   layer=name)
 
 
-def check_complete(ckpt, model, arch: str, path: str) -> None:
-    """Every parameter of ``model`` has a TF variable, before any data is read; names the TF variable
-    (from a release manifest of ``arch`` where one exists) that would provide a missing parameter."""
+def check_complete(ckpt, signature, arch: str, path: str) -> None:
+    """Every parameter of the target (its ``Signature``) has a TF variable, before any data is read; names
+    the TF variable (from a release manifest of ``arch`` where one exists) that would provide a missing one."""
     from converters.tf.rules import map_tf_names
 
-    forward, _ = map_tf_names(ckpt.names(), model, path=path)
+    forward, _ = map_tf_names(ckpt.names(), signature, path=path)
     produced = set(forward.values())
-    missing = [k for k in model.state_dict() if k not in produced and not k.endswith("num_batches_tracked")]
+    missing = [k for k, _, _ in signature.entries if k not in produced and not k.endswith("num_batches_tracked")]
     if not missing:
         return
     tf_name = None
     for release in TF_RELEASES.values():
         if release.arch == arch and release.manifest_path.is_file():
             names = list(load_manifest(release)["variables"])
-            tf_name = map_tf_names(names, model)[1].get(missing[0])
+            tf_name = map_tf_names(names, signature)[1].get(missing[0])
             break
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
     what = f"missing variable{more}: {arch} needs it for '{missing[0]}'" if tf_name else \
@@ -166,6 +162,7 @@ class Converted:
 class TFConversion:
     """An open checkpoint whose conversion is planned and checked: :attr:`plan` lists every state-dict
     entry (key, TF variable, shape, dtype) in the model's order; :meth:`tensor` reads and lays out one.
+    :attr:`model` is the meta-device reference model, or None when planned from the stored signature.
 
     Made by :func:`open_tf_conversion`; valid while its ``with`` block is open (the files are open).
     """
@@ -251,6 +248,7 @@ def open_tf_conversion(
     output_stride: int | None = None,
     verify: bool = True,
     tool: str = TOOL,
+    build_model: bool = True,
 ) -> Iterator[TFConversion]:
     """Open a TF(-slim) / DeepLab-TF checkpoint and check and plan its conversion into the weights of a
     reference model, reading no tensor value; yields a :class:`TFConversion` (closed on exit).
@@ -261,17 +259,15 @@ def open_tf_conversion(
     TF-ported backbone or DeepLab v3/v3+ model, required without ``release``. ``num_classes``
     defaults to the release's or the checkpoint's ``logits/semantic``; ``output_stride`` to the
     release's (else 16). ``verify``: check every tensor's CRC-32C as it is read (as TensorFlow does
-    on restore). Bad input raises :class:`ConversionError` naming the file and, where one exists,
-    the TF variable; every check but the CRC-32C ones happens before the ``with`` body runs.
+    on restore). ``build_model``: build the reference model on the ``meta`` device, plan against its
+    signature and load the plan strictly into it (imports torch); else plan against the stored
+    signature (no torch). Bad input raises :class:`ConversionError` naming the file and, where one
+    exists, the TF variable; every check but the CRC-32C ones happens before the ``with`` body runs.
     """
-    import torch
-
     from converters.io import sha256_file
     from converters.provenance import provenance_record
     from converters.tf.reader import open_checkpoint
     from converters.tf.rules import ignore_reason, map_tf_names, plan_state_dict
-    from reference_models import build_backbone, build_model
-    from reference_models.preprocessing import preprocessing_for
 
     if isinstance(release, str):
         if release not in TF_RELEASES:
@@ -280,11 +276,8 @@ def open_tf_conversion(
     arch = arch or (release.arch if release else None)
     if arch is None:
         raise ValueError("give an architecture (arch=...) or a release")
-    backbones, models = tf_archs()
-    if arch not in backbones and arch not in models:
-        raise ValueError(f"no TF conversion for '{arch}'; backbones: {', '.join(backbones)}; "
-                         f"models: {', '.join(models)}")
-    kind = "backbone" if arch in backbones else "model"
+    target = stored(arch)  # ValueError naming the known architectures
+    kind = target.kind
     prefix = find_checkpoint(checkpoint, release)
 
     with open_checkpoint(prefix, verify=verify) as ckpt:
@@ -300,29 +293,24 @@ def open_tf_conversion(
         if kind == "backbone":
             num_classes = None
         output_stride = output_stride or (release.output_stride if release else 16)
-        try:
-            with torch.device("meta"):  # the architecture only: the weights come from the checkpoint
-                if kind == "backbone":
-                    model = build_backbone(arch, output_stride=output_stride)
-                else:
-                    model = build_model(arch, num_classes=num_classes, output_stride=output_stride)
-        except ValueError as exc:
-            raise ConversionError(None, f"--arch {arch}: {exc}") from None
-        scope = getattr(model, "backbone", model).tf_scope
-        check_scope(ckpt, scope, arch, path)
+        model = _meta_model(arch, kind, num_classes, output_stride) if build_model else None
+        signature = _planning_signature(target, model, num_classes, output_stride)
+        check_scope(ckpt, signature.tf_scope, arch, path)
         manifest = None
         if release is not None and release.arch == arch:
             manifest = load_manifest(release)
             check_manifest(ckpt, manifest, path)
-        check_complete(ckpt, model, arch, path)
+        check_complete(ckpt, signature, arch, path)
         names = ckpt.names()
         ignored = Counter(ignore_reason(n) for n in names if ignore_reason(n) is not None)
         wanted = [n for n in names if ignore_reason(n) is None]
-        plan = plan_state_dict({n: ckpt.shape(n) for n in wanted}, model, path=path)
-        # load_state_dict_strict, on the meta model: keys, shapes and dtypes, before any value is read
-        model.load_state_dict({e.key: torch.empty(e.shape, dtype=e.dtype, device="meta") for e in plan},
-                              strict=True, assign=True)
-        _, source_layer = map_tf_names(wanted, model, path=path)
+        plan = plan_state_dict({n: ckpt.shape(n) for n in wanted}, signature, path=path)
+        if model is not None:  # load_state_dict_strict, on the meta model: keys, shapes and dtypes, before any read
+            import torch
+
+            model.load_state_dict({e.key: torch.empty(e.shape, dtype=getattr(torch, e.dtype), device="meta")
+                                   for e in plan}, strict=True, assign=True)
+        _, source_layer = map_tf_names(wanted, signature, path=path)
         files = source_files(prefix)
         source = {
             "checkpoint": prefix.name,
@@ -335,8 +323,8 @@ def open_tf_conversion(
             "ignored": dict(sorted(ignored.items())),
             "manifest": f"converters/manifests/{release.name}.json" if manifest else None,
         }
-        preprocessing = release.preprocessing if release else preprocessing_for(arch)
-        deeplab = release.deeplab_preprocessing if release else None
+        preprocessing = release.preprocessing_name if release else target.preprocessing
+        deeplab = release.deeplab_preprocessing_name if release else None
         record = provenance_record(
             tool=tool,
             steps=[s for s in STEPS if manifest or s != "check_manifest"],
@@ -346,10 +334,41 @@ def open_tf_conversion(
             source=source,
             release=release.name if release else None,
             model={"kind": kind, "output_stride": output_stride},
-            preprocessing=preprocessing,
-            extra={"deeplab_preprocessing": deeplab.to_dict() if deeplab else None},
+            preprocessing=preprocessing_contract(preprocessing),
+            extra={"deeplab_preprocessing": preprocessing_contract(deeplab) if deeplab else None},
         )
         yield TFConversion(ckpt, plan, model, record, source_layer, prefix)
+
+
+def _meta_model(arch: str, kind: str, num_classes: int | None, output_stride: int):
+    """The reference model on the ``meta`` device (the architecture only: the weights come from the checkpoint)."""
+    import torch
+
+    from reference_models import build_backbone, build_model
+
+    try:
+        with torch.device("meta"):
+            if kind == "backbone":
+                return build_backbone(arch, output_stride=output_stride)
+            return build_model(arch, num_classes=num_classes, output_stride=output_stride)
+    except ValueError as exc:
+        raise ConversionError(None, f"--arch {arch}: {exc}") from None
+
+
+def _planning_signature(target, model, num_classes: int | None, output_stride: int):
+    """The signature to plan against: the built model's, else the stored one at ``num_classes``; the
+    stored record's strides and class count are checked as the model builders check them."""
+    from converters.tf.signatures import signature_of
+
+    if model is not None:
+        return signature_of(model)
+    if output_stride not in target.output_strides:
+        raise ConversionError(None, f"--arch {target.arch}: output_stride must be one of {target.output_strides}, "
+                              f"got {output_stride!r}")
+    try:
+        return target.signature.resolve(num_classes)
+    except ValueError as exc:
+        raise ConversionError(None, f"--arch {target.arch}: {exc}") from None
 
 
 def convert_tf_checkpoint(checkpoint: str | os.PathLike | None = None, **kwargs: Any) -> Converted:
@@ -369,14 +388,15 @@ def write_tf_checkpoint(out: str | os.PathLike, checkpoint: str | os.PathLike | 
     """Convert (the arguments of :func:`open_tf_conversion`) straight into the weights file ``out``
     (``.pth`` or ``.safetensors``) and its provenance JSON beside it; returns the provenance record.
 
-    Tensors are read, laid out and written one at a time (``converters.streaming``), so the checkpoint
-    is never held in memory. The write is atomic: on a bad tensor (CRC-32C mismatch, named in the
+    Planned against the stored signature (no torch, no reference model is imported); tensors are read,
+    laid out and written one at a time (``converters.streaming``), so the checkpoint is never held in
+    memory. The write is atomic: on a bad tensor (CRC-32C mismatch, named in the
     error), an error or Ctrl-C, neither the weights nor the provenance file is left behind.
     """
     from converters.cli import write_weights_streamed
 
     out = Path(out)
-    with open_tf_conversion(checkpoint, **kwargs) as conversion:
+    with open_tf_conversion(checkpoint, build_model=False, **kwargs) as conversion:
         record = {**conversion.provenance, "weights": {"file": out.name, "tensors": len(conversion.plan)}}
         write_weights_streamed(conversion.specs(), conversion.array, out, record)
     return record

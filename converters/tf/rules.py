@@ -4,7 +4,10 @@ Knows nothing about files: the input is ``{tf_variable_name: ndarray}`` from any
 (``converters.tf.reader.open_checkpoint`` or ``tf.train.load_checkpoint``). The target is a
 ``reference_models`` backbone (it carries ``tf_scope``, e.g. ``resnet_v1_101``) or a DeepLab
 v3/v3+ model (its ``.backbone`` carries it; head variables live at the top level as in the
-official checkpoints: ``aspp0/...``, ``decoder/...``, ``logits/semantic/...``).
+official checkpoints: ``aspp0/...``, ``decoder/...``, ``logits/semantic/...``), given as the model
+itself or as its :class:`converters.tf.signatures.Signature` (scope, key prefix, ordered state-dict
+keys, shapes and dtypes; a model is turned into one, so there is one planning implementation). Planning
+and the numpy layout need no torch; only :func:`planned_tensor` and the loaders import it.
 
 Pipeline, each a named step (detectron2's ``c2_model_loading`` pattern):
 
@@ -21,16 +24,23 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from os import PathLike
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from converters.errors import ConversionError
+from converters.tf.signatures import Signature, scope_and_prefix, signature_of
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    Target = nn.Module | Signature
 
 __all__ = [
     "IGNORE_RULES",
     "PlannedTensor",
+    "as_signature",
     "depthwise_to_oihw",
     "hwio_to_oihw",
     "ignore_reason",
@@ -139,25 +149,24 @@ def _layout(tf_name: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _scope_and_prefix(model: nn.Module) -> tuple[str, str]:
-    backbone = getattr(model, "backbone", model)
-    tf_scope = getattr(backbone, "tf_scope", None)
-    if not isinstance(tf_scope, str):
-        raise TypeError(f"{type(backbone).__name__} has no 'tf_scope': not a TF-ported reference backbone")
-    return tf_scope, ("backbone." if backbone is not model else "")
+def as_signature(target: Target) -> Signature:
+    """``target`` as a :class:`Signature`: itself, or that of a built model (``signature_of``)."""
+    return target if isinstance(target, Signature) else signature_of(target)
 
 
 def map_tf_names(
     names: list[str] | tuple[str, ...] | Mapping[str, object],
-    model: nn.Module,
+    target: Target,
     *,
     path: str | PathLike | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """(forward ``tf_name -> key``, reverse ``key -> tf_name``) for every non-ignored name.
+    """(forward ``tf_name -> key``, reverse ``key -> tf_name``) for every non-ignored name; ``target``: a
+    model or its signature (only its scope and prefix are used).
 
     Raises ``ConversionError`` naming the TF variable if two variables map to one key.
     """
-    tf_scope, prefix = _scope_and_prefix(model)
+    tf_scope, prefix = (target.tf_scope, target.prefix) if isinstance(target, Signature) else \
+        scope_and_prefix(target)
     rules = rename_rules(tf_scope, prefix)
     forward: dict[str, str] = {}
     reverse: dict[str, str] = {}
@@ -187,43 +196,45 @@ def layout_shape(tf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class PlannedTensor:
     """One entry of the state dict to produce: its key, the TF variable it comes from (None for the
-    ``num_batches_tracked`` counters TF lacks, which are 0), and its shape and dtype after layout."""
+    ``num_batches_tracked`` counters TF lacks, which are 0), and its shape and dtype (numpy's name,
+    e.g. ``float32``, ``int64``) after layout."""
 
     key: str
     tf_name: str | None
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: str
 
 
 def plan_state_dict(
     shapes: Mapping[str, tuple[int, ...]],
-    model: nn.Module,
+    target: Target,
     *,
     path: str | PathLike | None = None,
 ) -> list[PlannedTensor]:
-    """Check the TF variables ``{name: shape}`` against ``model`` and plan its complete state dict, in the
-    model's ``state_dict()`` order, without reading any value.
+    """Check the TF variables ``{name: shape}`` against ``target`` (a model, or its concrete signature) and
+    plan its complete state dict, in ``state_dict()`` order, without reading any value.
 
-    Contract: every non-ignored TF variable maps to exactly one parameter/buffer of ``model`` with an
+    Contract: every non-ignored TF variable maps to exactly one parameter/buffer of ``target`` with an
     equal shape after the layout step, and every parameter/buffer is produced. Otherwise raises
     ``ConversionError(path, problem, layer=<TF variable name>)``.
     """
-    forward, reverse = map_tf_names(list(shapes), model, path=path)
-    expected = model.state_dict()
+    signature = as_signature(target)
+    forward, reverse = map_tf_names(list(shapes), signature, path=path)
+    expected = {key: (tuple(shape), dtype) for key, shape, dtype in signature.entries}
     for tf_name, key in forward.items():
         if key not in expected:
-            raise ConversionError(path, f"no parameter '{key}' in {type(model).__name__} (unconverted)", layer=tf_name)
+            raise ConversionError(path, f"no parameter '{key}' in {signature.name} (unconverted)", layer=tf_name)
         shape = layout_shape(tf_name, shapes[tf_name])
-        if shape != tuple(expected[key].shape):
+        if shape != expected[key][0]:
             raise ConversionError(
-                path, f"shape {shape} (after layout) != {tuple(expected[key].shape)} of '{key}'", layer=tf_name
+                path, f"shape {shape} (after layout) != {expected[key][0]} of '{key}'", layer=tf_name
             )
     plan = []
-    for key, value in expected.items():
+    for key, (shape, dtype) in expected.items():
         if key in reverse:
-            plan.append(PlannedTensor(key, reverse[key], tuple(value.shape), value.dtype))
+            plan.append(PlannedTensor(key, reverse[key], shape, dtype))
         elif key.endswith("num_batches_tracked"):
-            plan.append(PlannedTensor(key, None, tuple(value.shape), value.dtype))
+            plan.append(PlannedTensor(key, None, shape, dtype))
         else:
             raise ConversionError(path, f"missing: nothing maps to '{key}'", layer=None)
     return plan
@@ -232,24 +243,26 @@ def plan_state_dict(
 def planned_array(entry: PlannedTensor, array: np.ndarray | None) -> np.ndarray:
     """The state-dict value of ``entry`` from its TF variable's value (None for a counter), laid out as a
     view of ``array`` where the layout is a transpose (no copy: a streaming writer copies it in chunks)."""
+    wanted = np.dtype(entry.dtype)
     if entry.tf_name is None:
-        return np.zeros(entry.shape, dtype=torch.empty((), dtype=entry.dtype).numpy().dtype)
+        return np.zeros(entry.shape, dtype=wanted)
     out = _layout(entry.tf_name, np.asarray(array))
     if tuple(out.shape) != entry.shape:  # the index promised this shape; the reader checks sizes against it
         raise ConversionError(None, f"shape {tuple(out.shape)} != {entry.shape} of '{entry.key}'", layer=entry.tf_name)
-    wanted = torch.empty((), dtype=entry.dtype).numpy().dtype
     return out if out.dtype == wanted else out.astype(wanted)
 
 
 def planned_tensor(entry: PlannedTensor, array: np.ndarray | None) -> torch.Tensor:
     """:func:`planned_array` as a contiguous torch tensor (one copy of ``array`` at most: the layout)."""
+    import torch
+
     out = planned_array(entry, array)
     return torch.from_numpy(out if out.flags.c_contiguous else np.ascontiguousarray(out))  # keeps 0-d as 0-d
 
 
 def tf_arrays_to_state_dict(
     named_arrays: Mapping[str, np.ndarray],
-    model: nn.Module,
+    model: Target,
     *,
     path: str | PathLike | None = None,
 ) -> dict[str, torch.Tensor]:
