@@ -10,7 +10,7 @@ Generating needs TensorFlow (``pip install '.[tf]'``); without it the TF part is
 Paths, each in a fresh process measured by ``benchmarks._measure.run_measured``:
 
 - ``ours``: ``python converters/tf2torch.py --dataset RELEASE --checkpoint PREFIX --out X.pth``
-  (no TensorFlow imported);
+  (neither TensorFlow nor torch imported);
 - ``naive``: the usual port recipe: ``tf.train.load_checkpoint`` then ``get_tensor`` for every
   variable into a dict of ``torch.from_numpy`` tensors and ``torch.save`` (TensorFlow imported);
 - ``baseline``: ``import torch`` only (from the Caffe benchmark of the same run);

@@ -18,8 +18,10 @@ and sizes, release, architecture, conversion steps, preprocessing contract). Opt
 ``global_step`` and EMA copies are ignored. For a release, the checkpoint must hold exactly the
 variables of ``converters/manifests/<release>.json`` (plus ignorable ones).
 The conversion itself is ``converters.tf.convert.write_tf_checkpoint``: every check runs on the
-checkpoint's index first, then each tensor is read, laid out and written into the output in turn, so
-the checkpoint is never held in memory; this command adds the output path.
+checkpoint's index first, against the architecture's stored state-dict signature
+(``converters/tf/signatures.json``), then each tensor is read, laid out and written into the output in
+turn, so the checkpoint is never held in memory, and neither torch nor TensorFlow is imported; this
+command adds the output path.
 Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error, 130 interrupted.
 """
 
