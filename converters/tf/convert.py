@@ -30,7 +30,7 @@ from typing import Any
 
 from converters.errors import ConversionError
 from converters.releases import TF_RELEASES, TFRelease
-from converters.tf.signatures import preprocessing_contract, stored, tf_archs
+from converters.tf.signatures import preprocessing_contract, signature_of, stored, tf_archs
 
 TOOL = "converters/tf2torch.py"
 
@@ -358,8 +358,6 @@ def _meta_model(arch: str, kind: str, num_classes: int | None, output_stride: in
 def _planning_signature(target, model, num_classes: int | None, output_stride: int):
     """The signature to plan against: the built model's, else the stored one at ``num_classes``; the
     stored record's strides and class count are checked as the model builders check them."""
-    from converters.tf.signatures import signature_of
-
     if model is not None:
         return signature_of(model)
     if output_stride not in target.output_strides:
