@@ -250,7 +250,18 @@ def _limited(dataset: Any, limit: int | None) -> int:
     refs = getattr(dataset, "refs", None)
     if refs is None or not hasattr(dataset, "listed_position"):
         return min(limit, len(dataset))
-    return sum(1 for ref in refs if _within(dataset, ref.id, limit))
+    positions = getattr(dataset, "listed_positions", None)
+    if positions is None:
+        return min(limit, sum(1 for ref in refs if _within(dataset, ref.id, limit)))
+    # the k-th ref of an id is the k-th line naming it (refs keep the list's order)
+    seen: dict[str, int] = {}
+    taken = 0
+    for ref in refs:
+        k = seen[ref.id] = seen.get(ref.id, -1) + 1
+        places = positions.get(ref.id)
+        if places is None or places[min(k, len(places) - 1)] < limit:
+            taken += 1
+    return min(limit, taken)
 
 
 def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions) -> dict[str, Any]:

@@ -507,3 +507,18 @@ def test_limit_counts_missing_files_among_the_first_n_only(tmp_path, v2_weights)
     api = ev.evaluate(pixel_model(seed=4), dataset, ev.EvalOptions(config=InferenceConfig(protocol="pad", crop_size=65),
                                                                    progress=False, on_error="skip", limit=2))
     assert api["images"] == 1 and len(api["skipped"]) == 1 and VAL_IDS[0] in api["skipped"][0]
+
+
+def test_limit_counts_a_sample_listed_twice_once_per_line(tmp_path) -> None:
+    """A split list naming a sample twice: ``limit=N`` still takes the first N lines, never more images."""
+    root = tmp_path / "voc"
+    write_voc(root, train_ids=["2007_000032"], val_ids=VAL_IDS, seed=3, sizes=(24, 41))
+    split = next(root.rglob("ImageSets/Segmentation/val.txt"))
+    split.write_text("\n".join([VAL_IDS[0], VAL_IDS[1], VAL_IDS[0], *VAL_IDS[2:]]) + "\n")
+    dataset = ev.build_eval_dataset("voc12", root, "val", "pad", 65)
+    assert len(dataset) == len(VAL_IDS) + 1
+    for limit, images in ((1, 1), (2, 2), (3, 3), (100, len(VAL_IDS) + 1)):
+        assert ev._limited(dataset, limit) == images, limit
+    api = ev.evaluate(pixel_model(seed=4), dataset, ev.EvalOptions(config=InferenceConfig(protocol="pad", crop_size=65),
+                                                                   progress=False, limit=2))
+    assert api["images"] == 2, api["images"]
