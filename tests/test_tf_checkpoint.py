@@ -132,6 +132,41 @@ def test_dtypes_and_scalars_match_tensorflow(tf, tmp_path: Path) -> None:
         assert isinstance(ckpt.read("_CHECKPOINTABLE_OBJECT_GRAPH").item(), bytes)
 
 
+_READ_WITHOUT_ML_DTYPES = """
+import json, sys
+sys.modules["ml_dtypes"] = None  # an environment without ml_dtypes (TensorFlow brings it; we do not require it)
+from converters.tf.reader import open_checkpoint
+with open_checkpoint(sys.argv[1]) as ckpt:
+    out = {}
+    for name in ("bf16", "scalar"):
+        array = ckpt.read(name + "/.ATTRIBUTES/VARIABLE_VALUE")
+        out[name] = [str(ckpt.dtype(name + "/.ATTRIBUTES/VARIABLE_VALUE")), str(array.dtype), list(array.shape),
+                     [float(v) for v in array.reshape(-1)]]
+print(json.dumps(out))
+"""
+
+
+def test_bfloat16_without_ml_dtypes_reads_as_its_values(tf, tmp_path: Path) -> None:
+    """Without ml_dtypes a bfloat16 tensor reads as float32 holding TensorFlow's values, not as its bit patterns."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    values = tf.constant([[1.5, -2.0, 3.25e5], [1e-3, -7.0e-20, 0.0]], dtype=tf.bfloat16)
+    scalar = tf.constant(-0.8125, dtype=tf.bfloat16)
+    prefix = tf.train.Checkpoint(bf16=tf.Variable(values), scalar=tf.Variable(scalar)).write(str(tmp_path / "m.ckpt"))
+    res = subprocess.run([sys.executable, "-c", _READ_WITHOUT_ML_DTYPES, prefix], capture_output=True, text=True,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    for name, tensor in (("bf16", values), ("scalar", scalar)):
+        want = tf.cast(tensor, tf.float32).numpy()
+        assert got[name][:3] == ["float32", "float32", list(want.shape)], got[name]
+        np.testing.assert_array_equal(np.array(got[name][3], np.float32), want.reshape(-1))
+
+
 def test_many_variables_span_several_index_blocks(tf, tmp_path: Path) -> None:
     count = 7000  # distinct ~75-byte keys: ~600 KB of index, more than two 256 KB table blocks
     names = [f"{hashlib.sha256(str(i).encode()).hexdigest()}/weights_{i}" for i in range(count)]

@@ -72,12 +72,15 @@ try:  # the crc32c package (C, SSE4.2/ARMv8 CRC instructions, any buffer without
 except ImportError:  # pragma: no cover - depends on the environment
     _crc32c_package = None
 
-try:  # ml_dtypes ships with TensorFlow and JAX; without it bfloat16 comes back as raw uint16 bits.
+try:  # ml_dtypes ships with TensorFlow and JAX; without it bfloat16 is read as float32 (exact: the same bits
+    # with 16 zero bits appended), never as its raw uint16 bit patterns, which read as numbers are wrong weights.
     import ml_dtypes
 
     BFLOAT16: np.dtype = np.dtype(ml_dtypes.bfloat16)
 except ImportError:  # pragma: no cover - depends on the environment
-    BFLOAT16 = np.dtype("<u2")
+    BFLOAT16 = np.dtype("<f4")
+_DT_BFLOAT16 = 14
+_BF16_STORED = BFLOAT16 if BFLOAT16.itemsize == 2 else np.dtype("<u2")  # how the file holds it
 
 __all__ = ["BFLOAT16", "TFCheckpoint", "crc32c", "open_checkpoint"]
 
@@ -100,7 +103,7 @@ _NUMPY_DTYPES: dict[int, np.dtype] = {
     8: np.dtype("<c8"),  # DT_COMPLEX64
     9: np.dtype("<i8"),  # DT_INT64
     10: np.dtype("?"),  # DT_BOOL: one byte per element
-    14: BFLOAT16,  # DT_BFLOAT16
+    14: _BF16_STORED,  # DT_BFLOAT16 (read() returns BFLOAT16)
     17: np.dtype("<u2"),  # DT_UINT16
     18: np.dtype("<c16"),  # DT_COMPLEX128
     19: np.dtype("<f2"),  # DT_HALF
@@ -734,10 +737,12 @@ class TFCheckpoint:
 
     def dtype(self, name: str) -> np.dtype:
         """numpy dtype :meth:`read` returns: native byte order, ``object`` for strings,
-        :data:`BFLOAT16` (``ml_dtypes.bfloat16``, or raw ``uint16`` bits without ml_dtypes)."""
+        :data:`BFLOAT16` (``ml_dtypes.bfloat16``, or float32 holding the same values without ml_dtypes)."""
         code = self._entry(name).dtype
         if code == _DT_STRING:
             return np.dtype(object)
+        if code == _DT_BFLOAT16:
+            return BFLOAT16
         if code not in _NUMPY_DTYPES:
             raise ConversionError(self.index_path, f"tensor {name!r} has unsupported TensorFlow dtype enum {code}")
         return _NUMPY_DTYPES[code]
@@ -749,8 +754,14 @@ class TFCheckpoint:
         Reads only this tensor's bytes (each partition's, for a partitioned variable).
         String tensors come back as an ``object`` array of ``bytes``.
         """
+        array = self._read_stored(name)
+        if self._entry(name).dtype == _DT_BFLOAT16 and BFLOAT16 != _BF16_STORED:  # bfloat16 bits -> float32
+            return (array.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        return array
+
+    def _read_stored(self, name: str) -> np.ndarray:
         entry = self._entry(name)
-        dtype = self.dtype(name)
+        dtype = _BF16_STORED if entry.dtype == _DT_BFLOAT16 else self.dtype(name)
         if not entry.slices:
             return self._read_entry(name, entry, dtype)
         plan = []
