@@ -306,6 +306,16 @@ def _copy(prefix: Path, dest: Path) -> Path:
     return dest / prefix.name
 
 
+@pytest.mark.parametrize("bias", [np.float32(0.5), np.zeros((0,), np.float32)], ids=["scalar", "empty"])
+def test_logits_without_a_class_count_are_named(release_ckpt, tmp_path: Path, bias) -> None:
+    """``--arch`` without ``--num-classes`` reads the class count from ``logits/semantic/biases``: a scalar
+    or an empty one is bad input naming the file and the variable, not a traceback."""
+    _, values = release_ckpt(SMALL)
+    prefix = write_checkpoint(tmp_path / "own" / "model.ckpt", {**values, "logits/semantic/biases": bias}, "V2")
+    _expect_error(tmp_path, "--checkpoint", str(prefix), "--arch", "deeplabv3_mobilenetv2", file=str(prefix),
+                  match="'logits/semantic/biases': shape")
+
+
 def test_missing_variable_is_named(release_ckpt, tmp_path: Path) -> None:
     _, values = release_ckpt(SMALL)
     gone = "MobilenetV2/expanded_conv_7/depthwise/BatchNorm/moving_variance"

@@ -289,7 +289,11 @@ def open_tf_conversion(
                 raise ConversionError(path, "no 'logits/semantic/biases' to read the class count from; "
                                       "pass --num-classes")
             else:
-                num_classes = int(ckpt.shape("logits/semantic/biases")[0])
+                bias_shape = list(ckpt.shape("logits/semantic/biases"))
+                if len(bias_shape) != 1 or bias_shape[0] < 1:
+                    raise ConversionError(path, f"shape {bias_shape} holds no class count (one bias per class "
+                                          "expected); pass --num-classes", layer="logits/semantic/biases")
+                num_classes = int(bias_shape[0])
         if kind == "backbone":
             num_classes = None
         output_stride = output_stride or (release.output_stride if release else 16)
