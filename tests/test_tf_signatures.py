@@ -126,3 +126,21 @@ def test_parser_and_help_need_no_torch() -> None:
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "deeplabv3plus_xception65" in res.stdout and "xception_65" in res.stdout
+
+
+def test_numpy_class_count_converts_alike_on_both_paths(tmp_path: Path) -> None:
+    """``num_classes`` given as a numpy integer: the streamed file and the in-memory result agree and the
+    provenance records a plain int (strict JSON)."""
+    from converters.io import load_state_dict
+    from converters.tf.convert import convert_tf_checkpoint, write_tf_checkpoint
+
+    prefix, _ = _checkpoint(tmp_path / "ckpt")
+    kwargs = {"arch": "deeplabv3_mobilenetv2", "num_classes": np.int64(21)}
+    in_memory = convert_tf_checkpoint(prefix, **kwargs)
+    out = tmp_path / "w.safetensors"
+    record = write_tf_checkpoint(out, prefix, **kwargs)
+    assert type(record["num_classes"]) is int and type(in_memory.num_classes) is int
+    assert json.loads(out.with_suffix(".json").read_text())["num_classes"] == 21
+    state = load_state_dict(out)
+    assert sorted(state) == sorted(in_memory.state_dict)
+    assert all(torch.equal(state[k], v) for k, v in in_memory.state_dict.items())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import re
 from collections import Counter
@@ -296,6 +297,8 @@ def open_tf_conversion(
                 num_classes = int(bias_shape[0])
         if kind == "backbone":
             num_classes = None
+        elif isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool):
+            num_classes = int(num_classes)  # e.g. numpy's: both paths check and record a plain int
         output_stride = output_stride or (release.output_stride if release else 16)
         model = _meta_model(arch, kind, num_classes, output_stride) if build_model else None
         signature = _planning_signature(target, model, num_classes, output_stride)
