@@ -63,7 +63,7 @@ def run_cli(run: Callable[[argparse.Namespace], object], args: argparse.Namespac
 
 
 def run_main(
-    parser: argparse.ArgumentParser,
+    parser: argparse.ArgumentParser | Callable[[], argparse.ArgumentParser],
     run: Callable[[argparse.Namespace], object],
     argv: Sequence[str] | None = None,
     *,
@@ -71,7 +71,16 @@ def run_main(
     interrupted: str = "interrupted",
 ) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), apply ``check(parser, args)`` (usage rules that call
-    ``parser.error``), then ``run(args)``; returns the exit status instead of raising SystemExit."""
+    ``parser.error``), then ``run(args)``; returns the exit status instead of raising SystemExit.
+
+    ``parser`` may be a function that builds it (for a parser whose choices come from a data file: a
+    damaged file is then the one-line error, exit 1)."""
+    if not isinstance(parser, argparse.ArgumentParser):
+        try:
+            parser = parser()
+        except DeeplabError as exc:
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     try:
         args = parser.parse_args(argv)
         if check is not None:

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser(), run, argv, check=tf2torch.check_usage)
+    return run_main(build_parser, run, argv, check=tf2torch.check_usage)
 
 
 if __name__ == "__main__":

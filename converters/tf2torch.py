@@ -41,6 +41,7 @@ from converters.io import WEIGHT_SUFFIXES
 from converters.releases import TF_MODELS_URL, TF_RELEASES, TFRelease
 from converters.tf.convert import (
     STEPS,
+    STREAMED_STEPS,
     Converted,
     convert_tf_checkpoint,
     find_checkpoint,
@@ -49,7 +50,7 @@ from converters.tf.convert import (
     write_tf_checkpoint,
 )
 
-__all__ = ["STEPS", "build_parser", "check_usage", "convert", "default_output", "inputs", "main", "run"]
+__all__ = ["STEPS", "STREAMED_STEPS", "build_parser", "check_usage", "convert", "default_output", "inputs", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +146,7 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser(), run, argv, check=check_usage)
+    return run_main(build_parser, run, argv, check=check_usage)
 
 
 if __name__ == "__main__":

@@ -144,3 +144,35 @@ def test_numpy_class_count_converts_alike_on_both_paths(tmp_path: Path) -> None:
     state = load_state_dict(out)
     assert sorted(state) == sorted(in_memory.state_dict)
     assert all(torch.equal(state[k], v) for k, v in in_memory.state_dict.items())
+
+
+@pytest.mark.parametrize("damage", ["not json {", '{"format": "something else", "archs": {}}', "entry"])
+def test_a_damaged_signatures_file_is_a_one_line_error_naming_it(tmp_path, monkeypatch, capsys, damage) -> None:
+    """A damaged installed ``signatures.json`` (truncated, foreign, an entry missing its fields) stops
+    ``tf2torch.py`` with one line naming the file and how to repair it, exit 1, never a traceback."""
+    from converters import tf2torch
+    from converters.tf import signatures
+
+    bad = tmp_path / "signatures.json"
+    if damage == "entry":
+        data = json.loads(signatures.SIGNATURES_PATH.read_text(encoding="utf-8"))
+        arch = next(iter(data["archs"]))
+        del data["archs"][arch]["state_dict"]
+        bad.write_text(json.dumps(data), encoding="utf-8")
+        argv = ["--checkpoint", str(tmp_path / "model.ckpt"), "--arch", arch, "--out", str(tmp_path / "o.pth")]
+        (tmp_path / "model.ckpt.index").write_bytes(b"")
+    else:
+        bad.write_text(damage, encoding="utf-8")
+        argv = ["--help"]
+    monkeypatch.setattr(signatures, "SIGNATURES_PATH", bad)
+    for fn in (signatures._load, signatures.stored):
+        fn.cache_clear()
+    try:
+        code = tf2torch.main(argv)
+    finally:
+        for fn in (signatures._load, signatures.stored):
+            fn.cache_clear()
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(bad) in err, err
+    assert "regenerate it with python -m converters.tf.signatures --write" in err

@@ -45,8 +45,11 @@ STEPS = (
     "check_complete_and_shapes",  # no leftovers, nothing missing, equal shapes
     "load_state_dict_strict",  # the result loads with strict=True into the reference model
 )
+# The streaming conversion (tf2torch.py) builds no model: its last check is against the architecture's stored
+# signature (converters/tf/signatures.json, which tests/test_tf_signatures.py keeps equal to the model's).
+STREAMED_STEPS = (*STEPS[:-1], "match_stored_signature")
 _SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
-__all__ = ["STEPS", "Converted", "TFConversion", "convert_tf_checkpoint", "find_checkpoint", "open_tf_conversion",
+__all__ = ["STEPS", "STREAMED_STEPS", "Converted", "TFConversion", "convert_tf_checkpoint", "find_checkpoint", "open_tf_conversion",
            "source_files", "tf_archs", "write_tf_checkpoint"]
 
 
@@ -334,7 +337,7 @@ def open_tf_conversion(
         deeplab = release.deeplab_preprocessing_name if release else None
         record = provenance_record(
             tool=tool,
-            steps=[s for s in STEPS if manifest or s != "check_manifest"],
+            steps=[s for s in (STEPS if model is not None else STREAMED_STEPS) if manifest or s != "check_manifest"],
             architecture=arch,
             num_classes=num_classes,
             load_with=load_with(arch, kind, num_classes, output_stride),

@@ -86,12 +86,15 @@ def signature_of(model: Any) -> Signature:
 # --------------------------------------------------------------------------- the stored file
 @cache
 def _load() -> dict[str, Any]:
+    from converters.errors import ConversionError  # a damaged install is named like any bad file: one line
+
     try:
         data = json.loads(SIGNATURES_PATH.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise RuntimeError(f"{SIGNATURES_PATH}: unreadable ({exc}); regenerate it with {COMMAND}") from None
-    if data.get("format") != FORMAT:
-        raise RuntimeError(f"{SIGNATURES_PATH}: not a '{FORMAT}' file; regenerate it with {COMMAND}")
+        raise ConversionError(SIGNATURES_PATH, f"unreadable ({exc}); reinstall, or regenerate it with {COMMAND}"
+                              ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("archs"), dict):
+        raise ConversionError(SIGNATURES_PATH, f"not a '{FORMAT}' file; reinstall, or regenerate it with {COMMAND}")
     return data
 
 
@@ -113,7 +116,13 @@ def stored(arch: str) -> StoredArch:
         backbones, models = tf_archs()
         raise ValueError(f"no TF conversion for '{arch}'; backbones: {', '.join(backbones)}; "
                          f"models: {', '.join(models)}")
-    return _from_json(arch, archs[arch])
+    try:
+        return _from_json(arch, archs[arch])
+    except (KeyError, TypeError, ValueError) as exc:
+        from converters.errors import ConversionError
+
+        raise ConversionError(SIGNATURES_PATH, f"entry '{arch}' is malformed ({type(exc).__name__}: {exc}); "
+                              f"reinstall, or regenerate it with {COMMAND}") from None
 
 
 def tf_archs() -> tuple[list[str], list[str]]:
