@@ -606,11 +606,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     device = str(resolve_device(args.device))
     try:
+        # with --limit, a file missing further down the list than the first N images does not matter: the
+        # reader records missing files and only those among the first N stop the run (or are skipped)
         dataset = build_eval_dataset(args.dataset, args.root, args.split, args.protocol, args.crop_size,
-                                     on_error=args.on_error)
+                                     on_error="skip" if args.limit is not None else args.on_error)
     except DatasetError as e:
         raise InferenceError(f"dataset {args.dataset}: {e}") from None
     missing = _dropped(dataset, args.limit)
+    if missing and args.on_error == "error":
+        raise InferenceError(f"dataset {args.dataset}: {missing[0]}")
     for message in missing:  # named here, once; counted with the unreadable ones in result.json
         print(f"warning: skipped {message}", file=sys.stderr)
     if _limited(dataset, args.limit) == 0:

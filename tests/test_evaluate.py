@@ -522,3 +522,23 @@ def test_limit_counts_a_sample_listed_twice_once_per_line(tmp_path) -> None:
     api = ev.evaluate(pixel_model(seed=4), dataset, ev.EvalOptions(config=InferenceConfig(protocol="pad", crop_size=65),
                                                                    progress=False, limit=2))
     assert api["images"] == 2, api["images"]
+
+
+def test_limit_without_skip_stops_only_on_files_missing_among_the_first_n(tmp_path, v2_weights) -> None:
+    """Without ``--on-error skip``, a missing file stops the run only when it is among the first N images
+    ``--limit N`` evaluates; one further down the list is not read, so it does not matter."""
+    from tests.inprocess import run_main
+
+    root = tmp_path / "voc"
+    write_voc(root, train_ids=["2007_000032"], val_ids=VAL_IDS, seed=3, sizes=(24, 41))
+    late = next(root.rglob(f"SegmentationClass/{VAL_IDS[-1]}.png"))
+    late.unlink()
+    done = run_main(ev.main, _cli(root, v2_weights, tmp_path / "a", "--limit", str(len(VAL_IDS) - 1)))
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr
+    run = _no_nan((tmp_path / "a" / "result.json").read_text())["run"]
+    assert run["images"] == len(VAL_IDS) - 1 and run["skipped_images"] == 0
+    done = run_main(ev.main, _cli(root, v2_weights, tmp_path / "b", "--limit", str(len(VAL_IDS))))
+    assert done.returncode == 1 and done.stderr.startswith("error: dataset voc12: ") and str(late) in done.stderr, \
+        done.stderr
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "b" / "result.json").exists()
