@@ -69,6 +69,7 @@ import torch
 from converters.cli import program_name, run_main
 from reproduce.inference import (
     COMPILE_MIN_IMAGES,
+    MEMORY_FORMAT_HELP,
     MEMORY_FORMATS,
     PRECISIONS,
     PROTOCOLS,
@@ -227,8 +228,8 @@ def _within(dataset: Any, sample_id: str, limit: int | None) -> bool:
     """Whether ``sample_id`` is among the first ``limit`` samples of the split's list (all if None)."""
     if limit is None:
         return True
-    position = getattr(dataset, "listed_position", {}).get(sample_id)
-    return position is None or position < limit
+    places = getattr(dataset, "listed_positions", {}).get(sample_id)
+    return not places or places[0] < limit
 
 
 def _dropped(dataset: Any, limit: int | None = None) -> list[str]:
@@ -248,11 +249,9 @@ def _limited(dataset: Any, limit: int | None) -> int:
     if limit is None:
         return len(dataset)
     refs = getattr(dataset, "refs", None)
-    if refs is None or not hasattr(dataset, "listed_position"):
-        return min(limit, len(dataset))
     positions = getattr(dataset, "listed_positions", None)
-    if positions is None:
-        return min(limit, sum(1 for ref in refs if _within(dataset, ref.id, limit)))
+    if refs is None or positions is None:
+        return min(limit, len(dataset))
     # the k-th ref of an id is the k-th line naming it (refs keep the list's order)
     seen: dict[str, int] = {}
     taken = 0
@@ -554,8 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto (default: bf16 only where native and faster, fp16/bf16 on CUDA, else fp32), "
                         "fp32, bf16, fp16")
-    r.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
-                   help="auto: channels_last on a CPU and at fp16/bf16 on CUDA, NCHW for fp32 on CUDA")
+    r.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto", help=MEMORY_FORMAT_HELP)
     r.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help=f"torch.compile (inductor, frozen weights) for the first image's size, other sizes run "
                         f"eager; auto: for pad or warp runs of >= {COMPILE_MIN_IMAGES} images")

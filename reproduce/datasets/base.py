@@ -234,13 +234,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.skipped: dict[str, str] = {}
         self.refs: list[SampleRef] = []
         # Where each sample stands in the split's list (refs and files left out alike), so that "the
-        # first N samples of the split" means the same whichever files are missing.
-        self.listed_position: dict[str, int] = {}
-        # every place of each id, in order (a split list may name a sample twice; each line counts)
+        # first N samples of the split" means the same whichever files are missing: every place of each id,
+        # in order (a split list may name a sample twice; each line counts).
         self.listed_positions: dict[str, list[int]] = {}
         # A stat per file is cheap next to decoding and catches the commonest mistake up front.
         for position, ref in enumerate(refs):
-            self.listed_position.setdefault(ref.id, position)
             self.listed_positions.setdefault(ref.id, []).append(position)
             missing = next((p for p in (ref.image, ref.label) if not p.is_file()), None)
             if missing is None:
