@@ -424,6 +424,7 @@ def run_image(lm: LoadedModel, image_rgb: np.ndarray, config: InferenceConfig) -
 # ---------------------------------------------------------------------------------------------- the engine
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
+MEMORY_FORMAT_HELP = "auto: channels_last on a CPU and at fp16/bf16 on CUDA, NCHW for fp32 on CUDA"  # the CLIs' --help
 COMPILE_MIN_IMAGES = 300  # compile="auto" pays back from here (a compile costs ~30-90 s; it saves ~0.1-0.3 s/image)
 COMPILE_MAX_SHAPES = 8  # torch._dynamo.config.recompile_limit's default: dynamo runs eager past it anyway
 CACHE_DIR_ENV = "DEEPLAB_INDUCTOR_CACHE_DIR"
@@ -577,8 +578,8 @@ def choose_memory_format(requested: str, device: torch.device, precision: str) -
     ``precision``.
 
     ``auto``: channels_last on a CPU (oneDNN's NHWC convolutions: 0.62-0.93x the NCHW engine's time on every
-    registered model at 321 and 513, ``benchmarks/reports/memory-format-2026-12-02``) and on CUDA at fp16/bf16 (tensor-core
-    convolutions are NHWC); NCHW on CUDA at fp32, where cuDNN's NHWC kernels bring no speed-up (PyTorch's
+    registered model at 321 and 513, ``benchmarks/reports/memory-format-2026-12-02``) and on CUDA at
+    fp16/bf16 (tensor-core convolutions are NHWC); NCHW on CUDA at fp32, where cuDNN's NHWC kernels bring no speed-up (PyTorch's
     channels_last guidance: the gain comes with reduced precision on tensor cores), and on other devices.
     """
     if requested not in MEMORY_FORMATS:
@@ -675,19 +676,18 @@ class Segmenter:
         config: InferenceConfig | None = None,
     ) -> None:
         dev = resolve_device(device)
-        if memory_format not in MEMORY_FORMATS:
-            raise InferenceError(f"memory format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
         if compile not in (True, False, "auto"):
             raise InferenceError(f"compile must be true, false or auto, got {compile!r}")
         self.device = dev
         self.config = config or InferenceConfig()
         self.precision, self.precision_reason = choose_precision(precision, dev)
+        # checked (a bad name refused) before any weights are read
+        self.memory_format, self.memory_format_reason = choose_memory_format(memory_format, dev, self.precision)
         if isinstance(weights, LoadedModel):
             source, owned = weights, False  # the caller's: never modified
         else:
             source = load_model(model, weights, num_classes=num_classes, output_stride=output_stride, device=dev)
             owned = True
-        self.memory_format, self.memory_format_reason = choose_memory_format(memory_format, dev, self.precision)
         self.fused = fuse
         if fuse:
             net = fuse_for_inference(source.model)  # a copy; an owned unfused model is freed with ``source``

@@ -42,6 +42,7 @@ from PIL import Image
 
 from converters.cli import program_name, run_main
 from reproduce.inference import (
+    MEMORY_FORMAT_HELP,
     MEMORY_FORMATS,
     PRECISIONS,
     PROTOCOLS,
@@ -440,8 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto (default: bf16 only where native and faster, else fp32), fp32, bf16, fp16 (CUDA)")
-    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
-                   help="auto: channels_last on a CPU and at fp16/bf16 on CUDA, NCHW for fp32 on CUDA")
+    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto", help=MEMORY_FORMAT_HELP)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays back on long videos)")
     parser.add_argument("--amp", action="store_true", help="same as --precision fp16 (CUDA)")
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")

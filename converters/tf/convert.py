@@ -49,8 +49,8 @@ STEPS = (
 # signature (converters/tf/signatures.json, which tests/test_tf_signatures.py keeps equal to the model's).
 STREAMED_STEPS = (*STEPS[:-1], "match_stored_signature")
 _SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
-__all__ = ["STEPS", "STREAMED_STEPS", "Converted", "TFConversion", "convert_tf_checkpoint", "find_checkpoint", "open_tf_conversion",
-           "source_files", "tf_archs", "write_tf_checkpoint"]
+__all__ = ["STEPS", "STREAMED_STEPS", "Converted", "TFConversion", "convert_tf_checkpoint", "find_checkpoint",
+           "open_tf_conversion", "source_files", "tf_archs", "write_tf_checkpoint"]
 
 
 # --------------------------------------------------------------------------- locating the checkpoint
