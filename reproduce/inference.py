@@ -26,6 +26,7 @@ One image in, class probabilities at the label size out, following the official 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -429,7 +430,10 @@ COMPILE_MIN_IMAGES = 300  # compile="auto" pays back from here (a compile costs 
 COMPILE_MAX_SHAPES = 8  # torch._dynamo.config.recompile_limit's default: dynamo runs eager past it anyway
 CACHE_DIR_ENV = "DEEPLAB_INDUCTOR_CACHE_DIR"
 # Inductor settings of ``Segmenter(compile=True)``: freezing (weights become constants, folded and laid out once
-# for inference) with oneDNN weight prepacking on a CPU. torch 2.13's FX graph cache cannot pickle prepacked
+# for inference) with oneDNN weight prepacking on a CPU. They are set in ``torch._inductor.config`` around every
+# compiled call (:meth:`Segmenter._compile_settings`), not passed as ``torch.compile(options=...)``: dynamo itself
+# asks ``torch._inductor.config.freezing`` while it traces, and with the options alone it lifts the weights as
+# graph inputs, so inductor's freezing found no weight to freeze and the convolutions ran unpacked and unfused. torch 2.13's FX graph cache cannot pickle prepacked
 # (mkldnn) weights, so on a CPU a new process compiles the graph again (the C++ kernels it builds are reused from
 # the cache folder); with "cpp.weight_prepack": False a second process loads the whole graph from the cache
 # (benchmarks/reports/msc-compile-2026-12-01 has the start-up times). Compile is for long runs, where the
@@ -733,8 +737,15 @@ class Segmenter:
         if self.compiled:
             return
         self.cache_dir = use_inductor_cache_dir()
-        self._compiled_fn = torch.compile(self.net, backend="inductor", dynamic=False, options=dict(COMPILE_OPTIONS))
+        self._compiled_fn = torch.compile(self.net, backend="inductor", dynamic=False)
         self.compiled = True
+
+    @staticmethod
+    def _compile_settings() -> Any:
+        """:data:`COMPILE_OPTIONS` set in inductor's config for a compiled call (dynamo traces inside it)."""
+        from torch._inductor import config as inductor_config
+
+        return inductor_config.patch(dict(COMPILE_OPTIONS))
 
     # ---- running
     def _module_for(self, x: torch.Tensor) -> Any:
@@ -755,7 +766,8 @@ class Segmenter:
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self._format)
         dtype = _AUTOCAST_DTYPES.get(self.precision)
         fn = self._module_for(x)
-        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        settings = self._compile_settings() if fn is self._compiled_fn else contextlib.nullcontext()
+        with settings, torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = fn(x)
         return out.float()
 

@@ -316,6 +316,35 @@ def test_compiled_engine_compiles_the_first_shape_only(monkeypatch, tmp_path: Pa
             dynamo.reset()
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_compiled_engine_freezes_the_weights(monkeypatch, tmp_path: Path) -> None:
+    """compile=True really freezes: inductor packs every convolution's weights for oneDNN and fuses ReLU and the
+    residual add into the convolutions. With the settings passed only as ``torch.compile(options=...)``, dynamo
+    lifted the weights as graph inputs and inductor's freezing found none: no packing, no fusion (the engine's
+    compiled forward was no faster than its eager one). The settings do not leak out of the call."""
+    from torch._dynamo.utils import counters
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setenv(inference.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    importlib.import_module("torch._dynamo").reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = _randomize_bn(build_model("deeplabv3_tiny", num_classes=5))
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    engine = Segmenter.from_module(model, device="cpu", precision="fp32", compile=True)
+    x = torch.randn(1, 3, 33, 37, generator=torch.Generator().manual_seed(1))
+    out = engine.forward(x)
+    assert inductor_config.freezing is False  # set around the compiled call only
+    packed = counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"]
+    fused = sum(v for k, v in counters["inductor"].items() if k.startswith("mkldnn_") and "fusion_matcher_count" in k)
+    assert packed == convs, dict(counters["inductor"])
+    assert fused > 0, dict(counters["inductor"])
+    with torch.inference_mode():
+        ref = model(x)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
+    assert engine.describe()["forwards"] == {"compiled": 1, "eager": 0}
+
+
 def test_memory_format_auto_is_channels_last_on_cpu_and_with_reduced_precision_on_cuda() -> None:
     from reproduce.inference import InferenceError, choose_memory_format
 
