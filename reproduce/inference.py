@@ -44,6 +44,7 @@ from torch import nn
 
 from converters.errors import DeeplabError
 from reference_models.preprocessing import CAFFE_DEEPLAB_V2, Preprocessing
+from reproduce.atrous_gemm import fuse_atrous_sums
 
 __all__ = [
     "InferenceError",
@@ -644,7 +645,8 @@ class Segmenter:
     and prepares the fast forward once:
 
     * BatchNorm folded into the convolutions (:func:`fuse_for_inference`, a copy: the weights file and
-      the model's state-dict layout are unchanged);
+      the model's state-dict layout are unchanged); on a CPU, DeepLab v2's ASPP (four summed 3x3 atrous
+      convolutions to the classes) runs as one matrix product (:mod:`reproduce.atrous_gemm`);
     * ``memory_format="auto"``: see :func:`choose_memory_format` (channels_last on a CPU and at fp16/bf16
       on CUDA, NCHW for fp32 on CUDA; the choice and the reason in :meth:`describe`);
     * ``precision="auto"``: see :func:`choose_precision` (the choice and the reason are in
@@ -693,8 +695,11 @@ class Segmenter:
             source = load_model(model, weights, num_classes=num_classes, output_stride=output_stride, device=dev)
             owned = True
         self.fused = fuse
+        self.atrous_gemm = 0  # DeepLab v2 ASPP heads run as one GEMM (reproduce.atrous_gemm; CPU only)
         if fuse:
             net = fuse_for_inference(source.model)  # a copy; an owned unfused model is freed with ``source``
+            if dev.type == "cpu":  # measured on oneDNN only (benchmarks/reports/cpu-2026-12-02-full)
+                self.atrous_gemm = fuse_atrous_sums(net)
         else:
             net = source.model if owned else copy.deepcopy(source.model)
         self._format = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
@@ -787,7 +792,7 @@ class Segmenter:
         """The engine's settings, for result files and logs."""
         return {"device": str(self.device), "precision": self.precision, "precision_reason": self.precision_reason,
                 "memory_format": self.memory_format, "memory_format_reason": self.memory_format_reason,
-                "batchnorm_folded": self.fused, "compiled": self.compiled,
+                "batchnorm_folded": self.fused, "aspp_as_gemm": self.atrous_gemm, "compiled": self.compiled,
                 "compile_cache": None if self.cache_dir is None else str(self.cache_dir),
                 "compiled_shapes": [list(shape) for shape in self.compiled_shapes],
                 "forwards": dict(self.forwards),
