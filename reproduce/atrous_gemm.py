@@ -89,15 +89,40 @@ class AtrousSumGemm(nn.Module):
             weight = weight.index_select(1, cols)
         rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when x is channels_last
         scores = torch.mm(rows, weight.to(rows.dtype)).view(n, h, w, len(taps), k)
-        if self.bias is None:
-            out = x.new_zeros((n, h, w, k), dtype=scores.dtype)
+        if torch.compiler.is_compiling():
+            out = self._shifted_sum_padded(scores, taps)
         else:
-            out = self.bias.to(scores.dtype).expand(n, h, w, k).clone()
+            out = self._shifted_sum_in_place(scores, taps)
+        return out.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
+
+    def _start(self, scores: torch.Tensor) -> torch.Tensor:
+        n, h, w, _, k = scores.shape
+        if self.bias is None:
+            return scores.new_zeros((n, h, w, k))
+        return self.bias.to(scores.dtype).expand(n, h, w, k).clone()
+
+    def _shifted_sum_in_place(self, scores: torch.Tensor, taps: list[tuple[int, int, int]]) -> torch.Tensor:
+        """Eager: each tap's valid window added in place (no padded copy of the scores)."""
+        out = self._start(scores)
+        h, w = out.shape[1:3]
         for i, (_, dy, dx) in enumerate(taps):
             y0, y1 = max(0, -dy), min(h, h - dy)
             x0, x1 = max(0, -dx), min(w, w - dx)
             out[:, y0:y1, x0:x1] += scores[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx, i]
-        return out.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
+        return out
+
+    def _shifted_sum_padded(self, scores: torch.Tensor, taps: list[tuple[int, int, int]]) -> torch.Tensor:
+        """Traced (torch.compile): one sum of equally sized shifted windows of the zero-padded scores, which
+        inductor makes a single pointwise kernel. (Traced, the in-place window adds become one nested select per
+        tap, and the C++ compiler needed minutes and gigabytes for the ResNet-101 head.)"""
+        n, h, w, _, k = scores.shape
+        py = max(abs(dy) for _, dy, _ in taps)
+        px = max(abs(dx) for _, _, dx in taps)
+        padded = torch.nn.functional.pad(scores, (0, 0, 0, 0, px, px, py, py))
+        out = self._start(scores)
+        for i, (_, dy, dx) in enumerate(taps):
+            out = out + padded[:, py + dy:py + dy + h, px + dx:px + dx + w, i]
+        return out
 
 
 def fuse_atrous_sums(model: nn.Module) -> int:
