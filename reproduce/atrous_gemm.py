@@ -61,7 +61,7 @@ class AtrousSumGemm(nn.Module):
             w = torch.stack([c.weight for c in convs])  # (B, out, C, 3, 3)
             self.register_buffer("weight", w.permute(2, 0, 3, 4, 1).reshape(w.shape[2], -1).contiguous())
             bias = sum(c.bias for c in convs) if convs[0].bias is not None else None
-            self.register_buffer("bias", None if bias is None else bias.detach().clone())
+            self.register_buffer("bias", bias)  # a new tensor (the sum), not a branch's
         self.rates = tuple((int(c.dilation[0]), int(c.dilation[1])) for c in convs)
         self.in_channels, self.out_channels = convs[0].in_channels, convs[0].out_channels
 
@@ -135,6 +135,6 @@ def fuse_atrous_sums(model: nn.Module) -> int:
         for name, child in list(parent.named_children()):
             convs = _branch_convs(child)
             if convs is not None:
-                setattr(parent, name, AtrousSumGemm(convs).to(convs[0].weight.device))
+                setattr(parent, name, AtrousSumGemm(convs))  # its buffers are made on the convs' device
                 replaced += 1
     return replaced

@@ -427,15 +427,17 @@ def run_image(lm: LoadedModel, image_rgb: np.ndarray, config: InferenceConfig) -
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
 MEMORY_FORMAT_HELP = "auto: channels_last on a CPU and at fp16/bf16 on CUDA, NCHW for fp32 on CUDA"  # the CLIs' --help
-COMPILE_MIN_IMAGES = 300  # compile="auto" pays back from here (a compile costs ~30-90 s; it saves ~0.1-0.3 s/image)
+# compile="auto" pays back from here: a compile costs ~5-90 s on a CPU; the frozen graph saves ~0.01-0.7 s per image
+# on the ResNet-101 models at 513 (benchmarks/reports/cpu-2026-12-02-full)
+COMPILE_MIN_IMAGES = 300
 COMPILE_MAX_SHAPES = 8  # torch._dynamo.config.recompile_limit's default: dynamo runs eager past it anyway
 CACHE_DIR_ENV = "DEEPLAB_INDUCTOR_CACHE_DIR"
 # Inductor settings of ``Segmenter(compile=True)``: freezing (weights become constants, folded and laid out once
 # for inference) with oneDNN weight prepacking on a CPU. They are set in ``torch._inductor.config`` around every
 # compiled call (:meth:`Segmenter._compile_settings`), not passed as ``torch.compile(options=...)``: dynamo itself
 # asks ``torch._inductor.config.freezing`` while it traces, and with the options alone it lifts the weights as
-# graph inputs, so inductor's freezing found no weight to freeze and the convolutions ran unpacked and unfused. torch 2.13's FX graph cache cannot pickle prepacked
-# (mkldnn) weights, so on a CPU a new process compiles the graph again (the C++ kernels it builds are reused from
+# graph inputs, so inductor's freezing found no weight to freeze and the convolutions ran unpacked and unfused.
+# torch 2.13's FX graph cache cannot pickle prepacked (mkldnn) weights, so on a CPU a new process compiles the graph again (the C++ kernels it builds are reused from
 # the cache folder); with "cpp.weight_prepack": False a second process loads the whole graph from the cache
 # (benchmarks/reports/msc-compile-2026-12-01 has the start-up times). Compile is for long runs, where the
 # per-image speed counts, and the compiled speed-ups measured so far are with prepacking: it stays on.
