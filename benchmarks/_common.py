@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._measure import cpu_model, git_info, proc_status_bytes
+from benchmarks._measure import cpu_description, cpu_isa, cpu_model, git_info, proc_status_bytes
 from converters.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,10 +57,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    """``torch.cuda.get_device_name`` on GPU, the CPU model otherwise."""
+    """``torch.cuda.get_device_name`` on GPU, the CPU model and its vector ISA otherwise (``AMD EPYC [AVX2]``)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return cpu_model()
+    return cpu_description()
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -85,6 +85,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": device.type,
         "device_name": device_name(device),
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
+        # the kernels torch's CPU build dispatches to here (DEFAULT, AVX2, AVX512, ...)
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "torch_threads": torch.get_num_threads(),

@@ -152,16 +152,45 @@ def git_info() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name from ``/proc/cpuinfo`` (or what :mod:`platform` knows)."""
+def _cpuinfo_field(key: str) -> str | None:
+    """The first ``key : value`` of ``/proc/cpuinfo`` (``None`` off Linux or when absent)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                name, sep, value = line.partition(":")
+                if sep and name.strip().lower() == key:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from ``/proc/cpuinfo`` (or what :mod:`platform` knows)."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_isa(flags: set[str] | None = None) -> str:
+    """The vector ISA that decides convolution speed, from the CPU's flags: ``AVX-512+VNNI+BF16+AMX``,
+    ``AVX2``, ... (``?`` where the flags are unknown). A VM's model name alone ("AMD EPYC") does not tell a
+    Zen 3 (AVX2) from a Zen 4 (AVX-512 with BF16)."""
+    if flags is None:
+        flags = set((_cpuinfo_field("flags") or "").split())
+    if not flags:
+        return "?"
+    if "avx512f" in flags:
+        extras = [name for flag, name in (("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16"), ("avx512_fp16", "FP16"),
+                                          ("amx_bf16", "AMX")) if flag in flags]
+        return "+".join(["AVX-512", *extras])
+    for flag, name in (("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2")):
+        if flag in flags:
+            return name
+    return "no AVX"
+
+
+def cpu_description() -> str:
+    """The CPU model and its vector ISA, e.g. ``AMD EPYC [AVX2]``: how every benchmark names its CPU."""
+    return f"{cpu_model()} [{cpu_isa()}]"
 
 
 def proc_status_bytes(key: str) -> int | None:

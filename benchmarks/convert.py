@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks._measure import REPO, Measurement, child_env, cpu_model, git_info, run_measured
+from benchmarks._measure import REPO, Measurement, child_env, cpu_isa, cpu_model, git_info, run_measured
 from converters.io import write_json_atomic
 
 FULL = {"synth_arch": "resnet101_msc", "arch": "deeplabv2_resnet101_msc"}
@@ -120,6 +120,7 @@ def environment(baseline: dict[str, Any], env: dict[str, str]) -> dict[str, Any]
         "protobuf": baseline.get("protobuf"),
         "protobuf_backend": baseline.get("protobuf_backend"),
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": affinity,
         "omp_num_threads": env.get("OMP_NUM_THREADS"),

@@ -289,7 +289,7 @@ def run_stream_benchmark(workdir: Path, cases: list[str], *, threads: int | None
 def format_stream_table(record: dict[str, Any]) -> str:
     """The human table of :func:`run_stream_benchmark`'s record (Markdown)."""
     env, floors = record["environment"], record["floors"]
-    lines = [f"CPU: {env['cpu_model']} ({env['cpu_count']} cores, {env['omp_num_threads']} threads), torch "
+    lines = [f"CPU: {env['cpu_model']} [{env.get('cpu_isa', '?')}] ({env['cpu_count']} cores, {env['omp_num_threads']} threads), torch "
              f"{env['torch']}, Python {env['python']}; commit {(env['git'] or {}).get('commit')}",
              "",
              f"Floors (fresh processes): `import torch` {floors['import_torch_peak_rss_bytes'] / MIB:.1f} MiB; "

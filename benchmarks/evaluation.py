@@ -480,7 +480,7 @@ def _run_cli(args: Any) -> None:
     write_atomic(args.out / "eval-pipeline.json", lambda p: p.write_text(text, encoding="utf-8"))
     p = record["pipeline"]
     md = (f"# Evaluation pipeline benchmark\n\nCommand: `{command}`\n\n"
-          f"CPU: {env['cpu_model']} ({env['cpus_usable']} usable cores), torch {env['torch']}, "
+          f"CPU: {env['cpu_model']} [{env.get('cpu_isa', '?')}] ({env['cpus_usable']} usable cores), torch {env['torch']}, "
           f"{env['torch_threads']} threads; load average (1, 5, 15 min) at start {p['loadavg_at_start']}, "
           f"at end {p['loadavg_at_end']}; {env['created_utc']}, commit {(env.get('git') or {}).get('commit')}\n\n"
           + format_pipeline(p))

@@ -33,10 +33,23 @@ def _run(argv: list[str]) -> int:
 def _load(path: Path) -> dict:
     record = json.loads(path.read_text(encoding="utf-8"))
     env = record["environment"]
-    for key in ("torch", "device", "device_name", "torch_threads", "git", "python"):
+    for key in ("torch", "device", "device_name", "torch_threads", "git", "python", "cpu_isa", "torch_cpu_capability"):
         assert key in env, key
+    if env["device"] == "cpu":  # the CPU is named with its vector ISA: "AMD EPYC" alone is a Zen 3 or a Zen 4
+        assert env["device_name"].endswith(f"[{env['cpu_isa']}]"), env["device_name"]
     assert record["schema"] == 1 and record["mode"] == "quick"
     return record
+
+
+def test_cpu_isa_names_the_vector_tier():
+    from benchmarks._measure import cpu_isa
+
+    assert cpu_isa({"sse4_2", "avx", "fma", "avx2"}) == "AVX2"  # Zen 3, Haswell..Skylake client
+    assert cpu_isa({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16"}) == "AVX-512+VNNI+BF16+FP16"
+    assert cpu_isa({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"}) == "AVX-512+VNNI+BF16+AMX"
+    assert cpu_isa({"avx2", "avx512f"}) == "AVX-512"
+    assert cpu_isa({"sse2"}) == "no AVX"
+    assert cpu_isa(set()) == "?"  # flags unknown (not Linux)
 
 
 def test_inference_quick(results: Path, monkeypatch):
