@@ -45,6 +45,7 @@ from torch import nn
 from converters.errors import DeeplabError
 from reference_models.preprocessing import CAFFE_DEEPLAB_V2, Preprocessing
 from reproduce.atrous_gemm import fuse_atrous_sums
+from reproduce.depthwise_layout import nchw_where_faster
 
 __all__ = [
     "InferenceError",
@@ -585,7 +586,9 @@ def choose_memory_format(requested: str, device: torch.device, precision: str) -
     ``precision``.
 
     ``auto``: channels_last on a CPU (oneDNN's NHWC convolutions: 0.62-0.93x the NCHW engine's time on every
-    registered model at 321 and 513, ``benchmarks/reports/memory-format-2026-12-02``) and on CUDA at
+    registered model at 321 and 513 on an AVX-512 Xeon, ``benchmarks/reports/memory-format-2026-12-02``; on an
+    AVX2 EPYC the exception is dilated depthwise convolutions, which the engine then keeps in NCHW by a probe:
+    :mod:`reproduce.depthwise_layout`, ``memory-format-2026-12-02-epyc``) and on CUDA at
     fp16/bf16 (tensor-core convolutions are NHWC); NCHW on CUDA at fp32, where cuDNN's NHWC kernels bring no speed-up (PyTorch's
     channels_last guidance: the gain comes with reduced precision on tensor cores), and on other devices.
     """
@@ -650,7 +653,9 @@ class Segmenter:
       the model's state-dict layout are unchanged); on a CPU, DeepLab v2's ASPP (four summed 3x3 atrous
       convolutions to the classes) runs as one matrix product (:mod:`reproduce.atrous_gemm`);
     * ``memory_format="auto"``: see :func:`choose_memory_format` (channels_last on a CPU and at fp16/bf16
-      on CUDA, NCHW for fp32 on CUDA; the choice and the reason in :meth:`describe`);
+      on CUDA, NCHW for fp32 on CUDA; the choice and the reason in :meth:`describe`); in a channels_last
+      engine on a CPU, dilated depthwise convolutions that a probe on this machine measures faster in NCHW
+      run in NCHW (:mod:`reproduce.depthwise_layout`; the probes in :meth:`describe`);
     * ``precision="auto"``: see :func:`choose_precision` (the choice and the reason are in
       :attr:`precision` / :attr:`precision_reason` and :meth:`describe`);
     * ``compile=True``: ``torch.compile`` (inductor, with weight freezing) of the fused model, for the
@@ -706,6 +711,10 @@ class Segmenter:
             net = source.model if owned else copy.deepcopy(source.model)
         self._format = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
         self.net = net.eval().to(dev, memory_format=self._format)
+        # dilated depthwise convs oneDNN runs slower in NHWC on this CPU (measured per shape) stay NCHW
+        self.depthwise_probes: list[dict[str, Any]] = []
+        if fuse and dev.type == "cpu" and self._format == torch.channels_last:
+            self.depthwise_probes = nchw_where_faster(self.net)
         self.lm = dataclasses.replace(source, model=self.net, device=dev, runner=self.forward)
         self._compile_request = compile
         self.compiled = False
@@ -794,7 +803,9 @@ class Segmenter:
         """The engine's settings, for result files and logs."""
         return {"device": str(self.device), "precision": self.precision, "precision_reason": self.precision_reason,
                 "memory_format": self.memory_format, "memory_format_reason": self.memory_format_reason,
-                "batchnorm_folded": self.fused, "aspp_as_gemm": self.atrous_gemm, "compiled": self.compiled,
+                "batchnorm_folded": self.fused, "aspp_as_gemm": self.atrous_gemm,
+                "depthwise_nchw": sum(p["modules"] for p in self.depthwise_probes),
+                "depthwise_probes": [dict(p) for p in self.depthwise_probes], "compiled": self.compiled,
                 "compile_cache": None if self.cache_dir is None else str(self.cache_dir),
                 "compiled_shapes": [list(shape) for shape in self.compiled_shapes],
                 "forwards": dict(self.forwards),

@@ -1,0 +1,112 @@
+"""Dilated depthwise convolutions in NCHW inside a channels_last engine, where a probe measures that faster.
+
+oneDNN's direct depthwise kernel does not take every dilation in NHWC: on an AVX2 CPU (AMD EPYC, Zen 3)
+a 2048-channel 3x3 depthwise convolution at rate 6, 12 or 18 on a 33x33 map (DeepLab-TF Xception-65's
+separable ASPP at output stride 16) falls back to im2col + GEMM in channels_last and runs 3-9x slower
+than the same convolution in NCHW (``ONEDNN_VERBOSE``: ``x64:gemm:jit`` against ``jit_dw:avx2`` at rate
+2; ``benchmarks/reports/memory-format-2026-12-02-epyc``). Rates 1-4 are fast in channels_last there.
+
+Which kernels a CPU has is not assumed: :func:`probe_depthwise` times each distinct dilated depthwise
+shape both ways on this machine (a fresh convolution with random weights, 1x C x 33 x 33) and
+:func:`nchw_where_faster` wraps a module in :class:`NCHWIsland` only where NCHW, its two reorders
+included, takes at most ``NCHW_MARGIN`` of the channels_last time. The model and its state dict are not
+changed: the engine rewrites its own copy. Outputs are the same convolution in another memory layout
+(equal to float rounding; the tests bound it).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["NCHWIsland", "is_dilated_depthwise", "nchw_where_faster", "probe_depthwise"]
+
+NCHW_MARGIN = 0.8  # NCHW is chosen only when clearly faster (timing noise on a shared VM is 5-30 %)
+PROBE_SIZE = 33  # the feature map of a 513x513 input at output stride 16
+_PROBES: dict[tuple[int, ...], dict[str, Any]] = {}
+
+
+class NCHWIsland(nn.Module):
+    """Runs ``inner`` on an NCHW (contiguous) copy of its input and returns channels_last.
+
+    ``inner``'s weights are made contiguous here: a channels_last weight would make PyTorch run the
+    convolution in channels_last again. Wrap after the network's own ``.to(memory_format=...)``.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner.to(memory_format=torch.contiguous_format)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.contiguous()).contiguous(memory_format=torch.channels_last)
+
+
+def is_dilated_depthwise(module: nn.Module) -> bool:
+    """A 2-D depthwise convolution (``groups == in == out > 1``) with a dilation above 1."""
+    return (isinstance(module, nn.Conv2d) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels and max(module.dilation) > 1)
+
+
+def _key(conv: nn.Conv2d) -> tuple[int, ...]:
+    return (conv.in_channels, *conv.kernel_size, *conv.stride, *conv.dilation, torch.get_num_threads())
+
+
+def _median_ms(fn, rounds: int) -> float:
+    samples = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1e3
+
+
+def probe_depthwise(conv: nn.Conv2d, *, rounds: int = 3) -> dict[str, Any]:
+    """Time ``conv``'s shape (a fresh copy with random weights, 1 x C x 33 x 33) in channels_last and as an
+    :class:`NCHWIsland`, interleaved, on the CPU; memoised per shape for the process."""
+    key = _key(conv)
+    if key in _PROBES:
+        return _PROBES[key]
+    c, (kh, kw), (dh, dw) = conv.in_channels, conv.kernel_size, conv.dilation
+    gen = torch.Generator().manual_seed(0)
+    probe = nn.Conv2d(c, c, (kh, kw), stride=conv.stride, dilation=(dh, dw), groups=c,
+                      padding=(dh * (kh - 1) // 2, dw * (kw - 1) // 2)).eval().requires_grad_(False)
+    probe_cl = probe.to(memory_format=torch.channels_last)
+    island = NCHWIsland(nn.Conv2d(c, c, (kh, kw), stride=conv.stride, dilation=(dh, dw), groups=c,
+                                  padding=probe.padding).eval().requires_grad_(False))
+    x = torch.randn(1, c, PROBE_SIZE, PROBE_SIZE, generator=gen).contiguous(memory_format=torch.channels_last)
+    times: dict[str, list[float]] = {"channels_last": [], "nchw": []}
+    with torch.inference_mode():
+        runs = {"channels_last": lambda: probe_cl(x), "nchw": lambda: island(x)}
+        for fn in runs.values():
+            fn()  # oneDNN creates its primitive on the first call
+        for r in range(rounds):
+            for kind in (("channels_last", "nchw") if r % 2 == 0 else ("nchw", "channels_last")):
+                times[kind].append(_median_ms(runs[kind], 1))
+    cl, nchw = (statistics.median(times[k]) for k in ("channels_last", "nchw"))
+    result = {"channels": c, "kernel": [kh, kw], "stride": list(conv.stride), "dilation": [dh, dw],
+              "size": PROBE_SIZE, "channels_last_ms": round(cl, 3), "nchw_ms": round(nchw, 3),
+              "choice": "nchw" if nchw <= NCHW_MARGIN * cl else "channels_last"}
+    _PROBES[key] = result
+    return result
+
+
+def nchw_where_faster(net: nn.Module) -> list[dict[str, Any]]:
+    """Wrap, in place, every dilated depthwise convolution of ``net`` (a CPU model already in channels_last) whose
+    shape :func:`probe_depthwise` measures faster in NCHW; return the probes, one per distinct shape, each
+    with ``modules``: how many convolutions of that shape were wrapped (0 where channels_last was kept)."""
+    probes: dict[tuple[int, ...], dict[str, Any]] = {}
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if not is_dilated_depthwise(child):
+                continue
+            key = _key(child)
+            if key not in probes:
+                probes[key] = {**probe_depthwise(child), "modules": 0}
+            if probes[key]["choice"] == "nchw":
+                setattr(parent, name, NCHWIsland(child))
+                probes[key]["modules"] += 1
+    return list(probes.values())
