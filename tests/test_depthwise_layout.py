@@ -93,6 +93,7 @@ def test_engine_runs_them_in_nchw_and_says_so(always) -> None:
     engine = Segmenter.from_module(model, device="cpu", precision="fp32", memory_format="channels_last")
     info = engine.describe()
     assert info["depthwise_nchw"] == 3 and [p["modules"] for p in info["depthwise_probes"]] == [3]
+    assert "3 dilated depthwise convs in NCHW" in engine.summary()
     assert _rel(engine.forward(x), ref) < 1e-4
     # the caller's model is untouched: no island, same weights and layout
     assert not any(isinstance(m, NCHWIsland) for m in model.modules())
