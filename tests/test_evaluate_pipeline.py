@@ -232,12 +232,16 @@ def test_an_error_mid_run_stops_the_crf_workers(tmp_path, monkeypatch) -> None:
 
 
 _DRIVER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     import reproduce.evaluate as ev
     import reproduce.inference as inf
     from reproduce.inference import Segmenter
     slow = Segmenter.forward
+    calls = []
     def forward(self, x):  # a slow network, so the run is still going when Ctrl-C comes
+        calls.append(1)
+        if len(calls) == 3:  # the CRF pool started before the first forward: say the run is under way
+            open(os.environ["DEEPLAB_TEST_RUNNING"], "w").close()
         time.sleep(0.2)
         return slow(self, x)
     Segmenter.forward = forward
@@ -258,20 +262,21 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_no_worker(tmp_path) -> None:
     cmd = [sys.executable, "-c", _DRIVER, "--model", "deeplabv3plus_tiny", "--weights", str(weights),
            "--dataset", "voc12", "--data-root", str(tmp_path), "--crop-size", "65", "--device", "cpu",
            "--crf", "--crf-workers", "2", "--quiet", "--out", str(tmp_path / "out")]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    running = tmp_path / "running"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DEEPLAB_TEST_RUNNING": str(running)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True, text=True)
     try:
         seen: set[int] = set()
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
+        # wait for the third forward (>= 37 x 0.2 s of the run left), not for a number of child processes:
+        # counted children could also be short-lived helpers, and the signal then came after the run ended
+        while time.monotonic() < deadline and proc.poll() is None and not running.exists():
             seen.update(_descendants(proc.pid))
-            if len(seen) >= 2:  # the CRF workers (and the resource tracker) are running
-                break
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
-        time.sleep(0.3)
         seen.update(_descendants(proc.pid))
+        assert len(seen) >= 2, seen  # the CRF workers (and the resource tracker) are running
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
         out, err = proc.communicate(timeout=120)
     finally:
