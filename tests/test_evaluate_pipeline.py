@@ -69,6 +69,11 @@ def _wait_gone(pids: list[int], seconds: float = 30.0) -> list[int]:
     return [p for p in pids if not _gone(p)]
 
 
+def _sig_state_here() -> list[str]:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        return [line.strip() for line in fh if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
+
+
 def _descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (from /proc; Linux)."""
     children: dict[int, list[int]] = {}
@@ -232,7 +237,10 @@ def test_an_error_mid_run_stops_the_crf_workers(tmp_path, monkeypatch) -> None:
 
 
 _DRIVER = textwrap.dedent("""
-    import os, sys, time
+    import os, signal, sys, time
+    # a terminal's Ctrl-C state whatever the test process passed on (an ignored or blocked SIGINT is inherited)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import reproduce.evaluate as ev
     import reproduce.inference as inf
     from reproduce.inference import Segmenter
@@ -277,13 +285,15 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_no_worker(tmp_path) -> None:
         assert proc.poll() is None, proc.communicate()
         seen.update(_descendants(proc.pid))
         assert len(seen) >= 2, seen  # the CRF workers (and the resource tracker) are running
+        with open(f"/proc/{proc.pid}/status", encoding="ascii") as fh:  # how the run holds SIGINT (bit 2)
+            sig_state = [line.strip() for line in fh if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (err, sig_state, _sig_state_here())
     assert err.strip() == "error: interrupted", err
     assert not (tmp_path / "out" / "result.json").exists()
     assert not _wait_gone(sorted(seen)), "processes left running after Ctrl-C"
