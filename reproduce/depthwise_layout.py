@@ -16,6 +16,7 @@ changed: the engine rewrites its own copy. Outputs are the same convolution in a
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from typing import Any
@@ -55,37 +56,37 @@ def _key(conv: nn.Conv2d) -> tuple[int, ...]:
     return (conv.in_channels, *conv.kernel_size, *conv.stride, *conv.dilation, torch.get_num_threads())
 
 
-def _median_ms(fn, rounds: int) -> float:
-    samples = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e3
+def _ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def probe_depthwise(conv: nn.Conv2d, *, rounds: int = 3) -> dict[str, Any]:
     """Time ``conv``'s shape (a fresh copy with random weights, 1 x C x 33 x 33) in channels_last and as an
-    :class:`NCHWIsland`, interleaved, on the CPU; memoised per shape for the process."""
+    :class:`NCHWIsland`, interleaved, on the CPU; memoised per shape for the process. Torch's global random
+    state is not used (the engine is built in the user's process)."""
     key = _key(conv)
     if key in _PROBES:
         return _PROBES[key]
     c, (kh, kw), (dh, dw) = conv.in_channels, conv.kernel_size, conv.dilation
     gen = torch.Generator().manual_seed(0)
-    probe = nn.Conv2d(c, c, (kh, kw), stride=conv.stride, dilation=(dh, dw), groups=c,
-                      padding=(dh * (kh - 1) // 2, dw * (kw - 1) // 2)).eval().requires_grad_(False)
-    probe_cl = probe.to(memory_format=torch.channels_last)
-    island = NCHWIsland(nn.Conv2d(c, c, (kh, kw), stride=conv.stride, dilation=(dh, dw), groups=c,
-                                  padding=probe.padding).eval().requires_grad_(False))
+    probe = nn.utils.skip_init(nn.Conv2d, c, c, (kh, kw), stride=conv.stride, dilation=(dh, dw), groups=c,
+                               padding=(dh * (kh - 1) // 2, dw * (kw - 1) // 2)).eval().requires_grad_(False)
+    with torch.no_grad():
+        for param in probe.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen))
+    island = NCHWIsland(copy.deepcopy(probe))
+    probe = probe.to(memory_format=torch.channels_last)
     x = torch.randn(1, c, PROBE_SIZE, PROBE_SIZE, generator=gen).contiguous(memory_format=torch.channels_last)
     times: dict[str, list[float]] = {"channels_last": [], "nchw": []}
     with torch.inference_mode():
-        runs = {"channels_last": lambda: probe_cl(x), "nchw": lambda: island(x)}
+        runs = {"channels_last": lambda: probe(x), "nchw": lambda: island(x)}
         for fn in runs.values():
             fn()  # oneDNN creates its primitive on the first call
         for r in range(rounds):
             for kind in (("channels_last", "nchw") if r % 2 == 0 else ("nchw", "channels_last")):
-                times[kind].append(_median_ms(runs[kind], 1))
+                times[kind].append(_ms(runs[kind]))
     cl, nchw = (statistics.median(times[k]) for k in ("channels_last", "nchw"))
     result = {"channels": c, "kernel": [kh, kw], "stride": list(conv.stride), "dilation": [dh, dw],
               "size": PROBE_SIZE, "channels_last_ms": round(cl, 3), "nchw_ms": round(nchw, 3),

@@ -804,16 +804,21 @@ class Segmenter:
         return {"device": str(self.device), "precision": self.precision, "precision_reason": self.precision_reason,
                 "memory_format": self.memory_format, "memory_format_reason": self.memory_format_reason,
                 "batchnorm_folded": self.fused, "aspp_as_gemm": self.atrous_gemm,
-                "depthwise_nchw": sum(p["modules"] for p in self.depthwise_probes),
+                "depthwise_nchw": self.depthwise_nchw,
                 "depthwise_probes": [dict(p) for p in self.depthwise_probes], "compiled": self.compiled,
                 "compile_cache": None if self.cache_dir is None else str(self.cache_dir),
                 "compiled_shapes": [list(shape) for shape in self.compiled_shapes],
                 "forwards": dict(self.forwards),
                 "torch_threads": torch.get_num_threads()}
 
+    @property
+    def depthwise_nchw(self) -> int:
+        """How many dilated depthwise convolutions run in NCHW (:mod:`reproduce.depthwise_layout`)."""
+        return sum(p["modules"] for p in self.depthwise_probes)
+
     def summary(self) -> str:
         """One line: what the engine chose."""
-        islands = sum(p["modules"] for p in self.depthwise_probes)
+        islands = self.depthwise_nchw
         layout = self.memory_format + (f" ({islands} dilated depthwise convs in NCHW: measured faster here)"
                                        if islands else "")
         return (f"engine: {self.device}, {self.precision} ({self.precision_reason}), {layout}, "

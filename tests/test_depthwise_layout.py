@@ -74,7 +74,9 @@ def test_channels_last_is_kept_where_not_faster(always) -> None:
 def test_probe_measures_both_layouts_once_per_shape(monkeypatch) -> None:
     monkeypatch.setattr(depthwise_layout, "_PROBES", {})
     conv = nn.Conv2d(32, 32, 3, padding=4, dilation=4, groups=32)
+    rng = torch.get_rng_state()
     first = probe_depthwise(conv)
+    assert torch.equal(torch.get_rng_state(), rng)  # the user's random stream is not consumed by the engine
     assert first["channels_last_ms"] > 0 and first["nchw_ms"] > 0 and first["choice"] in ("nchw", "channels_last")
     assert first["dilation"] == [4, 4] and first["channels"] == 32 and first["size"] == depthwise_layout.PROBE_SIZE
     assert first["choice"] == ("nchw" if first["nchw_ms"] <= depthwise_layout.NCHW_MARGIN * first["channels_last_ms"]

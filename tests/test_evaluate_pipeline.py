@@ -69,8 +69,9 @@ def _wait_gone(pids: list[int], seconds: float = 30.0) -> list[int]:
     return [p for p in pids if not _gone(p)]
 
 
-def _sig_state_here() -> list[str]:
-    with open("/proc/self/status", encoding="ascii") as fh:
+def _sig_state(pid: int | str = "self") -> list[str]:
+    """How process ``pid`` holds its signals: blocked, ignored, caught (bit 2 is SIGINT)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
         return [line.strip() for line in fh if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
 
 
@@ -285,15 +286,14 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_no_worker(tmp_path) -> None:
         assert proc.poll() is None, proc.communicate()
         seen.update(_descendants(proc.pid))
         assert len(seen) >= 2, seen  # the CRF workers (and the resource tracker) are running
-        with open(f"/proc/{proc.pid}/status", encoding="ascii") as fh:  # how the run holds SIGINT (bit 2)
-            sig_state = [line.strip() for line in fh if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
+        sig_state = _sig_state(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130, (err, sig_state, _sig_state_here())
+    assert proc.returncode == 130, (err, sig_state, _sig_state())
     assert err.strip() == "error: interrupted", err
     assert not (tmp_path / "out" / "result.json").exists()
     assert not _wait_gone(sorted(seen)), "processes left running after Ctrl-C"
