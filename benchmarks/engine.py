@@ -10,8 +10,9 @@ compared by their medians, so a busy neighbour slows them alike:
   that dtype's ceiling;
 * ``compile``: the engine with ``torch.compile`` (inductor, frozen weights); the first call (the
   compilation) is timed apart as ``first_call_s``;
-* ``bf16``: the engine under bf16 autocast, run only where bf16 is native (``precision="auto"``
-  picks it); elsewhere the row records ``not native`` with the engine's reason and does not run it.
+* ``bf16``: the engine under bf16 autocast, timed only where bf16 is native (``precision="auto"``
+  picks it); elsewhere the row records ``not native`` with the engine's reason, and one untimed
+  bf16 forward gives its argmax agreement (``untimed``: bf16's numerics do not depend on the CPU).
   Where it runs, it is the same configuration as ``engine`` (auto picked bf16): its result says so
   (``same_configuration_as``), and the pair's ratio is the timing noise of one configuration;
 * externals (``--external MODULE:FACTORY[=OURS,...]``): another implementation's own builder in
@@ -285,6 +286,30 @@ class RowContext:
         return engine_rounds(self.timing)
 
 
+def _bf16_numerics(model: nn.Module, x: torch.Tensor, ctx: RowContext,
+                   rec: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor] | None:
+    """Where bf16 is not native, one untimed forward of the engine at ``precision="bf16"``: its output, for the
+    argmax agreement with eager fp32 that ``run_row`` adds to ``rec`` (``untimed: True``).
+
+    The agreement is a property of the dtype, not of the CPU: autocast rounds the same operands to bf16 and
+    every backend (AVX2 emulation, AVX512-BF16, AMX, CUDA) accumulates in fp32, so only the summation order
+    differs. So the bf16 target's agreement half (>= 99.5 % on v3/v3+) is measured on every machine; its
+    speed half only where bf16 is native. ``None`` (and the error in ``rec``) if the forward fails.
+    """
+    from reproduce.inference import Segmenter
+
+    try:
+        engine = Segmenter.from_module(copy.deepcopy(model), device=ctx.device, precision="bf16")
+        t0 = time.perf_counter()
+        out = engine.forward(x)
+        synchronize(ctx.device)
+        rec.update(untimed=True, untimed_forward_s=time.perf_counter() - t0)
+        return rec, out
+    except Exception as exc:  # noqa: BLE001 - recorded, the row goes on
+        rec["numerics_error"] = failed(exc)["error"]
+        return None
+
+
 def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx: RowContext) -> dict[str, Any]:
     """Time every variant of our model ``name`` (or, for ``name=None``-like external rows, see
     :func:`run_external_row`) at ``size`` interleaved; returns the row record."""
@@ -313,6 +338,7 @@ def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx
     fns: dict[str, Callable[[], Any]] = {}
     meta: dict[str, dict[str, Any]] = {}
     owner: dict[str, dict[str, Any]] = {}
+    untimed_bf16: tuple[dict[str, Any], torch.Tensor] | None = None
 
     def eager(model=model, x=x) -> torch.Tensor:
         with torch.inference_mode():
@@ -325,8 +351,9 @@ def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx
             continue
         label = VARIANT_LABELS[variant]
         if variant == "bf16" and ctx.auto_precision != "bf16":
-            results.append(skipped(f"not native: {ctx.auto_reason}", **point, variant="bf16", label=label,
-                                   not_native=True))
+            rec = skipped(f"not native: {ctx.auto_reason}", **point, variant="bf16", label=label, not_native=True)
+            results.append(rec)
+            untimed_bf16 = _bf16_numerics(model, x, ctx, rec)
             continue
         if variant == "compile" and compile_skip_reason(ctx.device):
             results.append(skipped(compile_skip_reason(ctx.device), **point, variant="compile", label=label))
@@ -384,6 +411,8 @@ def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx
     for key, fn in fns.items():
         for _ in range(max(1, ctx.timing.warmup)):
             outputs[key] = fn()
+    if untimed_bf16 is not None:  # bf16 numerics where bf16 is not native: agreement only, never a time
+        untimed_bf16[0].update(agreement(untimed_bf16[1], outputs["eager"]))
     samples = interleaved(fns, ctx.rounds, ctx.device, ctx.timing.max_seconds * len(fns))
     eager_median = summarize(samples["eager"])["median_s"]
     for key, ts in samples.items():

@@ -274,6 +274,35 @@ def test_engine_rows_record_the_precision_auto_chose(tmp_path: Path, monkeypatch
     assert "same configuration" in row["note"] and row["ceilings"]["fp32"]["tflops_median"] == 1e3
 
 
+def test_bf16_where_not_native_gives_an_untimed_agreement_and_the_report_shows_it(tmp_path: Path, monkeypatch):
+    import reproduce.inference as ri
+
+    real = ri.choose_precision
+    monkeypatch.setattr(ri, "choose_precision",  # as on a CPU without native bf16, whatever this one has
+                        lambda req, dev: ("fp32", "auto: test says not native") if req == "auto" else real(req, dev))
+    monkeypatch.setattr(engine, "measure_best_ceiling", lambda _dev, precision, _timing, quick: {
+        "tflops_median": 1e3, "kernel": f"fake {precision}"})
+    precisions: list[str] = []
+    forward = ri.Segmenter.forward
+    monkeypatch.setattr(ri.Segmenter, "forward", lambda self, x: (precisions.append(self.precision), forward(self, x))[1])
+    rows_dir = tmp_path / "rows"
+    body = engine.run_engine(["deeplabv3_tiny"], [(33, 33)], ["eager", "engine", "bf16"],
+                             inference.Timing(warmup=1, repeats=3, min_seconds=0.0, max_seconds=2.0),
+                             torch.device("cpu"), rows_dir=rows_dir, quick=True, log=lambda _m: None)
+    by = {r["variant"]: r for r in body["results"]}
+    bf16 = by["bf16"]
+    assert bf16["status"] == "skipped" and bf16["not_native"] and bf16["reason"] == "not native: auto: test says not native"
+    assert precisions.count("bf16") == 1 and "latency" not in bf16 and "ratio_to_eager" not in bf16  # one forward, untimed
+    assert bf16["untimed"] and bf16["untimed_forward_s"] > 0
+    # really bf16 (not fp32's numbers) and still close to fp32: the agreement is measured, not assumed
+    assert 1e-4 < bf16["max_rel_diff"] < 0.1 and 0.9 <= bf16["argmax_agreement"] <= 1.0
+    assert by["engine"]["precision"] == "fp32" and by["engine"]["max_rel_diff"] < 1e-4
+    out = tmp_path / "report"
+    assert report.main([str(rows_dir), "--out", str(out), "--title", "untimed bf16"]) == 0
+    text = (out / "README.md").read_text(encoding="utf-8")
+    assert f"not native (untimed: {100 * bf16['argmax_agreement']:.2f} %)" in text
+
+
 def test_engine_agreement_ignores_pixels_without_a_margin():
     ref = torch.zeros(1, 3, 2, 2)
     ref[0, 0] = 1.0  # class 0 wins clearly on every pixel ...
