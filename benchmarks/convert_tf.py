@@ -211,8 +211,9 @@ def _largest_converted(release: str) -> int:
 
 def run_stream_benchmark(workdir: Path, cases: list[str], *, threads: int | None = None, timeout: float = 900.0,
                          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Each case's checkpoint generated (or reused), then ``tf2torch.py`` to ``.pth`` and ``.safetensors`` in
-    fresh processes, beside the ``import torch`` and the converter's imports floors."""
+    """Each case's checkpoint generated (or reused), then ``tf2torch.py`` to ``.pth`` and ``.safetensors`` and
+    ``tf2keras.py`` to ``.weights.h5`` in fresh processes, beside the ``import torch`` and ``tf2torch.py``'s
+    imports floors (``tf2keras.py`` imports h5py on top)."""
     from datetime import datetime, timezone
 
     from benchmarks.convert import environment
@@ -241,12 +242,14 @@ def run_stream_benchmark(workdir: Path, cases: list[str], *, threads: int | None
         size = info["size_bytes"]
         largest = _largest_converted(release)
         runs: dict[str, Any] = {}
-        for label, suffix in (("pth", ".pth"), ("safetensors", ".safetensors")):
+        for label, tool, suffix, sidecar in (("pth", "tf2torch.py", ".pth", ".json"),
+                                             ("safetensors", "tf2torch.py", ".safetensors", ".json"),
+                                             ("keras .weights.h5", "tf2keras.py", ".weights.h5", ".weights.json")):
             target = prefix.parent / f"ours{suffix}"
-            m = run_measured([py, str(REPO / "converters" / "tf2torch.py"), "--dataset", release, "--checkpoint",
+            m = run_measured([py, str(REPO / "converters" / tool), "--dataset", release, "--checkpoint",
                               str(prefix), "--out", str(target), "--quiet"], env=env, timeout=timeout)
             if m.returncode != 0:
-                raise RuntimeError(f"tf2torch.py on {case} failed (exit {m.returncode}): {m.stderr.strip()[-1500:]}")
+                raise RuntimeError(f"{tool} on {case} failed (exit {m.returncode}): {m.stderr.strip()[-1500:]}")
             above = m.peak_rss_bytes - imports.peak_rss_bytes
             runs[label] = {
                 "seconds": round(m.seconds, 3),
@@ -260,9 +263,10 @@ def run_stream_benchmark(workdir: Path, cases: list[str], *, threads: int | None
                 "output_bytes": target.stat().st_size,
                 "met": m.peak_rss_bytes <= STREAM_LIMIT * size,
                 "command": m.command,
+                "tool": tool,
             }
             target.unlink(missing_ok=True)
-            target.with_suffix(".json").unlink(missing_ok=True)
+            target.with_name(target.name[: -len(suffix)] + sidecar).unlink(missing_ok=True)
             r = runs[label]
             log(f"{case} -> {label}: {r['seconds']:.1f} s, peak {r['peak_rss_mib']} MiB = {r['rss_over_file_size']}x "
                 f"the {size / MIB:.1f} MiB checkpoint; {r['rss_above_imports_mib']} MiB above the imports "

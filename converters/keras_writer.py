@@ -305,31 +305,24 @@ def _load_with(record: Mapping[str, Any], out: Path) -> str:
     return f"reference_models.keras.{build}.load_weights({out.name!r})"
 
 
-def keras_record(record: Mapping[str, Any], out: Path, model: keras.Model, *, tensors: int) -> dict[str, Any]:
+def keras_record(record: Mapping[str, Any], out: Path, *, variables: int, tensors: int,
+                 versions: Mapping[str, str | None], written: str) -> dict[str, Any]:
     """The Keras output's provenance: the PyTorch record (``converters.provenance``) of the same conversion,
-    with the Keras ``load_with``, the ``keras_layout`` step, TensorFlow/Keras versions and the output file."""
-    tf, keras = import_tensorflow()
+    with the Keras ``load_with``, the ``keras_layout`` step, the TensorFlow/Keras ``versions``, how the file
+    was ``written`` and the output file."""
     converter = dict(record["converter"])
-    converter.update(steps=[*converter.get("steps", []), "keras_layout"], tensorflow=tf.__version__,
-                     keras=keras.__version__, canonical_state_dict={"tensors": tensors})
+    converter.update(steps=[*converter.get("steps", []), "keras_layout"], **versions, keras_writer=written,
+                     canonical_state_dict={"tensors": tensors})
     return {**record, "load_with": _load_with(record, out), "converter": converter,
-            "weights": {"file": out.name, "format": keras_suffix(out), "variables": len(model.weights),
+            "weights": {"file": out.name, "format": keras_suffix(out), "variables": variables,
                         "layout": "NHWC; kernels HWIO, depthwise (H, W, C, M)"}}
 
 
-def write_keras(converted: Any, out: str | os.PathLike, *, quiet: bool = False) -> Path:
-    """Write an in-memory conversion (``state_dict``, ``provenance``, ``source_layer``, as returned by
-    ``convert_caffemodel`` / ``convert_tf_checkpoint``) as Keras weights at ``out`` plus a provenance JSON
-    beside it. Nothing is left at ``out`` on failure."""
+def finish_keras_output(out: Path, record: dict[str, Any], *, quiet: bool) -> Path:
+    """The sha256 of the written ``out`` into ``record``, the provenance JSON beside it (the weights go if that
+    fails), and the one line unless ``quiet``."""
     from converters.io import sha256_file, write_json_atomic
 
-    out = Path(out)
-    check_keras_output(out)
-    model = build_from_record(converted.provenance)
-    load_state_dict_into_keras(model, converted.state_dict, path=converted.provenance["source"].get("file") or converted.provenance["source"].get("checkpoint"),
-                               source_layer=converted.source_layer)
-    record = keras_record(converted.provenance, out, model, tensors=len(converted.state_dict))
-    save_keras(model, out)
     try:
         record["weights"]["sha256"] = sha256_file(out)
         write_json_atomic(keras_provenance_path(out), record)
@@ -337,6 +330,23 @@ def write_keras(converted: Any, out: str | os.PathLike, *, quiet: bool = False) 
         out.unlink(missing_ok=True)  # never leave weights without their provenance
         raise
     if not quiet:
-        print(f"wrote {out} ({len(model.weights)} Keras variables, {record['architecture']}) and "
+        print(f"wrote {out} ({record['weights']['variables']} Keras variables, {record['architecture']}) and "
               f"{keras_provenance_path(out)}")
     return out
+
+
+def write_keras(converted: Any, out: str | os.PathLike, *, quiet: bool = False) -> Path:
+    """Write an in-memory conversion (``state_dict``, ``provenance``, ``source_layer``, as returned by
+    ``convert_caffemodel`` / ``convert_tf_checkpoint``) as Keras weights at ``out`` plus a provenance JSON
+    beside it. Nothing is left at ``out`` on failure."""
+    out = Path(out)
+    check_keras_output(out)
+    model = build_from_record(converted.provenance)
+    load_state_dict_into_keras(model, converted.state_dict, path=converted.provenance["source"].get("file") or converted.provenance["source"].get("checkpoint"),
+                               source_layer=converted.source_layer)
+    tf, keras = import_tensorflow()
+    record = keras_record(converted.provenance, out, variables=len(model.weights), tensors=len(converted.state_dict),
+                          versions={"tensorflow": tf.__version__, "keras": keras.__version__},
+                          written="Keras save_weights / save of the built model")
+    save_keras(model, out)
+    return finish_keras_output(out, record, quiet=quiet)

@@ -32,12 +32,29 @@ if __name__ == "__main__" and not __package__:  # run as a file: re-run as `pyth
     as_module.rerun(__file__)
 
 import argparse
+import importlib.metadata
+import importlib.util
 from functools import partial
 from pathlib import Path
 
 from converters import tf2torch
 from converters.cli import run_main
-from converters.keras_writer import keras_parser, run_keras_command, set_help
+from converters.errors import DeeplabError
+from converters.io import check_outputs_spare_inputs
+from converters.keras_writer import (
+    check_keras_output,
+    finish_keras_output,
+    keras_parser,
+    keras_provenance_path,
+    keras_record,
+    keras_suffix,
+    run_keras_command,
+    set_help,
+)
+from converters.releases import TF_RELEASES
+from converters.tf.keras_layouts import KerasLayout, stored_layout, write_weights_h5
+
+TOOL = "converters/tf2keras.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +72,48 @@ def default_output(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> Path:
-    """Convert as ``args`` say; return the Keras output path. Raises DeeplabError for bad input."""
-    return run_keras_command(args, out=default_output(args), inputs=tf2torch.inputs,
-                             convert=partial(tf2torch.convert, tool="converters/tf2keras.py"))
+    """Convert as ``args`` say; return the Keras output path. Raises DeeplabError for bad input.
+
+    A ``.weights.h5`` of an architecture whose Keras layout is stored (``converters/tf/keras_layouts.py``: all
+    of them) is streamed from the checkpoint, without TensorFlow or Keras; a ``.keras`` (the whole model)
+    is written by Keras from the model built in memory."""
+    out = default_output(args)
+    arch = args.arch or (TF_RELEASES[args.dataset].arch if args.dataset else None)
+    layout = stored_layout(arch) if arch and keras_suffix(out) == ".weights.h5" else None
+    if layout is None:
+        return run_keras_command(args, out=out, inputs=tf2torch.inputs,
+                                 convert=partial(tf2torch.convert, tool=TOOL))
+    return write_streamed(args, out, layout)
+
+
+def write_streamed(args: argparse.Namespace, out: Path, layout: KerasLayout) -> Path:
+    """The ``.weights.h5`` streamed: planned against the stored signature, each tensor read, laid out and
+    written before the next (``converters.tf.keras_layouts.write_weights_h5``); atomic, like ``tf2torch.py``."""
+    from converters.streaming import return_freed_buffers_to_the_os
+    from converters.tf.convert import open_tf_conversion
+
+    check_keras_output(out)
+    check_outputs_spare_inputs([out, keras_provenance_path(out)], tf2torch.inputs(args))
+    if importlib.util.find_spec("h5py") is None:
+        raise DeeplabError("writing .weights.h5 needs h5py (not installed): pip install '.[tf]' "
+                           "(or: pip install h5py)")
+    return_freed_buffers_to_the_os()  # this process only streams tensors from here on: keep the peak at one
+    with open_tf_conversion(args.checkpoint, build_model=False, **tf2torch.conversion_options(args, tool=TOOL)) as conv:
+        record = conv.provenance
+        variables = write_weights_h5(out, layout, record["output_stride"], conv.specs(), conv.array)
+    versions = {name: _installed(name) for name in ("tensorflow", "keras")}
+    record = keras_record(record, out, variables=variables, tensors=len(conv.plan), versions=versions,
+                          written=f"streamed from the checkpoint into the stored layout of Keras {layout.keras} "
+                          "(converters/tf/keras_layouts.json)")
+    return finish_keras_output(out, record, quiet=args.quiet)
+
+
+def _installed(name: str) -> str | None:
+    """The installed distribution's version, without importing it (None if not installed)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
