@@ -821,7 +821,9 @@ def _log_row(row: dict[str, Any], log: Callable[[str], None]) -> None:
         if r.get("precision") not in (None, "fp32") and r.get("variant") != r.get("precision"):
             tag += f" ({r['precision']})"
         if r.get("status") != "ok":
-            parts.append(f"{tag} {r.get('status')}")
+            untimed = r.get("argmax_agreement") if r.get("untimed") else None
+            parts.append(f"{tag} {'not native' if r.get('not_native') else r.get('status')}"
+                         + (f" (untimed: {100 * untimed:.2f} %)" if untimed is not None else ""))
             continue
         ratio = r.get("ratio_to_eager", r.get("ratio_to_ours_eager"))
         agree = r.get("argmax_agreement")

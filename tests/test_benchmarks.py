@@ -286,9 +286,10 @@ def test_bf16_where_not_native_gives_an_untimed_agreement_and_the_report_shows_i
     forward = ri.Segmenter.forward
     monkeypatch.setattr(ri.Segmenter, "forward", lambda self, x: (precisions.append(self.precision), forward(self, x))[1])
     rows_dir = tmp_path / "rows"
+    lines: list[str] = []
     body = engine.run_engine(["deeplabv3_tiny"], [(33, 33)], ["eager", "engine", "bf16"],
                              inference.Timing(warmup=1, repeats=3, min_seconds=0.0, max_seconds=2.0),
-                             torch.device("cpu"), rows_dir=rows_dir, quick=True, log=lambda _m: None)
+                             torch.device("cpu"), rows_dir=rows_dir, quick=True, log=lines.append)
     by = {r["variant"]: r for r in body["results"]}
     bf16 = by["bf16"]
     assert bf16["status"] == "skipped" and bf16["not_native"] and bf16["reason"] == "not native: auto: test says not native"
@@ -297,6 +298,7 @@ def test_bf16_where_not_native_gives_an_untimed_agreement_and_the_report_shows_i
     # really bf16 (not fp32's numbers) and still close to fp32: the agreement is measured, not assumed
     assert 1e-4 < bf16["max_rel_diff"] < 0.1 and 0.9 <= bf16["argmax_agreement"] <= 1.0
     assert by["engine"]["precision"] == "fp32" and by["engine"]["max_rel_diff"] < 1e-4
+    assert any(f"bf16 not native (untimed: {100 * bf16['argmax_agreement']:.2f} %)" in line for line in lines)
     out = tmp_path / "report"
     assert report.main([str(rows_dir), "--out", str(out), "--title", "untimed bf16"]) == 0
     text = (out / "README.md").read_text(encoding="utf-8")
