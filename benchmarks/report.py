@@ -298,12 +298,14 @@ def engine_section(groups, out: Path | None = None, plots: list[str] | None = No
             continue
         for v, limit in (("engine", 0.85), ("compile", 0.75), ("bf16", 0.5)):
             r = variants.get(v)
+            agreement_target = v == "bf16" and model.startswith("deeplabv3")  # the issue's: on the v3/v3+ models
             if r and r.get("untimed") and r.get("argmax_agreement") is not None:  # bf16 not native here
                 a = r["argmax_agreement"]
-                targets.append(f"{model} bf16 agreement {100 * a:.2f} % (target >= 99.5 %; untimed, not native "
-                               f"here): {'met' if a >= 0.995 else 'NOT met'}")
+                targets.append(f"{model} bf16 agreement {100 * a:.2f} % (untimed, not native here; "
+                               + (f"target >= 99.5 %): {'met' if a >= 0.995 else 'NOT met'}" if agreement_target
+                                  else "the agreement target is for the v3/v3+ models)"))
             if r and r.get("status") == "ok":
-                ok = r["ratio_to_eager"] <= limit and (v != "bf16" or (r.get("argmax_agreement") or 0) >= 0.995)
+                ok = r["ratio_to_eager"] <= limit and (not agreement_target or (r.get("argmax_agreement") or 0) >= 0.995)
                 targets.append(f"{model} {v} {_f(r['ratio_to_eager'], 3)}x (target <= {limit}x): "
                                f"{'met' if ok else 'NOT met'}")
     if targets:

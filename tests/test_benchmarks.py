@@ -303,6 +303,22 @@ def test_bf16_where_not_native_gives_an_untimed_agreement_and_the_report_shows_i
     assert report.main([str(rows_dir), "--out", str(out), "--title", "untimed bf16"]) == 0
     text = (out / "README.md").read_text(encoding="utf-8")
     assert f"not native (untimed: {100 * bf16['argmax_agreement']:.2f} %)" in text
+    # the 513 targets line: the agreement target (>= 99.5 %) is the v3/v3+ models'; a v2 row only reports it
+    (row_file,) = rows_dir.glob("*.json")
+    row = json.loads(row_file.read_text(encoding="utf-8"))
+    for model, agree in (("deeplabv3_resnet101", 0.994), ("deeplabv2_resnet101", 0.98)):
+        forged = json.loads(json.dumps(row).replace('"deeplabv3_tiny"', f'"{model}"'))
+        forged["size"] = [513, 513]
+        for r in forged["results"]:
+            r["size"] = [513, 513]
+            if r["variant"] == "bf16":
+                r["argmax_agreement"] = agree
+        (rows_dir / f"{model}@513.json").write_text(json.dumps(forged), encoding="utf-8")
+    assert report.main([str(rows_dir), "--out", str(out), "--title", "targets"]) == 0
+    text = (out / "README.md").read_text(encoding="utf-8")
+    assert "deeplabv3_resnet101 bf16 agreement 99.40 % (untimed, not native here; target >= 99.5 %): NOT met" in text
+    assert "deeplabv2_resnet101 bf16 agreement 98.00 % (untimed, not native here; the agreement target is for " \
+           "the v3/v3+ models)" in text
 
 
 def test_engine_agreement_ignores_pixels_without_a_margin():
