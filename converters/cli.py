@@ -29,6 +29,7 @@ from converters.io import (
     provenance_path,
     save_state_dict,
     sha256_file,
+    write_atomic,
     write_json_atomic,
 )
 
@@ -172,6 +173,31 @@ def print_written(out: Path, record: Mapping[str, Any], num_classes: int | None)
     classes = f", {num_classes} classes" if num_classes else ""
     print(f"wrote {out} ({record['weights']['tensors']} tensors, {record['architecture']}{classes}) and "
           f"{provenance_path(out)}")
+
+
+def generated_file_command(argv: list[str] | None, *, prog: str, description: str, path: Path,
+                           render: Callable[[], str], command: str, source: str) -> int:
+    """``--write`` / ``--check`` for a file generated from code (``render()`` gives its text): rewrite ``path``
+    atomically, or exit 1 with one ``error:`` line if it differs (stale: regenerate with ``command``);
+    ``source`` names what it is generated from, in the help. Exit 2 for a usage error."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--write", action="store_true", help=f"rewrite the file from {source}")
+    group.add_argument("--check", action="store_true", help=f"exit 1 if the file differs from {source}")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    text = render()
+    if args.check:
+        current = path.read_text(encoding="utf-8") if path.is_file() else None
+        if current != text:
+            print(f"error: {path} is stale: regenerate it with {command}", file=sys.stderr)
+            return 1
+        return 0
+    write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+    print(f"wrote {path}")
+    return 0
 
 
 def sync_readme_command(readme: Path, sync: Callable[..., bool], *, check: bool, stale: str) -> int:

@@ -176,3 +176,18 @@ def test_a_damaged_signatures_file_is_a_one_line_error_naming_it(tmp_path, monke
     assert code == 1, err
     assert err.startswith("error: ") and err.count("\n") == 1 and str(bad) in err, err
     assert "regenerate it with python -m converters.tf.signatures --write" in err
+
+
+def test_generated_files_check_and_write(tmp_path: Path, capsys) -> None:
+    """The --check / --write command of the generated files (signatures.json, keras_layouts.json)."""
+    from converters.cli import generated_file_command
+
+    path = tmp_path / "gen.json"
+    path.write_text("old\n", encoding="utf-8")
+    run = lambda *argv: generated_file_command(list(argv), prog="gen", description="d", path=path,  # noqa: E731
+                                               render=lambda: "new\n", command="gen --write", source="code")
+    assert run("--check") == 1
+    assert capsys.readouterr().err == f"error: {path} is stale: regenerate it with gen --write\n"
+    assert run("--write") == 0 and path.read_text(encoding="utf-8") == "new\n"
+    assert run("--check") == 0
+    assert run() == 2 and run("--write", "--check") == 2

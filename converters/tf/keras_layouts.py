@@ -23,9 +23,7 @@ tree, attributes and values of Keras's own ``save_weights`` of the in-memory con
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from dataclasses import dataclass
 from functools import cache
@@ -314,29 +312,13 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m converters.tf.keras_layouts",
-        description="Regenerate (--write) or check (--check) converters/tf/keras_layouts.json from the Keras "
-        "twins (needs TensorFlow and Keras): the .weights.h5 files tf2keras.py writes without them.")
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write", action="store_true", help="rewrite the file from the Keras twins")
-    group.add_argument("--check", action="store_true", help="exit 1 if the file differs from the Keras twins")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-    text = render()
-    if args.check:
-        current = LAYOUTS_PATH.read_text(encoding="utf-8") if LAYOUTS_PATH.is_file() else None
-        if current != text:
-            print(f"error: {LAYOUTS_PATH} is stale: regenerate it with {COMMAND}", file=sys.stderr)
-            return 1
-        return 0
-    from converters.io import write_atomic
+    from converters.cli import generated_file_command
 
-    write_atomic(LAYOUTS_PATH, lambda p: p.write_text(text, encoding="utf-8"))
-    print(f"wrote {LAYOUTS_PATH}")
-    return 0
+    return generated_file_command(
+        argv, prog="python -m converters.tf.keras_layouts", path=LAYOUTS_PATH, render=render, command=COMMAND,
+        source="the Keras twins", description="Regenerate (--write) or check (--check) "
+        "converters/tf/keras_layouts.json from the Keras twins (needs TensorFlow and Keras): the .weights.h5 "
+        "files tf2keras.py writes without them.")
 
 
 if __name__ == "__main__":

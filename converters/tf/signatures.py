@@ -17,7 +17,6 @@ counts, every allowed stride) and fails on drift.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -253,29 +252,12 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m converters.tf.signatures",
-        description="Regenerate (--write) or check (--check) converters/tf/signatures.json from the model "
-        "registry: the state dicts the TF conversion plans against without importing torch.")
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write", action="store_true", help="rewrite the file from the registry")
-    group.add_argument("--check", action="store_true", help="exit 1 if the file differs from the registry")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-    text = render()
-    if args.check:
-        current = SIGNATURES_PATH.read_text(encoding="utf-8") if SIGNATURES_PATH.is_file() else None
-        if current != text:
-            print(f"error: {SIGNATURES_PATH} is stale: regenerate it with {COMMAND}", file=sys.stderr)
-            return 1
-        return 0
-    from converters.io import write_atomic
+    from converters.cli import generated_file_command
 
-    write_atomic(SIGNATURES_PATH, lambda p: p.write_text(text, encoding="utf-8"))
-    print(f"wrote {SIGNATURES_PATH}")
-    return 0
+    return generated_file_command(
+        argv, prog="python -m converters.tf.signatures", path=SIGNATURES_PATH, render=render, command=COMMAND,
+        source="the registry", description="Regenerate (--write) or check (--check) converters/tf/signatures.json "
+        "from the model registry: the state dicts the TF conversion plans against without importing torch.")
 
 
 if __name__ == "__main__":
