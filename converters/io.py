@@ -205,3 +205,18 @@ WRONG_KIND_HINT = {
     "safetensors": "PyTorch weights (safetensors), already converted: load them with converters.io.load_state_dict",
     "keras": "Keras weights, already converted: load them with reference_models.keras",
 }
+
+
+def load_generated_json(path: Path, fmt: str, command: str) -> dict[str, Any]:
+    """A data file generated from code (``{"format": fmt, "archs": {...}, ...}``, e.g. the TF signatures and
+    Keras layouts): a missing, unreadable or foreign one is a one-line :class:`ConversionError` naming it and
+    how to regenerate it (a damaged install is named like any bad file)."""
+    from converters.errors import ConversionError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConversionError(path, f"unreadable ({exc}); reinstall, or regenerate it with {command}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt or not isinstance(data.get("archs"), dict):
+        raise ConversionError(path, f"not a '{fmt}' file; reinstall, or regenerate it with {command}")
+    return data

@@ -86,16 +86,9 @@ def keras_shape(shape: tuple[int, ...], layout: str, channels: int) -> tuple[int
 
 # --------------------------------------------------------------------------------------------- stored
 def _load() -> dict[str, Any]:
-    from converters.errors import ConversionError
+    from converters.io import load_generated_json
 
-    try:
-        data = json.loads(LAYOUTS_PATH.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConversionError(LAYOUTS_PATH, f"unreadable ({exc}); reinstall, or regenerate it with {COMMAND}"
-                              ) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("archs"), dict):
-        raise ConversionError(LAYOUTS_PATH, f"not a '{FORMAT}' file; reinstall, or regenerate it with {COMMAND}")
-    return data
+    return load_generated_json(LAYOUTS_PATH, FORMAT, COMMAND)
 
 
 @cache

@@ -85,16 +85,9 @@ def signature_of(model: Any) -> Signature:
 # --------------------------------------------------------------------------- the stored file
 @cache
 def _load() -> dict[str, Any]:
-    from converters.errors import ConversionError  # a damaged install is named like any bad file: one line
+    from converters.io import load_generated_json
 
-    try:
-        data = json.loads(SIGNATURES_PATH.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConversionError(SIGNATURES_PATH, f"unreadable ({exc}); reinstall, or regenerate it with {COMMAND}"
-                              ) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("archs"), dict):
-        raise ConversionError(SIGNATURES_PATH, f"not a '{FORMAT}' file; reinstall, or regenerate it with {COMMAND}")
-    return data
+    return load_generated_json(SIGNATURES_PATH, FORMAT, COMMAND)
 
 
 def _from_json(arch: str, item: dict[str, Any]) -> StoredArch:
