@@ -7,8 +7,11 @@ Examples (from the repository root):
   python converters/tf2keras.py --checkpoint my/model.ckpt --arch deeplabv3plus_xception65 --out my.keras
 
 Same releases, flags and checks as ``tf2torch.py`` (the same pipeline: checkpoint -> named arrays
--> the canonical PyTorch-named state dict, release manifests checked), then the Keras writer
-(``converters/keras_writer.py``: layouts only, no second rename table). Output:
+-> the canonical PyTorch-named state dict, release manifests checked). A ``.weights.h5`` is streamed like
+``tf2torch.py``'s output, one tensor at a time, into the file layout Keras writes for the architecture
+(``converters/tf/keras_layouts.py``, stored as data): no TensorFlow or Keras is imported, and the peak memory
+is a fraction of the checkpoint. A ``.keras`` is the Keras writer's (``converters/keras_writer.py``: layouts
+only, no second rename table) on the model built in memory. Output:
 
 * ``.weights.h5``: ``reference_models.keras.build_keras_model(arch, num_classes=N, output_stride=S)``
   (a DeepLab release) or ``build_keras_backbone(arch, output_stride=S)`` (an ImageNet release), then
@@ -19,7 +22,7 @@ plus a provenance JSON beside it (``x.weights.h5`` -> ``x.weights.json``, ``x.ke
 the PyTorch weights' ``x.json``). Why not read the checkpoint
 with TensorFlow into a Keras model directly: the TF-free reader and the rename table are the ones
 the PyTorch weights are proven with, so both frameworks get identical numbers from one path.
-Needs TensorFlow and Keras (``pip install '.[tf]'``); TensorFlow's start-up log lines are silenced.
+A ``.keras`` needs TensorFlow and Keras (``pip install '.[tf]'``); TensorFlow's start-up log lines are silenced.
 Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error, 130 interrupted.
 """
 
@@ -95,8 +98,8 @@ def write_streamed(args: argparse.Namespace, out: Path, layout: KerasLayout) -> 
     check_keras_output(out)
     check_outputs_spare_inputs([out, keras_provenance_path(out)], tf2torch.inputs(args))
     if importlib.util.find_spec("h5py") is None:
-        raise DeeplabError("writing .weights.h5 needs h5py (not installed): pip install '.[tf]' "
-                           "(or: pip install h5py)")
+        raise DeeplabError("writing .weights.h5 needs h5py, a dependency of deeplab-repro that is not installed: "
+                           "pip install h5py")
     return_freed_buffers_to_the_os()  # this process only streams tensors from here on: keep the peak at one
     with open_tf_conversion(args.checkpoint, build_model=False, **tf2torch.conversion_options(args, tool=TOOL)) as conv:
         record = conv.provenance

@@ -175,3 +175,18 @@ def test_a_corrupt_tensor_mid_stream_leaves_no_output(tmp_path, capsys) -> None:
     assert tf2keras.main(["--dataset", RELEASE, "--checkpoint", str(prefix), "--out", str(out)]) == 1
     assert capsys.readouterr().err == f"error: {shard}: CRC-32C mismatch in tensor '{name}' (corrupt data shard)\n"
     assert list(out.parent.iterdir()) == []  # neither the weights, their provenance nor a temporary file
+
+
+def test_without_h5py_the_weights_are_one_line_and_no_output(tmp_path, monkeypatch, capsys) -> None:
+    import importlib.util
+
+    from converters import tf2keras
+
+    prefix, _ = _checkpoint(tmp_path / "release")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "h5py" else real(name, *a))
+    out = tmp_path / "out" / "m.weights.h5"
+    assert tf2keras.main(["--dataset", RELEASE, "--checkpoint", str(prefix), "--out", str(out)]) == 1
+    assert capsys.readouterr().err == ("error: writing .weights.h5 needs h5py, a dependency of deeplab-repro that "
+                                       "is not installed: pip install h5py\n")
+    assert not out.exists()
