@@ -49,7 +49,8 @@ from typing import Any
 
 from benchmarks._measure import REPO, _emit, child_env, run_measured
 from benchmarks.convert import _run_entry
-from converters.io import write_json_atomic
+from converters.io import provenance_path, write_json_atomic
+from converters.keras_writer import keras_provenance_path
 
 FULL_RELEASE = "deeplabv3_pascal_train_aug_2018_01_04"
 QUICK_RELEASE = "deeplabv3_mnv2_pascal_train_aug_2018_01_29"
@@ -242,9 +243,9 @@ def run_stream_benchmark(workdir: Path, cases: list[str], *, threads: int | None
         size = info["size_bytes"]
         largest = _largest_converted(release)
         runs: dict[str, Any] = {}
-        for label, tool, suffix, sidecar in (("pth", "tf2torch.py", ".pth", ".json"),
-                                             ("safetensors", "tf2torch.py", ".safetensors", ".json"),
-                                             ("keras .weights.h5", "tf2keras.py", ".weights.h5", ".weights.json")):
+        for label, tool, suffix, sidecar in (("pth", "tf2torch.py", ".pth", provenance_path),
+                                             ("safetensors", "tf2torch.py", ".safetensors", provenance_path),
+                                             ("keras .weights.h5", "tf2keras.py", ".weights.h5", keras_provenance_path)):
             target = prefix.parent / f"ours{suffix}"
             m = run_measured([py, str(REPO / "converters" / tool), "--dataset", release, "--checkpoint",
                               str(prefix), "--out", str(target), "--quiet"], env=env, timeout=timeout)
@@ -266,7 +267,7 @@ def run_stream_benchmark(workdir: Path, cases: list[str], *, threads: int | None
                 "tool": tool,
             }
             target.unlink(missing_ok=True)
-            target.with_name(target.name[: -len(suffix)] + sidecar).unlink(missing_ok=True)
+            sidecar(target).unlink(missing_ok=True)
             r = runs[label]
             log(f"{case} -> {label}: {r['seconds']:.1f} s, peak {r['peak_rss_mib']} MiB = {r['rss_over_file_size']}x "
                 f"the {size / MIB:.1f} MiB checkpoint; {r['rss_above_imports_mib']} MiB above the imports "

@@ -46,6 +46,7 @@ __all__ = [
     "KERAS_SUFFIXES",
     "PARAM",
     "import_tensorflow",
+    "kernel_layout",
     "keras_arrays",
     "keras_parser",
     "keras_provenance_path",
@@ -54,6 +55,7 @@ __all__ = [
     "load_state_dict_into_keras",
     "run_keras_command",
     "save_keras",
+    "to_keras",
     "write_keras",
 ]
 
@@ -81,6 +83,26 @@ def depthwise_to_hwcm(array: np.ndarray, channels: int) -> np.ndarray:
     """Depthwise kernel: PyTorch grouped (C*M, 1, H, W) -> Keras (H, W, C, M) (output channel c*M + m)."""
     cm, _, h, w = array.shape
     return np.transpose(array.reshape(channels, cm // channels, h, w), (2, 3, 0, 1))
+
+
+def kernel_layout(layer: Any, variable: Any) -> tuple[str, int]:
+    """How a Keras ``variable`` of ``layer`` lays out its state-dict array: ``("hwio", 0)`` for a conv
+    kernel, ``("hwcm", C)`` for a depthwise kernel (Keras 3 names it "kernel" too: the layer type decides),
+    ``("", 0)`` as is (biases, BatchNorm)."""
+    if _variable_name(variable) not in ("kernel", "depthwise_kernel"):
+        return "", 0
+    if type(layer).__name__ == "DepthwiseConv2D":
+        return "hwcm", int(variable.shape[2])
+    return "hwio", 0
+
+
+def to_keras(array: np.ndarray, layout: str, channels: int) -> np.ndarray:
+    """A state-dict array in the ``layout`` of :func:`kernel_layout` (a view where the layout is a transpose)."""
+    if layout == "hwio":
+        return oihw_to_hwio(array)
+    if layout == "hwcm":
+        return depthwise_to_hwcm(array, channels)
+    return array
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -120,11 +142,7 @@ def keras_arrays(
             key = f"{layer.name}.{PARAM[var]}"
             if key not in state_dict:
                 raise ConversionError(path, f"missing: nothing fills '{key}' (Keras {layer.name}/{var})")
-            array = _numpy(state_dict[key]).astype(np.float32, copy=False)
-            if var in ("kernel", "depthwise_kernel"):
-                # Keras 3 names the depthwise kernel "kernel" too: the layer type decides the layout.
-                depthwise = type(layer).__name__ == "DepthwiseConv2D"
-                array = depthwise_to_hwcm(array, int(variable.shape[2])) if depthwise else oihw_to_hwio(array)
+            array = to_keras(_numpy(state_dict[key]).astype(np.float32, copy=False), *kernel_layout(layer, variable))
             if tuple(array.shape) != tuple(variable.shape):
                 raise ConversionError(path, f"'{key}' has shape {list(_numpy(state_dict[key]).shape)}, Keras "
                                       f"{layer.name}/{var} expects {list(variable.shape)} after layout",

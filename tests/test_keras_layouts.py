@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -94,8 +95,6 @@ def test_tf2keras_streams_without_tensorflow_keras_or_torch(tmp_path: Path) -> N
         assert record["converter"]["keras_writer"].startswith("streamed from the checkpoint")
         assert record["converter"]["steps"][-1] == "keras_layout" and "build_model" not in record["converter"]["steps"]
         assert record["weights"]["variables"] == len(datasets) and record["weights"]["format"] == ".weights.h5"
-        import hashlib
-
         assert record["weights"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
 
 
@@ -142,13 +141,19 @@ def test_keras_layouts_file_is_current() -> None:
     assert keras_layouts.main(["--check"]) == 0
 
 
-def test_a_layout_that_disagrees_with_the_plan_is_one_line_and_no_output(tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("damage, message", [("lost", "no dataset for '"), ("twice", "in two datasets")])
+def test_a_layout_that_disagrees_with_the_plan_is_one_line_and_no_output(tmp_path, monkeypatch, capsys, damage,
+                                                                         message) -> None:
     from converters import tf2keras
     from converters.tf import keras_layouts
 
     prefix, _ = _checkpoint(tmp_path / "release")
     data = json.loads(keras_layouts.LAYOUTS_PATH.read_text(encoding="utf-8"))
-    data["archs"]["deeplabv3_mobilenetv2"]["groups"].pop()  # a layer the plan has and the layout lost
+    groups = data["archs"]["deeplabv3_mobilenetv2"]["groups"]
+    if damage == "lost":
+        groups.pop()  # a layer the plan has and the layout lost
+    else:
+        groups.append(["layers/conv2d_copy", *groups[0][1:]])  # one state-dict entry in two datasets
     damaged = tmp_path / "keras_layouts.json"
     damaged.write_text(json.dumps(data), encoding="utf-8")
     monkeypatch.setattr(keras_layouts, "LAYOUTS_PATH", damaged)
@@ -159,7 +164,7 @@ def test_a_layout_that_disagrees_with_the_plan_is_one_line_and_no_output(tmp_pat
     finally:
         keras_layouts.stored_layout.cache_clear()
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {damaged}: deeplabv3_mobilenetv2: no dataset for '") and err.count("\n") == 1
+    assert err.startswith(f"error: {damaged}: deeplabv3_mobilenetv2: ") and message in err and err.count("\n") == 1
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 

@@ -69,21 +69,6 @@ class KerasLayout:
         return [f"{name}.{param}" for _, name, variables in self.groups for param, _, _ in variables]
 
 
-def to_keras(array: np.ndarray, layout: str, channels: int) -> np.ndarray:
-    """A state-dict array in the layout of its Keras variable (a view where the layout is a transpose)."""
-    if layout == "hwio":
-        return np.transpose(array, (2, 3, 1, 0))
-    if layout == "hwcm":
-        cm, _, h, w = array.shape
-        return np.transpose(array.reshape(channels, cm // channels, h, w), (2, 3, 0, 1))
-    return array
-
-
-def keras_shape(shape: tuple[int, ...], layout: str, channels: int) -> tuple[int, ...]:
-    """The shape :func:`to_keras` gives an array of ``shape``."""
-    return tuple(to_keras(np.empty(shape, dtype=np.uint8), layout, channels).shape)
-
-
 # --------------------------------------------------------------------------------------------- stored
 def _load() -> dict[str, Any]:
     from converters.io import load_generated_json
@@ -118,10 +103,13 @@ def check_plan(layout: KerasLayout, shapes: dict[str, tuple[int, ...]]) -> None:
     from converters.errors import ConversionError
 
     keys = layout.keys()
+    held = set(keys)
     missing = [k for k in keys if k not in shapes]
-    left = [k for k in shapes if k not in set(keys) and not k.endswith("num_batches_tracked")]
-    if missing or left:
-        what = f"no planned entry for dataset '{missing[0]}'" if missing else f"no dataset for '{left[0]}'"
+    left = [k for k in shapes if k not in held and not k.endswith("num_batches_tracked")]
+    twice = [k for k in held if keys.count(k) > 1] if len(held) != len(keys) else []
+    if missing or left or twice:
+        what = (f"no planned entry for dataset '{missing[0]}'" if missing else
+                f"no dataset for '{left[0]}'" if left else f"'{twice[0]}' in two datasets")
         raise ConversionError(LAYOUTS_PATH, f"{layout.arch}: {what}; regenerate it with {COMMAND}")
     for _, name, variables in layout.groups:
         for param, lay, channels in variables:
@@ -140,6 +128,7 @@ def write_weights_h5(out: str | Path, layout: KerasLayout, output_stride: int, s
     import h5py
 
     from converters.io import atomic_path
+    from converters.keras_writer import to_keras
 
     check_plan(layout, {spec.key: tuple(spec.shape) for spec in specs})
     weightless = layout.weightless_at(output_stride)
@@ -166,7 +155,7 @@ def layout_of(model: Any, arch: str) -> KerasLayout:
     import h5py
     import keras
 
-    from converters.keras_writer import PARAM
+    from converters.keras_writer import PARAM, kernel_layout
 
     variables = list(model.weights)
     for i, v in enumerate(variables):
@@ -205,20 +194,14 @@ def layout_of(model: Any, arch: str) -> KerasLayout:
                     raise RuntimeError(f"{arch}: {name} holds {keys}, not datasets 0..n-1")
                 found: list[Var] = []
                 for key in keys:
-                    data = obj[key]
-                    v = variables[int(np.asarray(data).flat[0]) - 1]
-                    if data.dtype != np.float32 or tuple(data.shape) != tuple(v.shape) or \
-                            not np.all(np.asarray(data) == np.asarray(data).flat[0]):
+                    data = obj[key][()]
+                    v = variables[int(data.flat[0]) - 1]
+                    if data.dtype != np.float32 or data.shape != tuple(v.shape) or not np.all(data == data.flat[0]):
                         raise RuntimeError(f"{arch}: {name}/{key} is not one float32 variable")
                     var = v.path.rsplit("/", 1)[-1]
                     if var not in PARAM or owner not in layers:
                         raise RuntimeError(f"{arch}: {name}/{key} is {owner}/{var}, which has no state-dict rule")
-                    if var in ("kernel", "depthwise_kernel"):
-                        depthwise = type(layers[owner]).__name__ == "DepthwiseConv2D"
-                        found.append((PARAM[var], "hwcm" if depthwise else "hwio",
-                                      int(v.shape[2]) if depthwise else 0))
-                    else:
-                        found.append((PARAM[var], "", 0))
+                    found.append((PARAM[var], *kernel_layout(layers[owner], v)))
                 if found:
                     groups.append((name[: -len("/vars")], owner, tuple(found)))
                 else:
@@ -232,6 +215,7 @@ def layout_of(model: Any, arch: str) -> KerasLayout:
 def build_layout(arch: str, kind: str) -> KerasLayout:
     """``arch``'s layout from its Keras twin, built at the generating class counts and every allowed output
     stride (which must all give the same one), checked against the stored state-dict signature."""
+    from converters.errors import ConversionError
     from converters.keras_writer import import_tensorflow
     from converters.tf.signatures import CLASSES, stored
 
@@ -255,16 +239,12 @@ def build_layout(arch: str, kind: str) -> KerasLayout:
     model_name, groups = found.pop()
     layout = KerasLayout(arch, model_name, groups, built.keras,
                          tuple((stride, v.pop()) for stride, v in sorted(weightless.items())))
-    signature = {key: shape for key, shape, _ in record.signature.entries}
-    missing = [k for k in layout.keys() if k not in signature]
-    left = [k for k in signature if k not in set(layout.keys()) and not k.endswith("num_batches_tracked")]
-    if missing or left or len(set(layout.keys())) != len(layout.keys()):
-        raise RuntimeError(f"{arch}: Keras datasets and state dict differ (no entry for {missing[:3]}, "
-                           f"no dataset for {left[:3]}, or a key twice)")
-    for _, name, variables in layout.groups:
-        for param, lay, channels in variables:
-            shape = tuple(_GENERATING_CLASSES[0] if d == CLASSES else d for d in signature[f"{name}.{param}"])
-            keras_shape(shape, lay, channels)  # a hwcm kernel whose channels do not divide: raises here
+    shapes = {key: tuple(_GENERATING_CLASSES[0] if d == CLASSES else d for d in shape)
+              for key, shape, _ in record.signature.entries}
+    try:
+        check_plan(layout, shapes)  # what a conversion checks against its plan, here against the signature
+    except ConversionError as exc:
+        raise RuntimeError(f"{arch}: the Keras twin and the stored state-dict signature differ: {exc}") from None
     return layout
 
 
