@@ -195,3 +195,19 @@ def test_without_h5py_the_weights_are_one_line_and_no_output(tmp_path, monkeypat
     assert capsys.readouterr().err == ("error: writing .weights.h5 needs h5py, a dependency of deeplab-repro that "
                                        "is not installed: pip install h5py\n")
     assert not out.exists()
+
+
+def test_the_streamed_weights_never_overwrite_the_checkpoint(tmp_path, capsys) -> None:
+    """A V1 checkpoint is one file of any name: given as --out too, it is refused and left as it was."""
+    from converters import tf2keras
+    from tests.fuzzing import write_v1_checkpoint
+
+    _, values = _checkpoint(tmp_path / "v2")
+    ckpt = write_v1_checkpoint(tmp_path / "model.weights.h5", values)
+    before = ckpt.read_bytes()
+    assert tf2keras.main(["--dataset", RELEASE, "--checkpoint", str(ckpt), "--out", str(ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert "output would overwrite the input" in err and err.count("\n") == 1
+    assert ckpt.read_bytes() == before and not (tmp_path / "model.weights.json").exists()
+    other = tmp_path / "out.weights.h5"  # the same checkpoint converts to another file
+    assert tf2keras.main(["--dataset", RELEASE, "--checkpoint", str(ckpt), "--out", str(other), "--quiet"]) == 0
