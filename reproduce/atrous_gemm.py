@@ -10,6 +10,13 @@ by shifted adds of small slices: the same multiplications in a GEMM that runs at
 (46 ms instead of 109 ms there; :mod:`benchmarks.engine` measures the whole model). Taps that reach only
 padding for the input's size (rate 24 on a 17x17 map) are left out of the product.
 
+A single atrous convolution is the same sum with one branch. oneDNN's kernel choice for it depends on the CPU
+and the dtype: on an AMX Xeon a bf16 2048->256 3x3 convolution at rate 6-36 (the ASPP branches of DeepLab
+v3/v3+, 33x33 or 65x65 features) runs 3.5-12x slower than the GEMM form, while rate 2-4 in the trunk is
+2-4x faster than it, and in fp32 the two are within ~20 % of each other. So :func:`gemm_where_faster` times
+each distinct shape both ways on the machine, at the engine's precision (:func:`probe_atrous`), and swaps
+in :class:`AtrousSumGemm` only where the GEMM is clearly faster.
+
 The result equals the summed convolutions up to float rounding (the sums are grouped differently:
 about 4e-7 relative to float64, where the convolutions themselves are at 6e-7). The model and its state
 dict are not changed: :func:`fuse_atrous_sums` swaps modules in the engine's own copy.
@@ -17,10 +24,44 @@ dict are not changed: :func:`fuse_atrous_sums` swaps modules in the engine's own
 
 from __future__ import annotations
 
+import contextlib
+import statistics
+import time
+from typing import Any
+
 import torch
 from torch import nn
 
-__all__ = ["AtrousSumGemm", "fuse_atrous_sums", "is_atrous_sum"]
+__all__ = ["AtrousSumGemm", "fuse_atrous_sums", "gemm_where_faster", "is_atrous_conv", "is_atrous_sum",
+           "probe_atrous"]
+
+GEMM_MARGIN = 0.8  # the GEMM is chosen only when clearly faster (timing noise on a shared VM is 5-30 %)
+PROBE_SIZE = 33  # the feature map of a 513x513 input at output stride 16 (larger where a rate needs it)
+_PROBES: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def is_atrous_conv(module: nn.Module) -> bool:
+    """A 3x3 'same' convolution with a dilation above 1, stride 1 and no groups: a plain ``nn.Conv2d`` with
+    ``padding == dilation``, or a :class:`~reference_models.tf_ops.Conv2dTF` (TF ``SAME`` at stride 1 pads
+    ``dilation`` on each side) whose BatchNorm is folded (its activation is kept, :func:`gemm_where_faster`)."""
+    from reference_models.tf_ops import Conv2dTF
+
+    if not (isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3) and module.stride == (1, 1)
+            and module.groups == 1 and max(module.dilation) > 1):
+        return False
+    if type(module) is Conv2dTF:
+        return module.bn is None and module.activation in (None, "relu", "relu6")
+    return (type(module) is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+            and tuple(module.padding) == tuple(module.dilation))
+
+
+def _as_gemm(conv: nn.Conv2d) -> nn.Module:
+    """:class:`AtrousSumGemm` of one convolution, followed by a :class:`Conv2dTF`'s own activation."""
+    gemm = AtrousSumGemm([conv])
+    activation = getattr(conv, "activation", None)
+    if activation is None:
+        return gemm
+    return nn.Sequential(gemm, nn.ReLU(inplace=True) if activation == "relu" else nn.ReLU6(inplace=True))
 
 
 def _branch_convs(module: nn.Module) -> list[nn.Conv2d] | None:
@@ -64,6 +105,7 @@ class AtrousSumGemm(nn.Module):
             self.register_buffer("bias", bias)  # a new tensor (the sum), not a branch's
         self.rates = tuple((int(c.dilation[0]), int(c.dilation[1])) for c in convs)
         self.in_channels, self.out_channels = convs[0].in_channels, convs[0].out_channels
+        self._cast: tuple[tuple[Any, ...], torch.Tensor] | None = None  # the weight in the last autocast dtype
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, rates={list(self.rates)}"
@@ -83,17 +125,33 @@ class AtrousSumGemm(nn.Module):
         n, c, h, w = x.shape
         k = self.out_channels
         taps = self._taps(h, w)
-        weight = self.weight
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when x is channels_last
+        dtype = rows.dtype
+        if torch.is_autocast_enabled(x.device.type):  # the product runs in autocast's dtype: cast once, here
+            dtype = torch.get_autocast_dtype(x.device.type)
+            rows = rows.to(dtype)
+        weight = self._weight_as(dtype)
         if len(taps) < 9 * len(self.rates):
             cols = torch.tensor([t[0] * k + j for t in taps for j in range(k)], device=weight.device)
             weight = weight.index_select(1, cols)
-        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when x is channels_last
-        scores = torch.mm(rows, weight.to(rows.dtype)).view(n, h, w, len(taps), k)
+        scores = torch.mm(rows, weight).view(n, h, w, len(taps), k)
         if torch.compiler.is_compiling():
             out = self._shifted_sum_padded(scores, taps)
         else:
             out = self._shifted_sum_in_place(scores, taps)
         return out.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
+
+    def _weight_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight in ``dtype``; eager keeps the cast copy (under bf16 autocast the 2048 x 2304 ASPP weight
+        would otherwise be converted on every forward), keyed on the buffer's storage: the module is built frozen
+        for inference and nothing writes its buffers in place (an engine's inference tensors track no version)."""
+        weight = self.weight
+        if weight.dtype == dtype or torch.compiler.is_compiling():
+            return weight.to(dtype)
+        key = (dtype, weight.device, weight.data_ptr(), weight.shape)
+        if self._cast is None or self._cast[0] != key:
+            self._cast = (key, weight.to(dtype))
+        return self._cast[1]
 
     def _start(self, scores: torch.Tensor) -> torch.Tensor:
         n, h, w, _, k = scores.shape
@@ -138,3 +196,68 @@ def fuse_atrous_sums(model: nn.Module) -> int:
                 setattr(parent, name, AtrousSumGemm(convs))  # its buffers are made on the convs' device
                 replaced += 1
     return replaced
+
+
+def _ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _probe_key(conv: nn.Conv2d, dtype: torch.dtype | None) -> tuple[Any, ...]:
+    return (conv.in_channels, conv.out_channels, *conv.dilation, conv.bias is not None, dtype,
+            torch.get_num_threads())
+
+
+def probe_atrous(conv: nn.Conv2d, dtype: torch.dtype | None = None, *, rounds: int = 3) -> dict[str, Any]:
+    """Time ``conv``'s shape (a fresh copy with random weights, channels_last, 1 x C x S x S with S = 33, or
+    ``2 * rate + 3`` where a rate needs more for every tap to see the input) as the convolution and as
+    :class:`AtrousSumGemm`, interleaved, on the CPU, under autocast to ``dtype`` (None: fp32); memoised per
+    shape and dtype for the process. Torch's global random state is not used."""
+    key = _probe_key(conv, dtype)
+    if key in _PROBES:
+        return _PROBES[key]
+    cin, cout, (dh, dw) = conv.in_channels, conv.out_channels, conv.dilation
+    size = max(PROBE_SIZE, 2 * max(dh, dw) + 3)
+    gen = torch.Generator().manual_seed(0)
+    probe = nn.utils.skip_init(nn.Conv2d, cin, cout, 3, padding=(dh, dw), dilation=(dh, dw),
+                               bias=conv.bias is not None).eval().requires_grad_(False)
+    with torch.no_grad():
+        for param in probe.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) / (9 * cin) ** 0.5)
+    gemm = AtrousSumGemm([probe])
+    probe = probe.to(memory_format=torch.channels_last)
+    x = torch.randn(1, cin, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
+    times: dict[str, list[float]] = {"conv": [], "gemm": []}
+    autocast = (torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext())
+    with torch.inference_mode(), autocast:
+        runs = {"conv": lambda: probe(x), "gemm": lambda: gemm(x)}
+        for fn in runs.values():
+            fn()  # oneDNN creates its primitive on the first call
+        for r in range(rounds):
+            for kind in (("conv", "gemm") if r % 2 == 0 else ("gemm", "conv")):
+                times[kind].append(_ms(runs[kind]))
+    conv_ms, gemm_ms = (statistics.median(times[k]) for k in ("conv", "gemm"))
+    result = {"in_channels": cin, "out_channels": cout, "dilation": [dh, dw], "size": size,
+              "dtype": str(dtype or torch.float32).replace("torch.", ""), "conv_ms": round(conv_ms, 3),
+              "gemm_ms": round(gemm_ms, 3), "choice": "gemm" if gemm_ms <= GEMM_MARGIN * conv_ms else "conv"}
+    _PROBES[key] = result
+    return result
+
+
+def gemm_where_faster(net: nn.Module, dtype: torch.dtype | None = None) -> list[dict[str, Any]]:
+    """Replace, in place, every atrous convolution of ``net`` (a CPU inference copy in channels_last) whose shape
+    :func:`probe_atrous` measures faster as a GEMM at ``dtype`` by :class:`AtrousSumGemm`; return the probes,
+    one per distinct shape, each with ``modules``: how many convolutions of that shape were replaced."""
+    probes: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if not is_atrous_conv(child):
+                continue
+            key = _probe_key(child, dtype)
+            if key not in probes:
+                probes[key] = {**probe_atrous(child, dtype), "modules": 0}
+            if probes[key]["choice"] == "gemm":
+                setattr(parent, name, _as_gemm(child))
+                probes[key]["modules"] += 1
+    return list(probes.values())

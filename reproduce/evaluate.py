@@ -77,7 +77,9 @@ from reproduce.inference import (
     InferenceError,
     LoadedModel,
     Segmenter,
+    labels_of,
     parse_scales,
+    predict_labels,
     predict_probs,
     prepare_input,
     resolve_device,
@@ -177,17 +179,6 @@ class _Prefetcher:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-
-
-def _labels(probs: torch.Tensor) -> torch.Tensor:
-    """``probs.argmax(0)`` as uint8 (first maximum on ties, as argmax), the cheap way on each device.
-
-    On the CPU torch's argmax over the leading dim of a ``(C, H, W)`` tensor is ~4x slower than
-    numpy's (strided reduction); numpy's gives the same indices.
-    """
-    if probs.device.type == "cpu":
-        return torch.from_numpy(probs.numpy().argmax(0).astype(np.uint8))
-    return probs.argmax(0).to(torch.uint8)
 
 
 @dataclass
@@ -347,9 +338,12 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
                                item_bytes=item_bytes((lm.num_classes, h, w))).warm()
             if config.protocol == "pad" and max(h, w) > config.crop_size:
                 oversize += 1
-            probs = predict_probs(lm, sample["input"], config, (h, w))[0]
-            plain.update(_labels(probs), torch.from_numpy(label).to(probs.device))
-            if pool is not None:
+            if pool is None:  # the labels only: no softmax after a single forward
+                pred = predict_labels(lm, sample["input"], config, (h, w))
+                plain.update(pred, torch.from_numpy(label).to(pred.device))
+            else:
+                probs = predict_probs(lm, sample["input"], config, (h, w))[0]
+                plain.update(labels_of(probs), torch.from_numpy(label).to(probs.device))
                 pool.submit(sample["image"], probs.cpu().numpy())
                 waiting.append(label)
                 for crf_label in pool.results():

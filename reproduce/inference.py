@@ -32,7 +32,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +44,7 @@ from torch import nn
 
 from converters.errors import DeeplabError
 from reference_models.preprocessing import CAFFE_DEEPLAB_V2, Preprocessing
-from reproduce.atrous_gemm import fuse_atrous_sums
+from reproduce.atrous_gemm import fuse_atrous_sums, gemm_where_faster
 from reproduce.depthwise_layout import nchw_where_faster
 
 __all__ = [
@@ -380,13 +380,13 @@ def _forward_flips(lm: LoadedModel, x: torch.Tensor, flip: bool, amp: bool) -> l
     return list(_forward(lm, torch.cat([x, x.flip(-1)]), amp).split(x.shape[0]))
 
 
-@torch.no_grad()
-def predict_probs(lm: LoadedModel, x: torch.Tensor, config: InferenceConfig, out_size: tuple[int, int]) -> torch.Tensor:
-    """Class probabilities ``(N, C, h, w)`` float32 for a prepared input, cropped to ``out_size``.
+def _passes(lm: LoadedModel, config: InferenceConfig) -> int:
+    """How many forwards :func:`predict_probs` averages: the flips times (DeepLab v3/v3+) the scales."""
+    return (2 if config.flip else 1) * (1 if lm.family == "deeplab_v2" else len(config.scales))
 
-    ``x`` is what :func:`prepare_input` returns (possibly padded); ``out_size`` is the label size
-    ``(h, w)``, the top-left corner of ``x``.
-    """
+
+def _pass_logits(lm: LoadedModel, x: torch.Tensor, config: InferenceConfig) -> Iterator[torch.Tensor]:
+    """Each forward's logits ``(N, C, H, W)`` at the size of ``x``, a flipped pass's flipped back."""
     x = x.to(lm.device)
     H, W = x.shape[-2:]
     flips = (False, True) if config.flip else (False,)
@@ -396,32 +396,74 @@ def predict_probs(lm: LoadedModel, x: torch.Tensor, config: InferenceConfig, out
                 "DeepLab v2 fuses its scales (1, 0.75, 0.5, max) inside the model: use deeplabv2_resnet101_msc "
                 f"for multi-scale, not scales {config.scales}"
             )
-        total = None
         for flipped, out in zip(flips, _forward_flips(lm, x, config.flip, config.amp)):
-            probs = torch.softmax(_resize_ac(out, (H, W)), dim=1)
-            probs = probs.flip(-1) if flipped else probs
-            total = probs if total is None else total + probs
-    else:
-        stride = lm.logits_stride
-        total = None
-        for s in config.scales:
-            xs = x if s == 1.0 else _resize_ac(x, (scale_dimension(H, s), scale_dimension(W, s)))
-            grid = (scale_dimension(H, max(1.0, s) / stride), scale_dimension(W, max(1.0, s) / stride))
-            for flipped, out in zip(flips, _forward_flips(lm, xs, config.flip, config.amp)):
-                logits = _resize_ac(_resize_ac(out, grid), (H, W))
-                probs = torch.softmax(logits, dim=1)
-                probs = probs.flip(-1) if flipped else probs
-                total = probs if total is None else total + probs
-    n = len(flips) * (1 if lm.family == "deeplab_v2" else len(config.scales))
+            logits = _resize_ac(out, (H, W))
+            yield logits.flip(-1) if flipped else logits
+        return
+    stride = lm.logits_stride
+    for s in config.scales:
+        xs = x if s == 1.0 else _resize_ac(x, (scale_dimension(H, s), scale_dimension(W, s)))
+        grid = (scale_dimension(H, max(1.0, s) / stride), scale_dimension(W, max(1.0, s) / stride))
+        for flipped, out in zip(flips, _forward_flips(lm, xs, config.flip, config.amp)):
+            logits = _resize_ac(_resize_ac(out, grid), (H, W))
+            yield logits.flip(-1) if flipped else logits
+
+
+@torch.no_grad()
+def predict_probs(lm: LoadedModel, x: torch.Tensor, config: InferenceConfig, out_size: tuple[int, int]) -> torch.Tensor:
+    """Class probabilities ``(N, C, h, w)`` float32 for a prepared input, cropped to ``out_size``.
+
+    ``x`` is what :func:`prepare_input` returns (possibly padded); ``out_size`` is the label size
+    ``(h, w)``, the top-left corner of ``x``. Several forwards (scales, flips) average their softmax.
+    """
+    total = None
+    for logits in _pass_logits(lm, x, config):
+        probs = torch.softmax(logits, dim=1)  # per pixel over the classes: commutes with the flip back
+        total = probs if total is None else total + probs
+    n = _passes(lm, config)
     probs = total / n if n > 1 else total  # x / 1 == x: no pass over C x H x W for one forward
     h, w = out_size
     return probs[..., :h, :w].contiguous()
+
+
+def labels_of(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(0)`` of ``(C, H, W)`` scores as uint8 (the first maximum on ties, as argmax), the cheap way.
+
+    On the CPU torch's argmax over the leading dim of a ``(C, H, W)`` tensor is ~4x slower than numpy's
+    (a strided reduction); numpy's gives the same indices.
+    """
+    if scores.device.type == "cpu":
+        return torch.from_numpy(scores.numpy().argmax(0).astype(np.uint8))
+    return scores.argmax(0).to(torch.uint8)
+
+
+@torch.no_grad()
+def predict_labels(lm: LoadedModel, x: torch.Tensor, config: InferenceConfig, out_size: tuple[int, int]) -> torch.Tensor:
+    """The ``(h, w)`` uint8 label map of the first image of a prepared input: the argmax of its class scores.
+
+    One forward (one scale, no flip): the argmax of the resized logits, which is what the official evaluations
+    take (TF DeepLab's single-scale ``predict_labels``, Caffe's argmax of the interpolated ``fc8``). The softmax
+    is monotonic per pixel, so it does not change the argmax, and skipping it saves a pass over ``C x H x W``
+    (~20-70 ms per 513 x 513 image on a 2-core CPU). Several forwards: the argmax of :func:`predict_probs`'s
+    average (TF's multi-scale inference).
+    """
+    h, w = out_size
+    if _passes(lm, config) > 1:
+        return labels_of(predict_probs(lm, x, config, out_size)[0])
+    (logits,) = _pass_logits(lm, x[:1], config)
+    return labels_of(logits[0, :, :h, :w])
 
 
 def run_image(lm: LoadedModel, image_rgb: np.ndarray, config: InferenceConfig) -> torch.Tensor:
     """Convenience: one RGB uint8 image -> ``(C, H, W)`` probabilities on the CPU."""
     x = prepare_input(image_rgb, lm.preprocessing, config)
     return predict_probs(lm, x, config, image_rgb.shape[:2])[0].cpu()
+
+
+def image_labels(lm: LoadedModel, image_rgb: np.ndarray, config: InferenceConfig) -> np.ndarray:
+    """Convenience: one RGB uint8 image -> its ``(H, W)`` uint8 label map (:func:`predict_labels`)."""
+    x = prepare_input(image_rgb, lm.preprocessing, config)
+    return predict_labels(lm, x, config, image_rgb.shape[:2]).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------- the engine
@@ -655,7 +697,9 @@ class Segmenter:
     * ``memory_format="auto"``: see :func:`choose_memory_format` (channels_last on a CPU and at fp16/bf16
       on CUDA, NCHW for fp32 on CUDA; the choice and the reason in :meth:`describe`); in a channels_last
       engine on a CPU, dilated depthwise convolutions that a probe on this machine measures faster in NCHW
-      run in NCHW (:mod:`reproduce.depthwise_layout`; the probes in :meth:`describe`);
+      run in NCHW (:mod:`reproduce.depthwise_layout`; the probes in :meth:`describe`), and atrous 3x3
+      convolutions that a probe at the engine's precision measures faster as one GEMM plus shifted adds run
+      that way (:func:`reproduce.atrous_gemm.gemm_where_faster`: the ASPP branches in bf16 on an AMX CPU);
     * ``precision="auto"``: see :func:`choose_precision` (the choice and the reason are in
       :attr:`precision` / :attr:`precision_reason` and :meth:`describe`);
     * ``compile=True``: ``torch.compile`` (inductor, with weight freezing) of the fused model, for the
@@ -713,8 +757,11 @@ class Segmenter:
         self.net = net.eval().to(dev, memory_format=self._format)
         # dilated depthwise convs oneDNN runs slower in NHWC on this CPU (measured per shape) stay NCHW
         self.depthwise_probes: list[dict[str, Any]] = []
+        # and atrous convs it runs slower than their GEMM form (bf16 ASPP branches on AMX: measured per shape)
+        self.atrous_probes: list[dict[str, Any]] = []
         if fuse and dev.type == "cpu" and self._format == torch.channels_last:
             self.depthwise_probes = nchw_where_faster(self.net)
+            self.atrous_probes = gemm_where_faster(self.net, _AUTOCAST_DTYPES.get(self.precision))
         self.lm = dataclasses.replace(source, model=self.net, device=dev, runner=self.forward)
         self._compile_request = compile
         self.compiled = False
@@ -798,8 +845,8 @@ class Segmenter:
         return run_image(self.lm, image_rgb, config or self.config)
 
     def predict(self, image_rgb: np.ndarray, config: InferenceConfig | None = None) -> np.ndarray:
-        """``(H, W)`` uint8 label map for an RGB uint8 image."""
-        return self.scores(image_rgb, config).argmax(0).to(torch.uint8).numpy()
+        """``(H, W)`` uint8 label map for an RGB uint8 image (:func:`predict_labels`: no softmax after one forward)."""
+        return image_labels(self.lm, image_rgb, config or self.config)
 
     @property
     def num_classes(self) -> int:
@@ -811,7 +858,9 @@ class Segmenter:
                 "memory_format": self.memory_format, "memory_format_reason": self.memory_format_reason,
                 "batchnorm_folded": self.fused, "aspp_as_gemm": self.atrous_gemm,
                 "depthwise_nchw": self.depthwise_nchw,
-                "depthwise_probes": [dict(p) for p in self.depthwise_probes], "compiled": self.compiled,
+                "depthwise_probes": [dict(p) for p in self.depthwise_probes],
+                "atrous_convs_as_gemm": self.atrous_convs_as_gemm,
+                "atrous_probes": [dict(p) for p in self.atrous_probes], "compiled": self.compiled,
                 "compile_cache": None if self.cache_dir is None else str(self.cache_dir),
                 "compiled_shapes": [list(shape) for shape in self.compiled_shapes],
                 "forwards": dict(self.forwards),
@@ -822,11 +871,18 @@ class Segmenter:
         """How many dilated depthwise convolutions run in NCHW (:mod:`reproduce.depthwise_layout`)."""
         return sum(p["modules"] for p in self.depthwise_probes)
 
+    @property
+    def atrous_convs_as_gemm(self) -> int:
+        """How many single atrous convolutions run as a GEMM (:func:`reproduce.atrous_gemm.gemm_where_faster`)."""
+        return sum(p["modules"] for p in self.atrous_probes)
+
     def summary(self) -> str:
         """One line: what the engine chose."""
         islands = self.depthwise_nchw
         layout = self.memory_format + (f" ({islands} dilated depthwise convs in NCHW: measured faster here)"
                                        if islands else "")
+        if self.atrous_convs_as_gemm:
+            layout += f", {self.atrous_convs_as_gemm} atrous convs as GEMM (measured faster here)"
         return (f"engine: {self.device}, {self.precision} ({self.precision_reason}), {layout}, "
                 f"BatchNorm {'folded' if self.fused else 'separate'}, {'compiled' if self.compiled else 'eager'}")
 

@@ -49,6 +49,7 @@ from reproduce.inference import (
     InferenceConfig,
     InferenceError,
     Segmenter,
+    image_labels,
     parse_scales,
     run_image,
 )
@@ -279,11 +280,10 @@ def predict_files(
                     report.skipped.append(str(image))
                     continue
                 raise InferenceError(str(image)) from None
-            probs = run_image(lm, image, config)
             if pool is None:
-                write(path, image, probs.argmax(0).numpy().astype(np.uint8))
+                write(path, image, image_labels(lm, image, config))
                 continue
-            pool.submit(image, probs.numpy())
+            pool.submit(image, run_image(lm, image, config).numpy())
             queued.append((path, image))
             for label in pool.results():
                 write(*queued.pop(0), label)

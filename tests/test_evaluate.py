@@ -7,6 +7,7 @@ The CLI tests use the real DeepLab v2 ResNet-101 (random weights) on ~30 px imag
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from reproduce.inference import (
     InferenceConfig,
     InferenceError,
     LoadedModel,
+    labels_of,
     parse_scales,
+    predict_labels,
     predict_probs,
     prepare_input,
     run_image,
@@ -169,6 +172,57 @@ def test_v3_multiscale_is_the_mean_of_single_scale_probabilities() -> None:
         logits = model(x)
     ref = torch.softmax(F.interpolate(logits, size=(65, 65), mode="bilinear", align_corners=True), 1)[0, :, :45, :61]
     torch.testing.assert_close(run_image(lm, image, InferenceConfig(crop_size=65)), ref)
+
+
+def _tiny_v3(num_classes: int = 5) -> LoadedModel:
+    from reproduce.inference import TF_ZERO_MEAN_UNIT_RANGE
+
+    torch.manual_seed(0)
+    model = build_model("deeplabv3_mobilenetv2", num_classes=num_classes).eval()
+    return LoadedModel(model, "mnv2", "deeplab_v3", num_classes, TF_ZERO_MEAN_UNIT_RANGE, "test", Path("none"))
+
+
+@pytest.mark.parametrize("family", ["deeplab_v2", "deeplab_v3"])
+def test_labels_after_one_forward_are_the_argmax_of_the_resized_logits_without_a_softmax(family, monkeypatch) -> None:
+    lm = pixel_model(kernel=3) if family == "deeplab_v2" else _tiny_v3()
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)  # not square: a swapped crop would show
+    config = InferenceConfig(protocol="pad", crop_size=65)
+    x = prepare_input(image, lm.preprocessing, config)
+    with torch.no_grad():
+        logits = F.interpolate(lm.model(x), size=(65, 65), mode="bilinear", align_corners=True)[0, :, :45, :61]
+    expected = logits.argmax(0).to(torch.uint8)  # the official single-scale evaluations' argmax of the logits
+
+    def no_softmax(*args, **kwargs):
+        raise AssertionError("a softmax after a single forward")
+
+    monkeypatch.setattr(torch, "softmax", no_softmax)
+    labels = predict_labels(lm, x, config, (45, 61))
+    assert labels.dtype == torch.uint8 and tuple(labels.shape) == (45, 61)
+    torch.testing.assert_close(labels, expected, rtol=0, atol=0)
+    monkeypatch.undo()
+    # the same labels as the argmax of the probabilities, where the top two classes are apart
+    probs = predict_probs(lm, x, config, (45, 61))[0]
+    top2 = probs.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) > 1e-6
+    assert clear.float().mean() > 0.99
+    assert torch.equal(labels[clear], labels_of(probs)[clear])
+
+
+@pytest.mark.parametrize("config", [InferenceConfig(protocol="pad", crop_size=65, flip=True),
+                                    InferenceConfig(protocol="pad", crop_size=65, scales=(0.5, 1.0))],
+                         ids=["flip", "scales"])
+def test_labels_after_several_forwards_are_the_argmax_of_the_mean_probabilities(config) -> None:
+    lm = pixel_model(kernel=3)  # varied labels (a random tiny network predicts one class everywhere)
+    lm.model.logits_stride = 1
+    lm = dataclasses.replace(lm, family="deeplab_v3")  # v3 inference takes scales
+    image = np.random.default_rng(6).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    x = prepare_input(image, lm.preprocessing, config)
+    mean = predict_probs(lm, x, config, (45, 61))[0]
+    single = predict_probs(lm, x, InferenceConfig(protocol="pad", crop_size=65), (45, 61))[0]
+    labels = predict_labels(lm, x, config, (45, 61))
+    assert torch.equal(labels, mean.argmax(0).to(torch.uint8))
+    assert not torch.equal(labels, single.argmax(0).to(torch.uint8))  # the average, not the first forward
 
 
 def test_v2_refuses_outside_scales() -> None:

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from reproduce import evaluate as ev
-from reproduce.inference import InferenceConfig, InferenceError, predict_probs, prepare_input
+from reproduce.inference import InferenceConfig, InferenceError, labels_of, predict_probs, prepare_input
 from reproduce.metrics import ConfusionMatrix
 from reproduce.synthetic import write_voc
 from tests.test_evaluate import VAL_IDS, _voc_with_a_truncated_jpeg, pixel_model
@@ -108,7 +108,7 @@ def test_every_decoding_mode_gives_the_sequential_matrix(voc, workers, prefetch)
 def test_labels_are_argmax_with_its_tie_rule() -> None:
     gen = torch.Generator().manual_seed(0)
     probs = torch.randint(0, 3, (21, 37, 29), generator=gen).float()  # many ties: first maximum wins
-    got = ev._labels(probs)
+    got = labels_of(probs)
     assert got.dtype == torch.uint8
     torch.testing.assert_close(got, probs.argmax(0).to(torch.uint8), rtol=0, atol=0)
 
@@ -325,9 +325,9 @@ def test_a_failure_anywhere_leaves_no_decoding_thread_or_worker(voc, monkeypatch
     def fail(*args, **kwargs):
         raise RuntimeError(f"{broken} failed")
 
-    # evaluate imports ConfusionMatrix and tqdm when it runs; the forward is its predict_probs
+    # evaluate imports ConfusionMatrix and tqdm when it runs; the forward is its predict_labels (no CRF)
     target = {"ConfusionMatrix": (metrics, "ConfusionMatrix"), "tqdm": (tqdm, "tqdm"),
-              "forward": (ev, "predict_probs")}[broken]
+              "forward": (ev, "predict_labels")}[broken]
     monkeypatch.setattr(*target, fail)
     made = _recording_dataloader_iter(monkeypatch)
     before = set(threading.enumerate())
