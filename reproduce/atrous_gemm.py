@@ -36,7 +36,7 @@ __all__ = ["AtrousSumGemm", "fuse_atrous_sums", "gemm_where_faster", "is_atrous_
            "probe_atrous"]
 
 GEMM_MARGIN = 0.8  # the GEMM is chosen only when clearly faster (timing noise on a shared VM is 5-30 %)
-PROBE_SIZE = 33  # the feature map of a 513x513 input at output stride 16 (larger where a rate needs it)
+PROBE_SIZES = (33, 65)  # the feature maps of a 513x513 input at output stride 16 and 8 (larger where a rate needs it)
 _PROBES: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
@@ -209,19 +209,13 @@ def _probe_key(conv: nn.Conv2d, dtype: torch.dtype | None) -> tuple[Any, ...]:
             torch.get_num_threads())
 
 
-def probe_atrous(conv: nn.Conv2d, dtype: torch.dtype | None = None, *, rounds: int = 3) -> dict[str, Any]:
-    """Time ``conv``'s shape (a fresh copy with random weights, channels_last, 1 x C x S x S with S = 33, or
-    ``2 * rate + 3`` where a rate needs more for every tap to see the input) as the convolution and as
-    :class:`AtrousSumGemm`, interleaved, on the CPU, under autocast to ``dtype`` (None: fp32); memoised per
-    shape and dtype for the process. Torch's global random state is not used."""
-    key = _probe_key(conv, dtype)
-    if key in _PROBES:
-        return _PROBES[key]
-    cin, cout, (dh, dw) = conv.in_channels, conv.out_channels, conv.dilation
-    size = max(PROBE_SIZE, 2 * max(dh, dw) + 3)
+def _time_both(cin: int, cout: int, dilation: tuple[int, int], bias: bool, dtype: torch.dtype | None, size: int,
+               rounds: int) -> tuple[float, float]:
+    """Median ms of a fresh random convolution of this shape and of its :class:`AtrousSumGemm`, channels_last,
+    1 x cin x size x size, interleaved, under autocast to ``dtype`` (None: fp32); torch's global RNG untouched."""
     gen = torch.Generator().manual_seed(0)
-    probe = nn.utils.skip_init(nn.Conv2d, cin, cout, 3, padding=(dh, dw), dilation=(dh, dw),
-                               bias=conv.bias is not None).eval().requires_grad_(False)
+    probe = nn.utils.skip_init(nn.Conv2d, cin, cout, 3, padding=dilation, dilation=dilation,
+                               bias=bias).eval().requires_grad_(False)
     with torch.no_grad():
         for param in probe.parameters():
             param.copy_(torch.randn(param.shape, generator=gen) / (9 * cin) ** 0.5)
@@ -229,7 +223,7 @@ def probe_atrous(conv: nn.Conv2d, dtype: torch.dtype | None = None, *, rounds: i
     probe = probe.to(memory_format=torch.channels_last)
     x = torch.randn(1, cin, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
     times: dict[str, list[float]] = {"conv": [], "gemm": []}
-    autocast = (torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext())
+    autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         runs = {"conv": lambda: probe(x), "gemm": lambda: gemm(x)}
         for fn in runs.values():
@@ -237,10 +231,32 @@ def probe_atrous(conv: nn.Conv2d, dtype: torch.dtype | None = None, *, rounds: i
         for r in range(rounds):
             for kind in (("conv", "gemm") if r % 2 == 0 else ("gemm", "conv")):
                 times[kind].append(_ms(runs[kind]))
-    conv_ms, gemm_ms = (statistics.median(times[k]) for k in ("conv", "gemm"))
-    result = {"in_channels": cin, "out_channels": cout, "dilation": [dh, dw], "size": size,
-              "dtype": str(dtype or torch.float32).replace("torch.", ""), "conv_ms": round(conv_ms, 3),
-              "gemm_ms": round(gemm_ms, 3), "choice": "gemm" if gemm_ms <= GEMM_MARGIN * conv_ms else "conv"}
+    return statistics.median(times["conv"]), statistics.median(times["gemm"])
+
+
+def probe_atrous(conv: nn.Conv2d, dtype: torch.dtype | None = None, *, rounds: int = 3) -> dict[str, Any]:
+    """Time ``conv``'s shape as the convolution and as :class:`AtrousSumGemm` on the CPU at ``dtype`` (autocast;
+    None: fp32), on 33x33 and then 65x65 maps (a 513x513 input at output stride 16 and 8; ``2 * rate + 3`` where
+    a rate needs more for every tap to see the input). The GEMM is chosen only where it takes at most
+    ``GEMM_MARGIN`` of the convolution's time at both sizes: which kernel wins can change with the map (a
+    512-channel rate-4 conv in bf16 on an AMX CPU: GEMM 0.88x at 33x33, 2.2x at 65x65). The 65x65 probe runs
+    only where the GEMM won at 33x33. Memoised per shape and dtype for the process."""
+    key = _probe_key(conv, dtype)
+    if key in _PROBES:
+        return _PROBES[key]
+    cin, cout, dilation = conv.in_channels, conv.out_channels, tuple(conv.dilation)
+    result: dict[str, Any] = {"in_channels": cin, "out_channels": cout, "dilation": list(dilation),
+                              "dtype": str(dtype or torch.float32).replace("torch.", ""), "sizes": [],
+                              "conv_ms": [], "gemm_ms": [], "choice": "conv"}
+    for size in sorted({max(base, 2 * max(dilation) + 3) for base in PROBE_SIZES}):  # a large rate: one size
+        conv_ms, gemm_ms = _time_both(cin, cout, dilation, conv.bias is not None, dtype, size, rounds)
+        result["sizes"].append(size)
+        result["conv_ms"].append(round(conv_ms, 3))
+        result["gemm_ms"].append(round(gemm_ms, 3))
+        if gemm_ms > GEMM_MARGIN * conv_ms:
+            break
+    else:
+        result["choice"] = "gemm"
     _PROBES[key] = result
     return result
 

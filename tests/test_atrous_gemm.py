@@ -166,10 +166,14 @@ def test_probed_rewrite_follows_the_probe_and_keeps_the_numbers(choice: str, mon
 def test_probe_times_both_forms_at_the_engines_dtype_once_per_shape() -> None:
     conv = nn.Conv2d(16, 8, 3, padding=18, dilation=18)
     first = atrous_gemm.probe_atrous(conv, torch.bfloat16, rounds=1)
-    assert first["choice"] in ("gemm", "conv") and first["conv_ms"] > 0 and first["gemm_ms"] > 0
-    assert first["dtype"] == "bfloat16" and first["size"] == 2 * 18 + 3  # every tap sees the input
+    assert first["choice"] in ("gemm", "conv") and all(t > 0 for t in first["conv_ms"] + first["gemm_ms"])
+    assert first["dtype"] == "bfloat16" and first["sizes"][0] == 2 * 18 + 3  # every tap sees the input
+    assert first["sizes"] == [39, 65][:len(first["sizes"])] and len(first["conv_ms"]) == len(first["sizes"])
+    assert (first["choice"] == "gemm") == (len(first["sizes"]) == 2 and all(
+        g <= atrous_gemm.GEMM_MARGIN * c for g, c in zip(first["gemm_ms"], first["conv_ms"])))
     assert atrous_gemm.probe_atrous(nn.Conv2d(16, 8, 3, padding=18, dilation=18), torch.bfloat16) is first
     assert atrous_gemm.probe_atrous(conv, None, rounds=1)["dtype"] == "float32"
+    assert atrous_gemm.probe_atrous(nn.Conv2d(16, 8, 3, padding=36, dilation=36), None, rounds=1)["sizes"] == [75]
 
 
 def test_bf16_gemm_keeps_one_cast_weight_and_matches_the_convolution() -> None:
@@ -186,6 +190,23 @@ def test_bf16_gemm_keeps_one_cast_weight_and_matches_the_convolution() -> None:
     assert _rel(first, ref) < 2e-2  # bf16 rounding of the same products (the convolution's own error)
     with torch.inference_mode():  # a later fp32 forward uses the fp32 weight
         assert _rel(gemm(x), conv.double()(x.double())) < 2e-6
+
+
+@pytest.mark.parametrize("at_33, at_65, choice", [((10.0, 5.0), (10.0, 5.0), "gemm"), ((10.0, 5.0), (10.0, 9.0), "conv"),
+                                                  ((10.0, 9.0), None, "conv")])
+def test_the_gemm_must_win_at_both_map_sizes(at_33, at_65, choice, monkeypatch) -> None:
+    """A GEMM faster on 33x33 maps only is not taken (the trunk's rate-4 conv of an OS8 network runs on 65x65);
+    the 65x65 probe runs only where the GEMM won at 33x33."""
+    timed = []
+
+    def fake(cin, cout, dilation, bias, dtype, size, rounds):
+        timed.append(size)
+        return at_33 if size == 33 else at_65
+
+    monkeypatch.setattr(atrous_gemm, "_time_both", fake)
+    monkeypatch.setattr(atrous_gemm, "_PROBES", {})
+    result = atrous_gemm.probe_atrous(nn.Conv2d(8, 8, 3, padding=4, dilation=4))
+    assert result["choice"] == choice and timed == ([33, 65] if at_65 else [33]) == result["sizes"]
 
 
 def test_engine_probes_atrous_convs_and_says_so(monkeypatch) -> None:
