@@ -25,12 +25,12 @@ dict are not changed: :func:`fuse_atrous_sums` swaps modules in the engine's own
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
 from typing import Any
 
 import torch
 from torch import nn
+
+from reproduce.kernel_probe import median_ms_interleaved
 
 __all__ = ["AtrousSumGemm", "fuse_atrous_sums", "gemm_where_faster", "is_atrous_conv", "is_atrous_sum",
            "probe_atrous"]
@@ -198,12 +198,6 @@ def fuse_atrous_sums(model: nn.Module) -> int:
     return replaced
 
 
-def _ms(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def _probe_key(conv: nn.Conv2d, dtype: torch.dtype | None) -> tuple[Any, ...]:
     return (conv.in_channels, conv.out_channels, *conv.dilation, conv.bias is not None, dtype,
             torch.get_num_threads())
@@ -222,16 +216,10 @@ def _time_both(cin: int, cout: int, dilation: tuple[int, int], bias: bool, dtype
     gemm = AtrousSumGemm([probe])
     probe = probe.to(memory_format=torch.channels_last)
     x = torch.randn(1, cin, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
-    times: dict[str, list[float]] = {"conv": [], "gemm": []}
     autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
-        runs = {"conv": lambda: probe(x), "gemm": lambda: gemm(x)}
-        for fn in runs.values():
-            fn()  # oneDNN creates its primitive on the first call
-        for r in range(rounds):
-            for kind in (("conv", "gemm") if r % 2 == 0 else ("gemm", "conv")):
-                times[kind].append(_ms(runs[kind]))
-    return statistics.median(times["conv"]), statistics.median(times["gemm"])
+        ms = median_ms_interleaved({"conv": lambda: probe(x), "gemm": lambda: gemm(x)}, rounds)
+    return ms["conv"], ms["gemm"]
 
 
 def probe_atrous(conv: nn.Conv2d, dtype: torch.dtype | None = None, *, rounds: int = 3) -> dict[str, Any]:

@@ -17,12 +17,12 @@ changed: the engine rewrites its own copy. Outputs are the same convolution in a
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from typing import Any
 
 import torch
 from torch import nn
+
+from reproduce.kernel_probe import median_ms_interleaved
 
 __all__ = ["NCHWIsland", "is_dilated_depthwise", "nchw_where_faster", "probe_depthwise"]
 
@@ -56,12 +56,6 @@ def _key(conv: nn.Conv2d) -> tuple[int, ...]:
     return (conv.in_channels, *conv.kernel_size, *conv.stride, *conv.dilation, torch.get_num_threads())
 
 
-def _ms(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def probe_depthwise(conv: nn.Conv2d, *, rounds: int = 3) -> dict[str, Any]:
     """Time ``conv``'s shape (a fresh copy with random weights, 1 x C x 33 x 33) in channels_last and as an
     :class:`NCHWIsland`, interleaved, on the CPU; memoised per shape for the process. Torch's global random
@@ -79,15 +73,9 @@ def probe_depthwise(conv: nn.Conv2d, *, rounds: int = 3) -> dict[str, Any]:
     island = NCHWIsland(copy.deepcopy(probe))
     probe = probe.to(memory_format=torch.channels_last)
     x = torch.randn(1, c, PROBE_SIZE, PROBE_SIZE, generator=gen).contiguous(memory_format=torch.channels_last)
-    times: dict[str, list[float]] = {"channels_last": [], "nchw": []}
     with torch.inference_mode():
-        runs = {"channels_last": lambda: probe(x), "nchw": lambda: island(x)}
-        for fn in runs.values():
-            fn()  # oneDNN creates its primitive on the first call
-        for r in range(rounds):
-            for kind in (("channels_last", "nchw") if r % 2 == 0 else ("nchw", "channels_last")):
-                times[kind].append(_ms(runs[kind]))
-    cl, nchw = (statistics.median(times[k]) for k in ("channels_last", "nchw"))
+        ms = median_ms_interleaved({"channels_last": lambda: probe(x), "nchw": lambda: island(x)}, rounds)
+    cl, nchw = ms["channels_last"], ms["nchw"]
     result = {"channels": c, "kernel": [kh, kw], "stride": list(conv.stride), "dilation": [dh, dw],
               "size": PROBE_SIZE, "channels_last_ms": round(cl, 3), "nchw_ms": round(nchw, 3),
               "choice": "nchw" if nchw <= NCHW_MARGIN * cl else "channels_last"}
