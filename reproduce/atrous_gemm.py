@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reproduce.kernel_probe import median_ms_interleaved
+from reproduce.kernel_probe import median_ms_interleaved, replace_where_probed
 
 __all__ = ["AtrousSumGemm", "fuse_atrous_sums", "gemm_where_faster", "is_atrous_conv", "is_atrous_sum",
            "probe_atrous"]
@@ -51,8 +51,14 @@ def is_atrous_conv(module: nn.Module) -> bool:
         return False
     if type(module) is Conv2dTF:
         return module.bn is None and module.activation in (None, "relu", "relu6")
-    return (type(module) is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(module.padding, str)
-            and tuple(module.padding) == tuple(module.dilation))
+    return _plain_same_3x3(module)
+
+
+def _plain_same_3x3(conv: nn.Module) -> bool:
+    """A plain ``nn.Conv2d``, 3x3, stride 1, no groups, zero padding equal to its dilation (TF/Caffe 'same')."""
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and tuple(conv.padding) == tuple(conv.dilation))
 
 
 def _as_gemm(conv: nn.Conv2d) -> nn.Module:
@@ -71,14 +77,11 @@ def _branch_convs(module: nn.Module) -> list[nn.Conv2d] | None:
     if type(module).forward is not SummedBranches.forward:  # a subclass with its own forward sums otherwise
         return None
     branches = list(getattr(module, "branches", ()))
-    if not branches or not all(type(b) is nn.Conv2d for b in branches):
+    if not branches or not all(_plain_same_3x3(b) for b in branches):
         return None
     first = branches[0]
     for conv in branches:
-        if (conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.groups != 1
-                or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
-                or tuple(conv.padding) != tuple(conv.dilation)
-                or (conv.in_channels, conv.out_channels) != (first.in_channels, first.out_channels)
+        if ((conv.in_channels, conv.out_channels) != (first.in_channels, first.out_channels)
                 or (conv.bias is None) != (first.bias is None)):
             return None
     return branches
@@ -253,15 +256,5 @@ def gemm_where_faster(net: nn.Module, dtype: torch.dtype | None = None) -> list[
     """Replace, in place, every atrous convolution of ``net`` (a CPU inference copy in channels_last) whose shape
     :func:`probe_atrous` measures faster as a GEMM at ``dtype`` by :class:`AtrousSumGemm`; return the probes,
     one per distinct shape, each with ``modules``: how many convolutions of that shape were replaced."""
-    probes: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for parent in list(net.modules()):
-        for name, child in list(parent.named_children()):
-            if not is_atrous_conv(child):
-                continue
-            key = _probe_key(child, dtype)
-            if key not in probes:
-                probes[key] = {**probe_atrous(child, dtype), "modules": 0}
-            if probes[key]["choice"] == "gemm":
-                setattr(parent, name, _as_gemm(child))
-                probes[key]["modules"] += 1
-    return list(probes.values())
+    return replace_where_probed(net, is_atrous_conv, lambda conv: _probe_key(conv, dtype),
+                                lambda conv: probe_atrous(conv, dtype), "gemm", _as_gemm)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reproduce.kernel_probe import median_ms_interleaved
+from reproduce.kernel_probe import median_ms_interleaved, replace_where_probed
 
 __all__ = ["NCHWIsland", "is_dilated_depthwise", "nchw_where_faster", "probe_depthwise"]
 
@@ -87,15 +87,4 @@ def nchw_where_faster(net: nn.Module) -> list[dict[str, Any]]:
     """Wrap, in place, every dilated depthwise convolution of ``net`` (a CPU model already in channels_last) whose
     shape :func:`probe_depthwise` measures faster in NCHW; return the probes, one per distinct shape, each
     with ``modules``: how many convolutions of that shape were wrapped (0 where channels_last was kept)."""
-    probes: dict[tuple[int, ...], dict[str, Any]] = {}
-    for parent in list(net.modules()):
-        for name, child in list(parent.named_children()):
-            if not is_dilated_depthwise(child):
-                continue
-            key = _key(child)
-            if key not in probes:
-                probes[key] = {**probe_depthwise(child), "modules": 0}
-            if probes[key]["choice"] == "nchw":
-                setattr(parent, name, NCHWIsland(child))
-                probes[key]["modules"] += 1
-    return list(probes.values())
+    return replace_where_probed(net, is_dilated_depthwise, _key, probe_depthwise, "nchw", NCHWIsland)

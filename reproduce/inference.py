@@ -448,9 +448,10 @@ def predict_labels(lm: LoadedModel, x: torch.Tensor, config: InferenceConfig, ou
     average (TF's multi-scale inference).
     """
     h, w = out_size
+    x = x[:1]
     if _passes(lm, config) > 1:
         return labels_of(predict_probs(lm, x, config, out_size)[0])
-    (logits,) = _pass_logits(lm, x[:1], config)
+    (logits,) = _pass_logits(lm, x, config)
     return labels_of(logits[0, :, :h, :w])
 
 
