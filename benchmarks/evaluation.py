@@ -181,7 +181,7 @@ def run_eval(devices: list[torch.device], timing: Timing, *, batch: int, size: i
             sides = (375, 501) if pipeline_size >= 501 else (max(1, pipeline_size // 2), pipeline_size)
             pipeline = eval_pipeline_throughput(model=pipeline_model, images=pipeline_images, size=pipeline_size,
                                                 num_classes=num_classes, rounds=2, image_sizes=sides,
-                                                decode_modes=("thread", "processes"), crf=False, log=log)
+                                                decode_modes=("default", "processes"), crf=False, log=log)
         except Exception as exc:  # noqa: BLE001 - recorded, the suite goes on
             pipeline = failed(exc, model=pipeline_model)
     return {"confusion_matrix": cm_results, "crf": crf, "pipeline": pipeline, "timing": asdict(timing)}
@@ -189,8 +189,9 @@ def run_eval(devices: list[torch.device], timing: Timing, *, batch: int, size: i
 
 # ---------------------------------------------------------------------------------------- evaluation pipeline
 DECODE_MODES: dict[str, dict[str, int]] = {
+    "default": {},  # reproduce.evaluate's default (reproduce.evaluate.default_prefetch: inline or thread)
     "inline": {"workers": 0, "prefetch": 0},  # decode each image right before its forward (the sequential path)
-    "thread": {"workers": 0, "prefetch": 2},  # one decoding thread, 2 images ahead (reproduce.evaluate's default)
+    "thread": {"workers": 0, "prefetch": 2},  # one decoding thread, 2 images ahead
     "processes": {"workers": 2, "prefetch": 2},  # 2 DataLoader worker processes
 }
 
@@ -239,7 +240,7 @@ def _median(xs: list[float]) -> float:
 
 def eval_pipeline_throughput(*, model: str = "deeplabv3plus_resnet101", images: int = 8, size: int = 513,
                              rounds: int = 3, num_classes: int = 21, image_sizes: tuple[int, int] = (375, 501),
-                             decode_modes: tuple[str, ...] = ("inline", "thread", "processes"),
+                             decode_modes: tuple[str, ...] = ("default", "inline", "thread", "processes"),
                              crf_max_workers: int | None = None, crf_eval_workers: int | None = None,
                              crf: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Side by side in one process: forward only, the whole evaluation, dense CRF scaling, evaluation + CRF.
@@ -250,7 +251,8 @@ def eval_pipeline_throughput(*, model: str = "deeplabv3plus_resnet101", images: 
 
     (a) ``forward``: ``Segmenter.forward`` on the pre-decoded, preprocessed, padded ``1x3xSxS`` tensors;
     (b) ``eval[mode]``: ``reproduce.evaluate.evaluate`` (decode + preprocess + pad + forward + probabilities
-        at the label size + confusion matrix) with the decoding modes of :data:`DECODE_MODES`;
+        at the label size + confusion matrix) with the decoding modes of :data:`DECODE_MODES` (``default``:
+        as ``reproduce.evaluate`` runs without ``--prefetch``/``--workers``; ``default_decode`` says which);
     (c) ``crf[N]``: ``reproduce.crf.CRFPool`` with N = 1..``crf_max_workers`` processes (default: the usable
         cores) on the images and the model's probabilities (pools started before timing);
     (d) ``eval_crf``: the evaluation with ``--crf`` (``crf_eval_workers``, default the pool's default),
@@ -388,6 +390,7 @@ def eval_pipeline_throughput(*, model: str = "deeplabv3plus_resnet101", images: 
     record.update(rates=rates, ratios=ratios, checks=checks, crf_max_workers=max_workers,
                   crf_eval_workers=eval_workers, crf_params=crf_mod.RESNET101.to_dict() if crf else None,
                   decode_modes={m: DECODE_MODES[m] for m in decode_modes}, loadavg_at_end=_loadavg(),
+                  default_decode=ev.decode_mode(0, ev.default_prefetch(engine.lm.device)),
                   autogroup=_autogroup())
     # the keys the eval suite has always reported
     record.update(forward_images_per_s=rates["forward"]["images_per_s"],
@@ -402,7 +405,8 @@ def format_pipeline(record: dict[str, Any]) -> str:
     lines = [f"{record['model']} (random weights), pad {record['size']}, {record['images']} generated VOC-layout "
              f"images (JPEG + palette PNG, sides in {record['image_sizes']}), {record['rounds']} interleaved rounds; "
              f"engine: {record['engine']['precision']}, {record['engine']['memory_format']}, "
-             f"{record['engine']['torch_threads']} torch threads",
+             f"{record['engine']['torch_threads']} torch threads; reproduce.evaluate's default decoding here: "
+             f"{record.get('default_decode', '?')}",
              "", "| stage | images/s (median) | per round | CPU s / image | cores used |", "|---|---:|---|---:|---:|"]
     for name, r in record["rates"].items():
         lines.append(f"| {name} | {r['images_per_s']:.3f} | "

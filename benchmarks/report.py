@@ -753,6 +753,8 @@ def eval_section(groups, out: Path, plots: list[str]) -> str:
             continue
         modes = list(p.get("decode_modes") or {})
         decoding = f"decoding {modes[0]}" if modes else "decoding"
+        if modes and modes[0] == "default" and p.get("default_decode"):
+            decoding += f" ({p['default_decode']})"
         parts.append(f"\nEvaluation pipeline ({p['model']}, {p['protocol']} {p['size']}, {p['images']} generated "
                      f"VOC-sized JPEGs, {decoding}, median of {p['rounds']} "
                      f"interleaved rounds): forward only {_f(p['forward_images_per_s'], 3)} images/s, whole "

@@ -31,10 +31,11 @@ result, any other row with the plain one.
 
 The forward runs on :class:`reproduce.inference.Segmenter` (BatchNorm folded, channels_last, the
 precision ``--precision auto`` picks, ``torch.compile`` for long fixed-size runs with
-``--compile auto``). The stages overlap: decoding (image and label files, preprocessing, padding)
-runs ``--prefetch`` images ahead in a thread (or ``--workers`` processes), the forward and the
-metrics (one bincount per image into the confusion matrix) in the main thread, and the dense CRF
-in ``--crf-workers`` processes (default one per core, fewer when one image's CRF memory would not
+``--compile auto``). Decoding (image and label files, preprocessing, padding) runs right before
+each forward where the forward keeps every CPU core busy (a CPU run), else ``--prefetch`` images
+ahead in a thread (or in ``--workers`` processes); the forward and the metrics (one bincount per
+image into the confusion matrix) run in the main thread, and the dense CRF in ``--crf-workers``
+processes (default one per core, fewer when one image's CRF memory would not
 fit; see :mod:`reproduce.crf`) that take each image's probabilities as the forward produces them,
 at most ``--crf-memory-mb`` of them in flight; results are collected in order, so every setting
 gives the same matrices.
@@ -189,12 +190,39 @@ class EvalOptions:
     crf: bool = False
     crf_workers: int | None = None  # None: reproduce.crf.default_workers() for the first image; 0: in this process
     crf_max_bytes: int | None = None  # images in flight to the CRF workers; None: reproduce.crf.DEFAULT_MAX_BYTES
-    workers: int = 0  # decoding processes (DataLoader workers); 0: a decoding thread in this process
-    prefetch: int = 2  # images decoded ahead of the forward; 0: decode each right before its forward
+    workers: int = 0  # decoding processes (DataLoader workers); 0: decoding in this process
+    prefetch: int | None = None  # images decoded ahead; 0: each right before its forward; None: default_prefetch()
     classes: str = "present_in_gt"
     limit: int | None = None  # the first N images (N >= 1); None: the whole split
     progress: bool = True
     on_error: str = "error"  # "skip": unreadable samples are skipped and counted
+
+
+PREFETCH_AHEAD = 2  # images a decoding thread (or the DataLoader workers) keeps ready
+
+
+def default_prefetch(device: torch.device | str, threads: int | None = None) -> int:
+    """Images decoded ahead of the forward when none are asked for: 0 (each image decoded right
+    before its forward, in the main thread) where the forward runs on the CPU with a thread on every
+    usable core, :data:`PREFETCH_AHEAD` (a decoding thread) elsewhere (CUDA, or torch threads left free).
+
+    A decoding thread beside a forward that already keeps every core busy only takes turns with it:
+    on 2-core CPUs (AVX2 EPYC, AVX-512 Xeon with AMX) decoding in line measured 0.90-0.98 of the
+    forward-only rate, the thread 0.80-0.94 (``benchmarks/reports/eval-pipeline-*``).
+    """
+    from reproduce.crf import usable_cores
+
+    if torch.device(device).type != "cpu":
+        return PREFETCH_AHEAD
+    threads = torch.get_num_threads() if threads is None else threads
+    return 0 if threads >= usable_cores() else PREFETCH_AHEAD
+
+
+def decode_mode(workers: int, prefetch: int) -> str:
+    """How images are decoded, in words (the ``pipeline`` record of ``result.json``)."""
+    if workers > 0:
+        return f"{workers} processes"
+    return f"thread, {prefetch} ahead" if prefetch > 0 else "inline"
 
 
 def build_eval_dataset(name: str, root: str | Path, split: str, protocol: str, crop_size: int,
@@ -256,7 +284,8 @@ def _limited(dataset: Any, limit: int | None) -> int:
 
 def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions) -> dict[str, Any]:
     """Run ``model`` over ``dataset``; return ``{"plain": ConfusionMatrix, "crf": ConfusionMatrix | None, ...}``
-    (``"crf_workers"``: the CRF worker processes used, ``None`` without CRF).
+    (``"crf_workers"``: the CRF worker processes used, ``None`` without CRF; ``"decode"`` and
+    ``"prefetch"``: how images were decoded, see :func:`default_prefetch`).
 
     ``model`` is a :class:`~reproduce.inference.Segmenter` (the engine; a plain
     :class:`~reproduce.inference.LoadedModel` runs as it is, eager fp32). ``dataset`` yields
@@ -295,6 +324,9 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
     if isinstance(model, Segmenter) and model.want_compile(len(data), fixed_shape=fixed_shape):
         model.enable_compile(len(config.scales))
     data = _Guarded(data)
+    prefetch = options.prefetch
+    if prefetch is None:
+        prefetch = PREFETCH_AHEAD if options.workers > 0 else default_prefetch(lm.device)
     waiting: deque[np.ndarray] = deque()  # ground truth of images queued in the CRF pool, in order
     t0 = time.perf_counter()
     count, oversize = 0, 0
@@ -309,9 +341,9 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
         if options.workers > 0:
             loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=options.workers, collate_fn=_first,
                                 pin_memory=lm.device.type == "cuda", persistent_workers=False,
-                                prefetch_factor=max(1, math.ceil(max(options.prefetch, 1) / options.workers)))
-        elif options.prefetch > 0:
-            loader = _Prefetcher(data, options.prefetch)
+                                prefetch_factor=max(1, math.ceil(max(prefetch, 1) / options.workers)))
+        elif prefetch > 0:
+            loader = _Prefetcher(data, prefetch)
         else:
             loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=0, collate_fn=_first)
         batches = iter(loader)
@@ -365,7 +397,8 @@ def evaluate(model: LoadedModel | Segmenter, dataset: Any, options: EvalOptions)
             pool.close()
     return {"plain": plain, "crf": refined, "images": count, "oversize_images": oversize,
             "skipped": skipped, "seconds": time.perf_counter() - t0,
-            "crf_workers": pool.workers if pool is not None else (options.crf_workers if options.crf else None)}
+            "crf_workers": pool.workers if pool is not None else (options.crf_workers if options.crf else None),
+            "decode": decode_mode(options.workers, prefetch), "prefetch": prefetch}
 
 
 # ---------------------------------------------------------------------------------------- comparison
@@ -553,15 +586,21 @@ def build_parser() -> argparse.ArgumentParser:
                         f"eager; auto: for pad or warp runs of >= {COMPILE_MIN_IMAGES} images")
     r.add_argument("--amp", action="store_true", help="same as --precision fp16 (CUDA)")
     r.add_argument("--workers", type=int, default=0,
-                   help="decoding processes (DataLoader workers); default 0: one decoding thread in this process, "
-                        "which measured faster on small CPUs (benchmarks/evaluation.py)")
-    r.add_argument("--prefetch", type=int, default=2,
-                   help="images decoded ahead of the forward (default 2; 0: decode each just before its forward)")
+                   help="decoding processes (DataLoader workers); default 0: decoding in this process, which "
+                        "measured faster on small CPUs (benchmarks/evaluation.py)")
+    r.add_argument("--prefetch", type=int, default=None,
+                   help="images decoded ahead of the forward by a decoding thread (0: each decoded right before its "
+                        f"forward); default: 0 where the forward runs on the CPU with a thread per core (here "
+                        f"{_default_prefetch()}), else {PREFETCH_AHEAD}")
     r.add_argument("--compare-to", action="append", default=[], metavar="ROW",
                    help="published row: TABLE[INDEX] or TABLE:key=value,... (repeatable; see reproduce/tables)")
     r.add_argument("--out", type=Path, default=Path("results") / "eval", help="output folder (default results/eval)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _default_prefetch() -> int:
+    return default_prefetch("cpu")
 
 
 def _default_crf_workers() -> int:
@@ -580,7 +619,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as ``args`` say, write the outputs, return the result record."""
     from reproduce.datasets import DatasetError
 
-    if args.workers < 0 or args.prefetch < 0 or (args.crf_workers is not None and args.crf_workers < 0):
+    if args.workers < 0 or (args.prefetch is not None and args.prefetch < 0) or (args.crf_workers is not None and args.crf_workers < 0):
         raise InferenceError("--workers, --prefetch and --crf-workers must be >= 0")
     if args.crf_memory_mb is not None and args.crf_memory_mb < 1:
         raise InferenceError("--crf-memory-mb must be >= 1")
@@ -655,8 +694,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "oversize_images": out["oversize_images"],
             "device": device,
             "engine": engine.describe(),
-            "pipeline": {"decode": f"{args.workers} processes" if args.workers else "thread",
-                         "prefetch": args.prefetch, "crf_workers": out["crf_workers"]},
+            "pipeline": {"decode": out["decode"], "prefetch": out["prefetch"], "crf_workers": out["crf_workers"]},
             "on_error": args.on_error,
             "skipped_images": len(out["skipped"]),
             "skipped": out["skipped"],

@@ -475,6 +475,10 @@ def test_cli_on_error_skip_counts_in_the_result(tmp_path, v2_weights, capsys) ->
     run = _no_nan((out / "result.json").read_text())["run"]
     assert run["skipped_images"] == 1 and run["images"] == len(VAL_IDS) - 1
     assert run["engine"]["batchnorm_folded"] and run["engine"]["precision"] in ("fp32", "bf16")
+    # the decoding the run chose, as reproduce.evaluate.default_prefetch says for this CPU run
+    prefetch = ev.default_prefetch("cpu")
+    assert run["pipeline"]["prefetch"] == prefetch
+    assert run["pipeline"]["decode"] == ("inline" if prefetch == 0 else f"thread, {prefetch} ahead")
     assert "skipped (missing or unreadable): 1" in (out / "result.md").read_text()
 
 

@@ -105,6 +105,49 @@ def test_every_decoding_mode_gives_the_sequential_matrix(voc, workers, prefetch)
     np.testing.assert_array_equal(out["plain"].matrix, expected.matrix)
 
 
+def test_default_decodes_inline_where_the_cpu_forward_uses_every_core(monkeypatch) -> None:
+    from reproduce import crf
+
+    monkeypatch.setattr(crf, "usable_cores", lambda: 4)
+    assert ev.default_prefetch("cpu", threads=4) == 0 and ev.default_prefetch("cpu", threads=8) == 0
+    assert ev.default_prefetch("cpu", threads=3) == ev.PREFETCH_AHEAD == 2  # a core left for a decoding thread
+    assert ev.default_prefetch(torch.device("cuda", 0), threads=4) == 2  # the forward leaves the CPU free
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert ev.default_prefetch("cpu") == 0
+    assert [ev.decode_mode(0, 0), ev.decode_mode(0, 2), ev.decode_mode(3, 2)] == [
+        "inline", "thread, 2 ahead", "3 processes"]
+
+
+@pytest.mark.parametrize("threads_per_core", [True, False])
+def test_default_decoding_follows_the_rule_and_gives_the_sequential_matrix(voc, monkeypatch, threads_per_core):
+    from reproduce import crf
+
+    lm = pixel_model(seed=7)
+    expected, _, _ = _sequential(lm, voc)
+    cores = torch.get_num_threads() if threads_per_core else torch.get_num_threads() + 1
+    monkeypatch.setattr(crf, "usable_cores", lambda: cores)
+    started: list[int] = []
+
+    class Prefetcher(ev._Prefetcher):
+        def __init__(self, data, ahead):
+            started.append(ahead)
+            super().__init__(data, ahead)
+
+    monkeypatch.setattr(ev, "_Prefetcher", Prefetcher)
+    out = ev.evaluate(lm, ev.build_eval_dataset("voc12", voc, "val", "pad", 65),
+                      ev.EvalOptions(config=CONFIG, progress=False))
+    np.testing.assert_array_equal(out["plain"].matrix, expected.matrix)
+    if threads_per_core:  # no decoding thread: each image decoded right before its forward
+        assert (out["decode"], out["prefetch"], started) == ("inline", 0, [])
+    else:
+        assert (out["decode"], out["prefetch"], started) == ("thread, 2 ahead", 2, [2])
+    # DataLoader workers keep 2 images ahead by default
+    out = ev.evaluate(lm, ev.build_eval_dataset("voc12", voc, "val", "pad", 65),
+                      ev.EvalOptions(config=CONFIG, progress=False, workers=2))
+    assert (out["decode"], out["prefetch"]) == ("2 processes", 2)
+    np.testing.assert_array_equal(out["plain"].matrix, expected.matrix)
+
+
 def test_labels_are_argmax_with_its_tie_rule() -> None:
     gen = torch.Generator().manual_seed(0)
     probs = torch.randint(0, 3, (21, 37, 29), generator=gen).float()  # many ties: first maximum wins
