@@ -30,14 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from reproduce.kernel_probe import median_ms_interleaved, replace_where_probed
+from reproduce.kernel_probe import median_ms_interleaved, probed, replace_where_probed
 
 __all__ = ["AtrousSumGemm", "fuse_atrous_sums", "gemm_where_faster", "is_atrous_conv", "is_atrous_sum",
            "probe_atrous"]
 
 GEMM_MARGIN = 0.8  # the GEMM is chosen only when clearly faster (timing noise on a shared VM is 5-30 %)
 PROBE_SIZES = (33, 65)  # the feature maps of a 513x513 input at output stride 16 and 8 (larger where a rate needs it)
-_PROBES: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
 def is_atrous_conv(module: nn.Module) -> bool:
@@ -231,10 +230,13 @@ def probe_atrous(conv: nn.Conv2d, dtype: torch.dtype | None = None, *, rounds: i
     a rate needs more for every tap to see the input). The GEMM is chosen only where it takes at most
     ``GEMM_MARGIN`` of the convolution's time at both sizes: which kernel wins can change with the map (a
     512-channel rate-4 conv in bf16 on an AMX CPU: GEMM 0.88x at 33x33, 2.2x at 65x65). The 65x65 probe runs
-    only where the GEMM won at 33x33. Memoised per shape and dtype for the process."""
-    key = _probe_key(conv, dtype)
-    if key in _PROBES:
-        return _PROBES[key]
+    only where the GEMM won at 33x33. Kept per shape, dtype and thread count for the process and on disk for the
+    machine (:func:`reproduce.kernel_probe.probed`)."""
+    kind = f"atrous-gemm margin={GEMM_MARGIN} sizes={','.join(map(str, PROBE_SIZES))}"
+    return probed(kind, _probe_key(conv, dtype), lambda: _measure_atrous(conv, dtype, rounds), ("conv", "gemm"))
+
+
+def _measure_atrous(conv: nn.Conv2d, dtype: torch.dtype | None, rounds: int) -> dict[str, Any]:
     cin, cout, dilation = conv.in_channels, conv.out_channels, tuple(conv.dilation)
     result: dict[str, Any] = {"in_channels": cin, "out_channels": cout, "dilation": list(dilation),
                               "dtype": str(dtype or torch.float32).replace("torch.", ""), "sizes": [],
@@ -248,7 +250,6 @@ def probe_atrous(conv: nn.Conv2d, dtype: torch.dtype | None = None, *, rounds: i
             break
     else:
         result["choice"] = "gemm"
-    _PROBES[key] = result
     return result
 
 

@@ -22,13 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from reproduce.kernel_probe import median_ms_interleaved, replace_where_probed
+from reproduce.kernel_probe import median_ms_interleaved, probed, replace_where_probed
 
 __all__ = ["NCHWIsland", "is_dilated_depthwise", "nchw_where_faster", "probe_depthwise"]
 
 NCHW_MARGIN = 0.8  # NCHW is chosen only when clearly faster (timing noise on a shared VM is 5-30 %)
 PROBE_SIZE = 33  # the feature map of a 513x513 input at output stride 16
-_PROBES: dict[tuple[int, ...], dict[str, Any]] = {}
 
 
 class NCHWIsland(nn.Module):
@@ -58,11 +57,14 @@ def _key(conv: nn.Conv2d) -> tuple[int, ...]:
 
 def probe_depthwise(conv: nn.Conv2d, *, rounds: int = 3) -> dict[str, Any]:
     """Time ``conv``'s shape (a fresh copy with random weights, 1 x C x 33 x 33) in channels_last and as an
-    :class:`NCHWIsland`, interleaved, on the CPU; memoised per shape for the process. Torch's global random
-    state is not used (the engine is built in the user's process)."""
-    key = _key(conv)
-    if key in _PROBES:
-        return _PROBES[key]
+    :class:`NCHWIsland`, interleaved, on the CPU; kept per shape for the process and on disk for the machine
+    (:func:`reproduce.kernel_probe.probed`). Torch's global random state is not used (the engine is built in the
+    user's process)."""
+    kind = f"depthwise-nchw margin={NCHW_MARGIN} size={PROBE_SIZE}"
+    return probed(kind, _key(conv), lambda: _measure_depthwise(conv, rounds), ("nchw", "channels_last"))
+
+
+def _measure_depthwise(conv: nn.Conv2d, rounds: int) -> dict[str, Any]:
     c, (kh, kw), (dh, dw) = conv.in_channels, conv.kernel_size, conv.dilation
     gen = torch.Generator().manual_seed(0)
     probe = nn.utils.skip_init(nn.Conv2d, c, c, (kh, kw), stride=conv.stride, dilation=(dh, dw), groups=c,
@@ -76,11 +78,9 @@ def probe_depthwise(conv: nn.Conv2d, *, rounds: int = 3) -> dict[str, Any]:
     with torch.inference_mode():
         ms = median_ms_interleaved({"channels_last": lambda: probe(x), "nchw": lambda: island(x)}, rounds)
     cl, nchw = ms["channels_last"], ms["nchw"]
-    result = {"channels": c, "kernel": [kh, kw], "stride": list(conv.stride), "dilation": [dh, dw],
-              "size": PROBE_SIZE, "channels_last_ms": round(cl, 3), "nchw_ms": round(nchw, 3),
-              "choice": "nchw" if nchw <= NCHW_MARGIN * cl else "channels_last"}
-    _PROBES[key] = result
-    return result
+    return {"channels": c, "kernel": [kh, kw], "stride": list(conv.stride), "dilation": [dh, dw],
+            "size": PROBE_SIZE, "channels_last_ms": round(cl, 3), "nchw_ms": round(nchw, 3),
+            "choice": "nchw" if nchw <= NCHW_MARGIN * cl else "channels_last"}
 
 
 def nchw_where_faster(net: nn.Module) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ from converters.errors import DeeplabError
 from reference_models.preprocessing import CAFFE_DEEPLAB_V2, Preprocessing
 from reproduce.atrous_gemm import fuse_atrous_sums, gemm_where_faster
 from reproduce.depthwise_layout import nchw_where_faster
+from reproduce.kernel_probe import probe_cache_file
 
 __all__ = [
     "InferenceError",
@@ -337,6 +338,41 @@ def _resize_ac(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
+def _window_1d(n_in: int, n_out: int, start: int, stop: int) -> tuple[int, int, int, int] | None:
+    """Outputs ``[start, stop)`` of an align_corners resize ``n_in -> n_out`` as a resize of inputs ``[i0, i1)`` to
+    ``m`` outputs, of which they are ``[offset, offset + stop - start)``: ``(i0, i1, m, offset)``. Only where the
+    two sample the same source coordinates exactly: the same size, or ``n_out - 1`` a power-of-two multiple ``f``
+    of ``n_in - 1`` (513 from 33, 65 or 129; 321 from 41), where every coordinate ``j / f`` is exact in float;
+    else ``None``."""
+    if n_in == n_out:
+        return start, stop, stop - start, 0
+    if n_in < 2 or n_out <= n_in or (n_out - 1) % (n_in - 1):
+        return None
+    f = (n_out - 1) // (n_in - 1)
+    if f & (f - 1):
+        return None
+    i0, i1 = start // f, min(n_in - 1, -(-(stop - 1) // f))
+    if i1 == i0:  # at least two source points: torch takes another path for a 1 -> 1 resize
+        i0, i1 = (i0, i0 + 1) if i0 + 1 < n_in else (i0 - 1, i0)
+    return i0, i1 + 1, f * (i1 - i0) + 1, start - f * i0
+
+
+def _resize_window_ac(x: torch.Tensor, size: Sequence[int], rows: tuple[int, int],
+                      cols: tuple[int, int]) -> torch.Tensor:
+    """``_resize_ac(x, size)[..., r0:r1, c0:c1]``, computing only the window where it samples the same source
+    coordinates with the same weights (:func:`_window_1d`; an NCHW-contiguous ``x``, as :meth:`Segmenter.forward`
+    returns). The labels of a VOC image padded to 513 need ~70 % of the map. The values equal the full resize's
+    to the last bit or two: torch's kernel vectorises along the width, so the rounding of an element can depend
+    on where it falls in a row (measured: <= 2e-6 of the largest value, tests/test_evaluate_pipeline.py)."""
+    wr = _window_1d(x.shape[-2], size[0], *rows)
+    wc = _window_1d(x.shape[-1], size[1], *cols)
+    if wr is None or wc is None or not x.is_contiguous():
+        return _resize_ac(x, size)[..., rows[0]:rows[1], cols[0]:cols[1]]
+    (r0, r1, m, dr), (c0, c1, n, dc) = wr, wc
+    out = _resize_ac(x[..., r0:r1, c0:c1], (m, n))
+    return out[..., dr:dr + rows[1] - rows[0], dc:dc + cols[1] - cols[0]]
+
+
 def pad_bottom_right(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Pad an NCHW *preprocessed* tensor at the bottom/right to at least ``size`` with 0.
 
@@ -385,11 +421,19 @@ def _passes(lm: LoadedModel, config: InferenceConfig) -> int:
     return (2 if config.flip else 1) * (1 if lm.family == "deeplab_v2" else len(config.scales))
 
 
-def _pass_logits(lm: LoadedModel, x: torch.Tensor, config: InferenceConfig) -> Iterator[torch.Tensor]:
-    """Each forward's logits ``(N, C, H, W)`` at the size of ``x``, a flipped pass's flipped back."""
+def _pass_logits(lm: LoadedModel, x: torch.Tensor, config: InferenceConfig,
+                 crop: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
+    """Each forward's logits ``(N, C, H, W)`` at the size of ``x``, a flipped pass's flipped back; with ``crop``
+    ``(h, w)``, their top-left ``h x w`` only, resized for that window only (:func:`_resize_window_ac`)."""
     x = x.to(lm.device)
     H, W = x.shape[-2:]
     flips = (False, True) if config.flip else (False,)
+    h, w = crop if crop is not None else (H, W)
+
+    def resized(out: torch.Tensor, flipped: bool) -> torch.Tensor:
+        if not flipped:
+            return _resize_window_ac(out, (H, W), (0, h), (0, w))
+        return _resize_window_ac(out, (H, W), (0, h), (W - w, W)).flip(-1)  # the mirror's right-hand w columns
     if lm.family == "deeplab_v2":
         if tuple(config.scales) != (1.0,):
             raise InferenceError(
@@ -397,16 +441,14 @@ def _pass_logits(lm: LoadedModel, x: torch.Tensor, config: InferenceConfig) -> I
                 f"for multi-scale, not scales {config.scales}"
             )
         for flipped, out in zip(flips, _forward_flips(lm, x, config.flip, config.amp)):
-            logits = _resize_ac(out, (H, W))
-            yield logits.flip(-1) if flipped else logits
+            yield resized(out, flipped)
         return
     stride = lm.logits_stride
     for s in config.scales:
         xs = x if s == 1.0 else _resize_ac(x, (scale_dimension(H, s), scale_dimension(W, s)))
         grid = (scale_dimension(H, max(1.0, s) / stride), scale_dimension(W, max(1.0, s) / stride))
         for flipped, out in zip(flips, _forward_flips(lm, xs, config.flip, config.amp)):
-            logits = _resize_ac(_resize_ac(out, grid), (H, W))
-            yield logits.flip(-1) if flipped else logits
+            yield resized(_resize_ac(out, grid), flipped)
 
 
 @torch.no_grad()
@@ -417,24 +459,37 @@ def predict_probs(lm: LoadedModel, x: torch.Tensor, config: InferenceConfig, out
     ``(h, w)``, the top-left corner of ``x``. Several forwards (scales, flips) average their softmax.
     """
     total = None
-    for logits in _pass_logits(lm, x, config):
+    for logits in _pass_logits(lm, x, config, crop=out_size):
         probs = torch.softmax(logits, dim=1)  # per pixel over the classes: commutes with the flip back
         total = probs if total is None else total + probs
     n = _passes(lm, config)
     probs = total / n if n > 1 else total  # x / 1 == x: no pass over C x H x W for one forward
-    h, w = out_size
-    return probs[..., :h, :w].contiguous()
+    return probs.contiguous()
 
 
 def labels_of(scores: torch.Tensor) -> torch.Tensor:
     """``scores.argmax(0)`` of ``(C, H, W)`` scores as uint8 (the first maximum on ties, as argmax), the cheap way.
 
-    On the CPU torch's argmax over the leading dim of a ``(C, H, W)`` tensor is ~4x slower than numpy's
-    (a strided reduction); numpy's gives the same indices.
+    On the CPU torch's argmax over the leading dim of a ``(C, H, W)`` tensor is a strided reduction, ~3x slower
+    than numpy's single-threaded one, which is ~2x slower than a running maximum over the classes on torch's
+    threads (a VOC label map, 21 classes, 2 threads: 40, 13 and 7 ms). The running maximum takes a class only
+    where it is strictly greater, so the first maximum wins, as in argmax; where a score is NaN (argmax takes
+    the first NaN) numpy's argmax answers instead.
     """
-    if scores.device.type == "cpu":
+    if scores.shape[0] > 256:
+        raise InferenceError(f"{scores.shape[0]} classes do not fit a uint8 label map")
+    if scores.device.type != "cpu":
+        return scores.argmax(0).to(torch.uint8)
+    best = scores[0].clone(memory_format=torch.contiguous_format)
+    labels = torch.zeros(scores.shape[1:], dtype=torch.uint8)
+    better = torch.empty(scores.shape[1:], dtype=torch.bool)
+    for c in range(1, scores.shape[0]):
+        torch.gt(scores[c], best, out=better)
+        torch.maximum(best, scores[c], out=best)
+        labels.masked_fill_(better, c)
+    if best.isnan().any():  # maximum propagates NaN
         return torch.from_numpy(scores.numpy().argmax(0).astype(np.uint8))
-    return scores.argmax(0).to(torch.uint8)
+    return labels
 
 
 @torch.no_grad()
@@ -451,8 +506,8 @@ def predict_labels(lm: LoadedModel, x: torch.Tensor, config: InferenceConfig, ou
     x = x[:1]
     if _passes(lm, config) > 1:
         return labels_of(predict_probs(lm, x, config, out_size)[0])
-    (logits,) = _pass_logits(lm, x, config)
-    return labels_of(logits[0, :, :h, :w])
+    (logits,) = _pass_logits(lm, x, config, crop=(h, w))
+    return labels_of(logits[0])
 
 
 def run_image(lm: LoadedModel, image_rgb: np.ndarray, config: InferenceConfig) -> torch.Tensor:
@@ -701,6 +756,8 @@ class Segmenter:
       run in NCHW (:mod:`reproduce.depthwise_layout`; the probes in :meth:`describe`), and atrous 3x3
       convolutions that a probe at the engine's precision measures faster as one GEMM plus shifted adds run
       that way (:func:`reproduce.atrous_gemm.gemm_where_faster`: the ASPP branches in bf16 on an AMX CPU);
+      the verdicts are kept on disk per machine kind (:mod:`reproduce.kernel_probe`, ``probe_cache`` in
+      :meth:`describe`), so only the first engine built on a machine times them;
     * ``precision="auto"``: see :func:`choose_precision` (the choice and the reason are in
       :attr:`precision` / :attr:`precision_reason` and :meth:`describe`);
     * ``compile=True``: ``torch.compile`` (inductor, with weight freezing) of the fused model, for the
@@ -760,9 +817,11 @@ class Segmenter:
         self.depthwise_probes: list[dict[str, Any]] = []
         # and atrous convs it runs slower than their GEMM form (bf16 ASPP branches on AMX: measured per shape)
         self.atrous_probes: list[dict[str, Any]] = []
+        self.probe_cache: Path | None = None  # where the probes' verdicts are kept for this machine
         if fuse and dev.type == "cpu" and self._format == torch.channels_last:
             self.depthwise_probes = nchw_where_faster(self.net)
             self.atrous_probes = gemm_where_faster(self.net, _AUTOCAST_DTYPES.get(self.precision))
+            self.probe_cache = probe_cache_file()
         self.lm = dataclasses.replace(source, model=self.net, device=dev, runner=self.forward)
         self._compile_request = compile
         self.compiled = False
@@ -861,7 +920,8 @@ class Segmenter:
                 "depthwise_nchw": self.depthwise_nchw,
                 "depthwise_probes": [dict(p) for p in self.depthwise_probes],
                 "atrous_convs_as_gemm": self.atrous_convs_as_gemm,
-                "atrous_probes": [dict(p) for p in self.atrous_probes], "compiled": self.compiled,
+                "atrous_probes": [dict(p) for p in self.atrous_probes],
+                "probe_cache": None if self.probe_cache is None else str(self.probe_cache), "compiled": self.compiled,
                 "compile_cache": None if self.cache_dir is None else str(self.cache_dir),
                 "compiled_shapes": [list(shape) for shape in self.compiled_shapes],
                 "forwards": dict(self.forwards),

@@ -23,6 +23,11 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
         os.environ[_var] = "1"
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
+# The engine keeps its kernel probes' verdicts on disk per machine (reproduce.kernel_probe); tests fake some
+# verdicts, so no test (or process a test starts) reads or writes the user's file. The cache's own tests set a
+# folder of their own.
+os.environ["DEEPLAB_PROBE_CACHE"] = "off"
+
 
 # Folders the session-scoped fixtures make under the base temp folder start with this; the others a test
 # module's fixtures make (a release tree, a dataset) are deleted when the module ends, so the slow suite's

@@ -12,7 +12,7 @@ from torch import nn
 from reference_models import build_model
 from reference_models.deeplab_v2 import VGGASPP, ASPPv2, SummedBranches
 from reference_models.tf_ops import Conv2dTF
-from reproduce import atrous_gemm
+from reproduce import atrous_gemm, kernel_probe
 from reproduce.atrous_gemm import AtrousSumGemm, fuse_atrous_sums, gemm_where_faster, is_atrous_conv, is_atrous_sum
 from reproduce.inference import Segmenter
 
@@ -204,7 +204,7 @@ def test_the_gemm_must_win_at_both_map_sizes(at_33, at_65, choice, monkeypatch) 
         return at_33 if size == 33 else at_65
 
     monkeypatch.setattr(atrous_gemm, "_time_both", fake)
-    monkeypatch.setattr(atrous_gemm, "_PROBES", {})
+    monkeypatch.setattr(kernel_probe, "_MEMORY", {})
     result = atrous_gemm.probe_atrous(nn.Conv2d(8, 8, 3, padding=4, dilation=4))
     assert result["choice"] == choice and timed == ([33, 65] if at_65 else [33]) == result["sizes"]
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from reference_models import build_model
 from reference_models.tf_ops import Conv2dTF
-from reproduce import depthwise_layout
+from reproduce import depthwise_layout, kernel_probe
 from reproduce.depthwise_layout import NCHWIsland, is_dilated_depthwise, nchw_where_faster, probe_depthwise
 from reproduce.inference import Segmenter
 
@@ -19,7 +19,7 @@ from reproduce.inference import Segmenter
 def always(monkeypatch):
     """Make the probe's verdict deterministic: ``always("nchw")`` or ``always("channels_last")``."""
     def set_choice(choice: str) -> None:
-        monkeypatch.setattr(depthwise_layout, "_PROBES", {})  # no verdict of another test is reused
+        monkeypatch.setattr(kernel_probe, "_MEMORY", {})  # no verdict of another test is reused
         monkeypatch.setattr(depthwise_layout, "NCHW_MARGIN", 1e9 if choice == "nchw" else 0.0)
     return set_choice
 
@@ -72,7 +72,7 @@ def test_channels_last_is_kept_where_not_faster(always) -> None:
 
 
 def test_probe_measures_both_layouts_once_per_shape(monkeypatch) -> None:
-    monkeypatch.setattr(depthwise_layout, "_PROBES", {})
+    monkeypatch.setattr(kernel_probe, "_MEMORY", {})
     conv = nn.Conv2d(32, 32, 3, padding=4, dilation=4, groups=32)
     rng = torch.get_rng_state()
     first = probe_depthwise(conv)

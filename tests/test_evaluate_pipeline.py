@@ -154,6 +154,59 @@ def test_labels_are_argmax_with_its_tie_rule() -> None:
     got = labels_of(probs)
     assert got.dtype == torch.uint8
     torch.testing.assert_close(got, probs.argmax(0).to(torch.uint8), rtol=0, atol=0)
+    # a view (the top-left crop of a padded map), infinities, 182 classes
+    scores = torch.randn(182, 64, 70, generator=gen)
+    scores[5, :3] = float("inf")
+    scores[7, :2] = float("inf")
+    scores[:, 10] = float("-inf")
+    view = scores[:, 4:60, :50]
+    assert torch.equal(labels_of(view), view.argmax(0).to(torch.uint8))
+    assert torch.equal(labels_of(scores), torch.from_numpy(scores.numpy().argmax(0).astype(np.uint8)))
+
+
+def test_labels_with_nan_scores_are_numpys_argmax() -> None:
+    scores = torch.randn(21, 9, 11, generator=torch.Generator().manual_seed(3))
+    scores[4, 2, 3] = scores[9, 2, 3] = scores[0, 5, 5] = scores[20, 8, 10] = float("nan")
+    got = labels_of(scores)
+    assert torch.equal(got, torch.from_numpy(scores.numpy().argmax(0).astype(np.uint8)))
+    assert (got[2, 3], got[5, 5], got[8, 10]) == (4, 0, 20)  # argmax takes the first NaN
+
+
+@pytest.mark.parametrize("n_in,n_out", [(129, 513), (65, 513), (33, 513), (41, 321), (17, 17), (30, 513), (33, 97)])
+def test_windowed_resize_gives_the_full_resizes_numbers(n_in, n_out) -> None:
+    """The labels and probabilities resize only the window they keep (the image inside its padding); where the
+    window's source coordinates are the full resize's exactly (power-of-two factors) the numbers are the same up
+    to the kernel's last-bit rounding, elsewhere (and for a channels_last input) it is the full resize."""
+    from reproduce.inference import _resize_ac, _resize_window_ac, _window_1d
+
+    gen = torch.Generator().manual_seed(n_in)
+    x = torch.randn(1, 5, n_in, n_in + 2, generator=gen) * 10
+    f, exact = divmod(n_out - 1, n_in - 1)
+    size = (n_out, f * (n_in + 1) + 1 if exact == 0 else n_out + 2)  # columns: the same factor as the rows
+    windowed = exact == 0 and f & (f - 1) == 0
+
+    def _same(got: torch.Tensor, want: torch.Tensor, windowed: bool) -> None:
+        assert got.shape == want.shape
+        if windowed and fmt == torch.contiguous_format:
+            assert float((got - want).abs().max()) <= 2e-6 * float(full.abs().max())
+        else:  # the full resize, sliced
+            assert torch.equal(got, want)
+    for fmt in (torch.contiguous_format, torch.channels_last):  # channels_last: the full resize (its own rounding)
+        xf = x.contiguous(memory_format=fmt)
+        full = _resize_ac(xf, size)
+        for rows, cols in [((0, size[0]), (0, size[1])), ((0, 375 % size[0] + 1), (0, 500 % size[1] + 1)),
+                           ((3, size[0] - 5), (size[1] - 9, size[1])), ((7, 8), (0, 1)),
+                           ((size[0] - 1, size[0]), (2, 3))]:
+            _same(_resize_window_ac(xf, size, rows, cols), full[..., rows[0]:rows[1], cols[0]:cols[1]], windowed)
+        for _ in range(20):  # random windows
+            r0, r1 = sorted(torch.randint(0, size[0] + 1, (2,), generator=gen).tolist())
+            c0, c1 = sorted(torch.randint(0, size[1] + 1, (2,), generator=gen).tolist())
+            rows, cols = (r0, max(r1, r0 + 1)), (c0, max(c1, c0 + 1))
+            if rows[1] <= size[0] and cols[1] <= size[1]:
+                _same(_resize_window_ac(xf, size, rows, cols), full[..., rows[0]:rows[1], cols[0]:cols[1]], windowed)
+    assert (_window_1d(n_in, n_out, 0, n_out // 2) is None) == (not windowed)
+    assert _window_1d(n_in + 2, size[1], 0, 1) == ((0, 2, f + 1, 0) if windowed and f > 1 else
+                                                    (0, 1, 1, 0) if f == 1 else None)
 
 
 def test_prefetcher_keeps_order_raises_in_place_and_stops() -> None:
