@@ -39,15 +39,34 @@ class Preprocessing:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def apply(self, image_rgb: np.ndarray) -> torch.Tensor:
-        """HxWx3 uint8 RGB image -> 1x3xHxW float32 tensor following the contract."""
-        img = np.asarray(image_rgb, dtype=np.float32)
+    def apply(self, image_rgb: np.ndarray, pad_to: tuple[int, int] | None = None) -> torch.Tensor:
+        """HxWx3 uint8 RGB image -> 1x3xHxW float32 tensor following the contract.
+
+        ``pad_to``: padded at the bottom/right to at least that ``(height, width)`` with 0, the mean after
+        preprocessing (the official pad value). Each channel is written in place into the (padded) output,
+        ``(x * scale - mean) / std`` in float32 in that order, as numpy computes it (the same bits; a multiply
+        by 1 and a divide by 1 are left out, which changes no bit).
+        """
+        img = np.asarray(image_rgb)
+        if img.dtype != np.uint8:
+            img = img.astype(np.float32, copy=False)  # any float array (training transforms), as before
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 image, got shape {img.shape}")
-        if self.channel_order == "BGR":
-            img = img[..., ::-1]
-        img = (img * self.scale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+        h, w = img.shape[:2]
+        size = (max(h, pad_to[0]), max(w, pad_to[1])) if pad_to is not None else (h, w)
+        out = torch.empty((1, 3, *size), dtype=torch.float32) if size == (h, w) else torch.zeros((1, 3, *size))
+        src = torch.from_numpy(img if all(st >= 0 for st in img.strides) else np.ascontiguousarray(img))
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        scale = float(np.float32(self.scale))
+        for c in range(3):  # c counts in channel_order
+            dst = out[0, c, :h, :w]
+            dst.copy_(src[..., 2 - c if self.channel_order == "BGR" else c])
+            if scale != 1.0:
+                dst.mul_(scale)
+            dst.sub_(float(mean[c]))
+            if std[c] != 1.0:
+                dst.div_(float(std[c]))
+        return out
 
 
 # DeepLab v2 Caffe releases: BGR, mean 104.008/116.669/122.675 subtracted, no scaling.

@@ -388,10 +388,8 @@ def pad_bottom_right(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def prepare_input(image_rgb: np.ndarray, preprocessing: Preprocessing, config: InferenceConfig) -> torch.Tensor:
     """RGB uint8 HWC -> 1x3xHxW float tensor, preprocessed and padded as ``config.protocol`` says."""
-    x = preprocessing.apply(image_rgb)
-    if config.protocol == "pad":
-        x = pad_bottom_right(x, (config.crop_size, config.crop_size))
-    return x
+    pad_to = (config.crop_size, config.crop_size) if config.protocol == "pad" else None
+    return preprocessing.apply(image_rgb, pad_to=pad_to)  # padded as it is written: no second copy
 
 
 def _forward(lm: LoadedModel, x: torch.Tensor, amp: bool) -> torch.Tensor:
