@@ -44,6 +44,7 @@ from torch import nn
 
 from converters.errors import DeeplabError
 from reference_models.preprocessing import CAFFE_DEEPLAB_V2, Preprocessing
+from reproduce import user_cache_dir
 from reproduce.atrous_gemm import fuse_atrous_sums, gemm_where_faster
 from reproduce.depthwise_layout import nchw_where_faster
 from reproduce.kernel_probe import probe_cache_file
@@ -571,8 +572,7 @@ def inductor_cache_dir() -> Path:
 
         if os.path.abspath(theirs) != os.path.abspath(default_cache_dir()):
             return Path(theirs).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deeplab-repro" / "inductor"
+    return user_cache_dir("inductor")
 
 
 def use_inductor_cache_dir() -> Path:

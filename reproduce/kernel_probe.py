@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from reproduce import user_cache_dir
+
 __all__ = ["median_ms_interleaved", "probe_cache_file", "probed", "replace_where_probed"]
 
 PROBE_CACHE_ENV = "DEEPLAB_PROBE_CACHE"
@@ -58,11 +60,8 @@ def probe_cache_file() -> Path | None:
     folder = os.environ.get(PROBE_CACHE_ENV)
     if folder is not None and folder.strip().lower() in ("off", "0", "none", ""):
         return None
-    if not folder:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        folder = os.path.join(base, "deeplab-repro", "probes")
     digest = hashlib.sha256(json.dumps(machine(), sort_keys=True).encode()).hexdigest()[:16]
-    return Path(folder).expanduser() / f"{digest}.json"
+    return (Path(folder).expanduser() if folder else user_cache_dir("probes")) / f"{digest}.json"
 
 
 def _read(path: Path) -> dict[str, dict[str, Any]]:
