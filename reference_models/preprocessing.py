@@ -54,7 +54,9 @@ class Preprocessing:
             raise ValueError(f"expected an HxWx3 image, got shape {img.shape}")
         h, w = img.shape[:2]
         size = (max(h, pad_to[0]), max(w, pad_to[1])) if pad_to is not None else (h, w)
-        out = torch.empty((1, 3, *size), dtype=torch.float32) if size == (h, w) else torch.zeros((1, 3, *size))
+        out = torch.empty((1, 3, *size), dtype=torch.float32)
+        out[..., h:, :].zero_()  # the padding only: the image's pixels are written below
+        out[..., :h, w:].zero_()
         src = torch.from_numpy(img if all(st >= 0 for st in img.strides) else np.ascontiguousarray(img))
         mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
         scale = float(np.float32(self.scale))
