@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from reproduce.kernel_probe import PROBE_CACHE_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Parity against BVLC Caffe itself needs a Debian 11 root with python3-caffe: `tox -e caffe` runs it
@@ -26,7 +28,7 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 # The engine keeps its kernel probes' verdicts on disk per machine (reproduce.kernel_probe); tests fake some
 # verdicts, so no test (or process a test starts) reads or writes the user's file. The cache's own tests set a
 # folder of their own.
-os.environ["DEEPLAB_PROBE_CACHE"] = "off"
+os.environ[PROBE_CACHE_ENV] = "off"
 
 
 # Folders the session-scoped fixtures make under the base temp folder start with this; the others a test

@@ -162,6 +162,8 @@ def test_labels_are_argmax_with_its_tie_rule() -> None:
     view = scores[:, 4:60, :50]
     assert torch.equal(labels_of(view), view.argmax(0).to(torch.uint8))
     assert torch.equal(labels_of(scores), torch.from_numpy(scores.numpy().argmax(0).astype(np.uint8)))
+    with pytest.raises(InferenceError, match="257 classes do not fit a uint8 label map"):
+        labels_of(torch.zeros(257, 2, 2))
 
 
 def test_labels_with_nan_scores_are_numpys_argmax() -> None:

@@ -146,7 +146,7 @@ def test_a_second_engine_process_reads_the_first_ones_probes(tmp_path) -> None:
         print(json.dumps({k: info[k] for k in ("atrous_probes", "depthwise_probes", "probe_cache",
                                                  "atrous_convs_as_gemm", "depthwise_nchw")}))
     """)
-    env = {**os.environ, "DEEPLAB_PROBE_CACHE": str(tmp_path / "probes"), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, kernel_probe.PROBE_CACHE_ENV: str(tmp_path / "probes"), "PYTHONPATH": str(REPO)}
     runs = []
     for _ in range(2):
         done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
