@@ -10,8 +10,11 @@ No download is possible or needed. Three parts (``--parts``):
    train the real recipe for a few iterations on a generated miniature VOC in the real layout,
    evaluate (with and without dense CRF) and print the table beside the published 76.35 / 77.69.
    The numbers of a miniature mean nothing; the steps are the real ones.
-3. ``learn``: a tiny DeepLab v3+ trained for about a minute on generated shapes reaches
-   mIoU >= 0.9 on held-out images: the training code learns.
+3. ``learn``: a tiny DeepLab v3+ trained for 300 iterations (about a minute on 2 cores) on generated
+   shapes reaches mIoU >= 0.9 on held-out images: the training code learns.
+
+Each part is a function taking its settings (``parity_part``, ``story``, ``learn``); the module's constants
+are what the demo runs, and tests/test_demo.py runs each function on tiny settings.
 
 The real thing: ``reproduce/voc_v2.sh --data-root data --models-dir data/models`` (see README).
 """
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from converters.cli import run_main
@@ -30,13 +34,19 @@ from converters.errors import DeeplabError
 
 REPO = Path(__file__).resolve().parent.parent
 
-# (release, Caffe topology, classes, input size)
+# The demo's settings, what `python -m reproduce.demo` runs; tests/test_demo.py runs each part on tiny ones.
+# Part 1: (release, Caffe topology, classes, input size)
 CASES = (
     ("voc12", "resnet101_msc", 21, (321, 321)),
     ("coco_init", "resnet101_init", 91, (321, 321)),
     ("vgg16_voc12", "vgg16_aspp", 21, (321, 321)),
 )
 MAX_REL, MIN_AGREE = 2e-3, 0.999
+# Part 2: the command a user runs (a script under reproduce/ runs with bash); `--out DIR` is appended
+STORY_COMMAND = ("reproduce/voc_v2.sh", "--smoke")
+# Part 3: the tiny v3+ config, its training length, the held-out images and the mIoU they must reach
+LEARN_CONFIG = REPO / "reproduce" / "configs" / "deeplabv3plus_tiny-shapes-64.yaml"
+LEARN_ITERATIONS, LEARN_HELD_OUT, LEARN_MIN_MIOU = 300, 100, 0.9
 
 
 def run_case(release: str, topo: str, classes: int, size: tuple[int, int], workdir: Path) -> dict:
@@ -83,14 +93,22 @@ def run_case(release: str, topo: str, classes: int, size: tuple[int, int], workd
     }
 
 
-def story(workdir: Path) -> bool:
-    """Part 2: the VOC v2 reproduction script end to end on generated data."""
-    print("\n== 2/3 the reproduction story in miniature: reproduce/voc_v2.sh --smoke", flush=True)
+def story(workdir: Path, command: Sequence[str] = STORY_COMMAND) -> bool:
+    """Part 2: a reproduction recipe end to end on generated data (default: ``reproduce/voc_v2.sh --smoke``).
+
+    ``command`` runs from the repository root with ``--out <workdir>/story`` appended; passes when it exits 0
+    and writes ``report.md`` there, which is printed.
+    """
+    shown = " ".join(command)
+    print(f"\n== 2/3 the reproduction story in miniature: {shown}", flush=True)
     print("   (official-format init.caffemodel -> convert -> train -> evaluate with/without CRF -> table)\n",
           flush=True)
-    proc = subprocess.run(["bash", str(REPO / "reproduce" / "voc_v2.sh"), "--smoke", "--out", str(workdir / "voc_v2")],
-                          capture_output=True, text=True)
-    report = workdir / "voc_v2" / "report.md"
+    out = (workdir / "story").resolve()   # the command runs in the repository root
+    argv = [*command, "--out", str(out)]
+    if argv[0].endswith(".sh"):
+        argv = ["bash", *argv]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    report = out / "report.md"
     if proc.returncode != 0 or not report.is_file():
         print(proc.stdout[-3000:] + proc.stderr[-3000:])
         print("   the miniature reproduction FAILED")
@@ -101,8 +119,10 @@ def story(workdir: Path) -> bool:
     return True
 
 
-def learn(workdir: Path) -> bool:
-    """Part 3: a tiny model trained on generated shapes reaches mIoU >= 0.9 on held-out images."""
+def learn(workdir: Path, *, config: Path = LEARN_CONFIG, iterations: int = LEARN_ITERATIONS,
+          held_out: int = LEARN_HELD_OUT, min_miou: float = LEARN_MIN_MIOU) -> bool:
+    """Part 3: the tiny model of ``config`` trained ``iterations`` steps on generated shapes; passes when its
+    mIoU on ``held_out`` shapes images the training never saw is at least ``min_miou``."""
     import torch
 
     from converters.io import load_state_dict
@@ -110,25 +130,27 @@ def learn(workdir: Path) -> bool:
     from reproduce.metrics import ConfusionMatrix
     from reproduce.shapes import ShapesDataset
 
-    print("\n== 3/3 training learns: a tiny DeepLab v3+ on generated shapes (about a minute on 2 cores)", flush=True)
-    cfg = T.load_config(REPO / "reproduce" / "configs" / "deeplabv3plus_tiny-shapes-64.yaml")
-    cfg.update(progress=False, tensorboard=False)
+    print(f"\n== 3/3 training learns: a tiny DeepLab v3+ on generated shapes ({iterations} iterations)", flush=True)
+    cfg = T.apply_overrides(T.load_config(config),
+                            {"progress": False, "tensorboard": False, "solver.iterations": iterations})
     t0 = time.perf_counter()
     final = T.train(cfg, workdir / "shapes")
     model = T.build_model(cfg)
     model.load_state_dict(load_state_dict(final))
     model.eval()
     pre = T.build_preprocessing(cfg)
-    held_out = ShapesDataset(length=100, seed=12345, size=64, num_classes=4)  # training images use another seed
-    cm = ConfusionMatrix(4)
+    shapes = cfg.data.kwargs
+    # training images come from the config's seed; these from another
+    images = ShapesDataset(length=held_out, seed=12345, size=shapes["size"], num_classes=shapes["num_classes"])
+    cm = ConfusionMatrix(cfg.model.num_classes)
     with torch.no_grad():
-        for i in range(len(held_out)):
-            image, label, _ = held_out[i]
+        for i in range(len(images)):
+            image, label, _ = images[i]
             cm.update(model.predict(pre.apply(image))[0], torch.from_numpy(label))
     miou = cm.compute()["miou"]
-    ok = miou >= 0.9
-    print(f"   held-out mIoU {100 * miou:.1f} % after {time.perf_counter() - t0:.0f} s of training "
-          f"(threshold 90 %): {'yes' if ok else 'NO'}")
+    ok = miou >= min_miou
+    print(f"   held-out mIoU {100 * miou:.1f} % on {held_out} images after {time.perf_counter() - t0:.0f} s of "
+          f"training (threshold {100 * min_miou:g} %): {'yes' if ok else 'NO'}")
     return ok
 
 
@@ -180,12 +202,15 @@ def run(args: argparse.Namespace) -> None:
         raise DeeplabError("demo: some parts failed (see above)")
 
 
-def parity_part(workdir: Path, out: Path) -> bool:
-    """Part 1: official-format caffemodels -> PyTorch, checked against OpenCV's Caffe engine."""
+def parity_part(workdir: Path, out: Path, cases: Sequence[tuple[str, str, int, tuple[int, int]]] = CASES) -> bool:
+    """Part 1: official-format caffemodels -> PyTorch, checked against OpenCV's Caffe engine.
+
+    ``cases``: (release, Caffe topology, classes, input size) each; the report goes to ``out`` (JSON).
+    """
     print("== 1/3 official-format DeepLab v2 caffemodels -> PyTorch, checked against OpenCV's Caffe engine")
     print("   (random weights in the official format; README: converting the real releases)\n", flush=True)
     rows = []
-    for case in CASES:
+    for case in cases:
         print(f"  {case[0]}: writing a {case[1]} caffemodel, converting, running both engines ...", flush=True)
         rows.append(run_case(*case, workdir))
     header = f"{'release':<13} {'architecture':<25} {'MB':>6} {'input':>8} {'output':>16} {'max rel diff':>13} " \
