@@ -234,6 +234,14 @@ def _source_present(rel: Any, source: Path) -> bool:
     return Path(f"{source}.index").is_file() if release_format(rel) == "tf" else source.is_file()
 
 
+def eval_precision(args: argparse.Namespace, official: bool) -> str | None:
+    """The evaluations' precision: ``--precision``; an official recipe's ``--amp`` is fp16; else None
+    (``reproduce.evaluate``'s default, fp32). A train recipe's ``--amp`` is for the training only."""
+    if getattr(args, "precision", None):
+        return args.precision
+    return "fp16" if official and getattr(args, "amp", False) else None
+
+
 def evaluate_variants(variants: Sequence[Any], ev: EvalCfg, *, weights: Path, model: str | None, root: Path,
                       out: Path, device: str, workers: int | None, crf_workers: int | None, precision: str | None,
                       smoke_crop: int | None, step: Steps) -> list[Path]:
@@ -399,7 +407,7 @@ def run_train_recipe(cfg: Config, args: argparse.Namespace) -> int:
     ev = apply_overrides(cfg, {"eval.dataset": ev.dataset or cfg.data.dataset}).eval
     dirs = evaluate_variants(variants, ev, weights=final, model=None, root=data, out=out,
                              device=device, workers=workers,
-                             crf_workers=args.crf_workers, precision=args.precision,
+                             crf_workers=args.crf_workers, precision=eval_precision(args, official=False),
                              smoke_crop=cfg.smoke.eval_crop if args.smoke and cfg.smoke else None, step=steps)
     steps("report")
     report = write_report(out, r.title + note, dirs, _train_summary(run))
@@ -442,7 +450,7 @@ def run_official_recipe(rec: OfficialRecipe, args: argparse.Namespace) -> int:
     dirs = evaluate_variants(rec.eval.variants, rec.eval, weights=weights, model=rel.arch,
                              root=data_root, out=out, device=device, workers=workers,
                              crf_workers=getattr(args, "crf_workers", None),
-                             precision=args.precision or ("fp16" if getattr(args, "amp", False) else None),
+                             precision=eval_precision(args, official=True),
                              smoke_crop=smoke_crop, step=steps)
     steps("report")
     write_report(out, (rec.report_title or rec.title) + note, dirs)

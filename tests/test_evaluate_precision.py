@@ -233,3 +233,60 @@ def test_report_marks_a_result_evaluated_at_another_precision(voc, tiny_weights,
     for part in (bf16_part, old_part):
         table_row = next(line for line in part.splitlines() if line.startswith("| deeplab_v3plus_xception65"))
         assert "**ours at bf16, not the reference's fp32**" in table_row
+
+
+# ------------------------------------------------------------------------------ the recipes
+@pytest.mark.parametrize("name", ["voc_v3plus", "voc_v3plus_official"])
+def test_recipes_evaluate_at_fp32_unless_asked_and_amp_is_not_the_evaluation_precision(name, monkeypatch,
+                                                                                        tmp_path) -> None:
+    from reproduce import recipe
+
+    rec = recipe.load_recipe(name)
+    parser = recipe.build_parser(name, rec)
+    official = isinstance(rec, recipe.OfficialRecipe)
+    variants = rec.eval.variants
+    ev_cfg = rec.eval
+    calls: list[list[str]] = []
+    monkeypatch.setattr(recipe, "_call", lambda what, fn, argv: calls.append(argv))
+
+    def precision_of(argv: list[str]) -> str | None:
+        chosen = recipe.eval_precision(parser.parse_args(argv), official)
+        calls.clear()
+        recipe.evaluate_variants(variants[:1], ev_cfg, weights=tmp_path / "w.pth", model=None, root=tmp_path,
+                                 out=tmp_path, device="cpu", workers=None, crf_workers=None, precision=chosen,
+                                 smoke_crop=None, step=lambda *_: None)
+        (argv_ev,) = calls
+        assert "--amp" not in argv_ev
+        return argv_ev[argv_ev.index("--precision") + 1] if "--precision" in argv_ev else None
+
+    assert precision_of([]) is None  # reproduce.evaluate's default: fp32
+    assert precision_of(["--precision", "bf16"]) == "bf16"
+    assert precision_of(["--amp"]) == ("fp16" if official else None)  # a train recipe's --amp is for training
+    assert "default fp32" in " ".join(parser.format_help().split())
+
+
+# ------------------------------------------------------------------------------ eval_every
+def test_eval_every_scores_in_fp32_with_tf32_off_and_records_it(tmp_path, monkeypatch) -> None:
+    from benchmarks._common import REPO
+    from reproduce import train as T
+    from reproduce.training import loop
+
+    cfg = T.apply_overrides(T.load_config(REPO / "reproduce/configs/deeplabv3plus_tiny-shapes-64.yaml"), {
+        "progress": False, "tensorboard": False, "solver.iterations": 1, "solver.batch_size": 2,
+        "data.kwargs.size": 32, "augment.crop_size": 32,
+        "eval": {"dataset": "shapes", "split": "val", "protocol": "whole",
+                 "kwargs": {"length": 2, "seed": 99, "size": 32, "num_classes": 4}}})
+    weights = T.train(cfg, tmp_path / "run")
+    seen: list[bool] = []
+    real_load = inference.load_model
+
+    def load(*args, **kwargs):
+        lm = real_load(*args, **kwargs)
+        lm.model.register_forward_hook(lambda *_: seen.append(float32_math_state()["tf32"]))
+        return lm
+
+    monkeypatch.setattr(inference, "load_model", load)
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    result = loop.evaluate_weights(cfg, weights, torch.device("cpu"))
+    assert result["precision"] == "fp32" and result["images"] == 2
+    assert seen == [False, False]
