@@ -94,6 +94,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        # the process's fp32 math settings (TF32 on CUDA); the fp32 rows themselves run IEEE fp32 (autocast_for)
+        "float32_math": _float32_math(),
         # other users of the machine show up here; a loaded machine gives slower, noisier numbers
         "loadavg_at_start": load,
         "git": git_info(),
@@ -105,6 +107,12 @@ def environment(device: torch.device) -> dict[str, Any]:
         env["gpu_capability"] = f"{props.major}.{props.minor}"
         env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     return env
+
+
+def _float32_math() -> dict[str, Any]:
+    from reproduce.inference import float32_math_state
+
+    return {**float32_math_state(), "fp32_rows": "IEEE fp32, TF32 off (reproduce.inference.float32_math)"}
 
 
 def _slug(text: str) -> str:
@@ -251,9 +259,13 @@ def precision_skip_reason(precision: str, device: torch.device) -> str | None:
 
 @contextmanager
 def autocast_for(precision: str, device: torch.device):
-    """fp32: nothing; bf16/fp16: ``torch.autocast`` on ``device`` with that dtype."""
+    """fp32: IEEE fp32 (TF32 off for convolutions and matmuls on a GPU, :func:`reproduce.inference.float32_math`);
+    bf16/fp16: ``torch.autocast`` on ``device`` with that dtype."""
     if precision == "fp32":
-        yield
+        from reproduce.inference import float32_math
+
+        with float32_math("fp32"):
+            yield
     else:
         with torch.autocast(device_type=device.type, dtype=DTYPES[precision]):
             yield

@@ -4,7 +4,8 @@ One *row* is one model at one input size (batch 1, random input, random weights,
 variants are timed **interleaved** (round-robin, one call each per round, alternating order) and
 compared by their medians, so a busy neighbour slows them alike:
 
-* ``eager``: the model as built, fp32, NCHW, ``torch.inference_mode`` (what a plain user runs);
+* ``eager``: the model as built, fp32 (TF32 off on a GPU), NCHW, ``torch.inference_mode`` (what a plain user
+  runs);
 * ``engine``: :class:`reproduce.inference.Segmenter` with its defaults (BatchNorm folded,
   channels_last, ``precision="auto"``); the result records the precision auto chose and is held to
   that dtype's ceiling;
@@ -60,6 +61,7 @@ from benchmarks.inference import (
     measure_best_ceiling,
     raise_ceiling_if_beaten,
 )
+from reproduce.inference import float32_math
 
 ENGINE_VARIANTS = ("eager", "engine", "compile", "bf16")
 VARIANT_LABELS = {"eager": "plain eager fp32 NCHW", "engine": "engine default", "compile": "engine + compile",
@@ -209,7 +211,8 @@ def same_network_check(peer: nn.Module, ours_name: str, x: torch.Tensor, num_cla
     if how is None:
         return skipped(f"no importer in converters/peers maps this builder's state dict onto {ours_name}: a "
                        "different network, timed side by side only", ours=ours_name)
-    with torch.inference_mode():
+    ours = ours.to(x.device)  # built and loaded on the CPU; the peer and x are on the row's device (CUDA too)
+    with torch.inference_mode(), float32_math("fp32"):
         a, b = peer(x), DictOut(ours.eval())(x)
     return {"status": "ok", "ours": ours_name, **how, **agreement(b, a),
             "max_abs_diff": float((a.float() - b.float()).abs().max()) if a.shape == b.shape else None}
@@ -341,7 +344,7 @@ def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx
     untimed_bf16: tuple[dict[str, Any], torch.Tensor] | None = None
 
     def eager(model=model, x=x) -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), float32_math("fp32"):  # fp32 that is fp32: TF32 off on a GPU
             return model(x)
 
     fns["eager"] = eager
@@ -390,11 +393,11 @@ def run_row(name: str, size: tuple[int, int], externals: Sequence[External], ctx
         x_cl = x.contiguous(memory_format=torch.channels_last)
 
         def run_peer(peer=peer) -> torch.Tensor:
-            with torch.inference_mode():
+            with torch.inference_mode(), float32_math("fp32"):
                 return peer(x)
 
         def run_peer_cl(peer_cl=peer_cl, x_cl=x_cl) -> torch.Tensor:
-            with torch.inference_mode():
+            with torch.inference_mode(), float32_math("fp32"):
                 return peer_cl(x_cl)
 
         for variant, fn in (("external", run_peer), ("external_cl", run_peer_cl)):
@@ -477,11 +480,11 @@ def run_external_row(ext: External, size: tuple[int, int], ctx: RowContext) -> d
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
     def eager() -> Any:
-        with torch.inference_mode():
+        with torch.inference_mode(), float32_math("fp32"):
             return model(x)
 
     def channels_last() -> Any:
-        with torch.inference_mode():
+        with torch.inference_mode(), float32_math("fp32"):
             return cl(x_cl)
 
     fns = {"external": eager, "external_cl": channels_last}

@@ -173,13 +173,17 @@ def measure_conv_ceiling(device: torch.device, precision: str, shape: tuple, tim
 
 
 def measure_best_ceiling(device: torch.device, precision: str, timing: Timing, *, quick: bool) -> dict[str, Any]:
-    """The best (median) FLOP/s over several matmul sizes and the models' conv shapes; every kernel is kept."""
-    kernels = [measure_ceiling(device, precision, n, timing)
-               for n in (CEILING_MATMULS[:2] if quick else CEILING_MATMULS)]
-    for k in kernels:
-        k["kernel"] = f"matmul {k['n']}"
-    kernels += [measure_conv_ceiling(device, precision, shape, timing)
-                for shape in (CEILING_CONVS[:2] if quick else CEILING_CONVS)]
+    """The best (median) FLOP/s over several matmul sizes and the models' conv shapes; every kernel is kept.
+    fp32 kernels run in IEEE fp32 (TF32 off on a GPU), as the fp32 rows they are the ceiling of."""
+    from reproduce.inference import float32_math
+
+    with float32_math(precision):
+        kernels = [measure_ceiling(device, precision, n, timing)
+                   for n in (CEILING_MATMULS[:2] if quick else CEILING_MATMULS)]
+        for k in kernels:
+            k["kernel"] = f"matmul {k['n']}"
+        kernels += [measure_conv_ceiling(device, precision, shape, timing)
+                    for shape in (CEILING_CONVS[:2] if quick else CEILING_CONVS)]
     best = max(kernels, key=lambda k: k["tflops_median"])
     return {"precision": precision, "tflops_median": best["tflops_median"], "tflops_best": best["tflops_best"],
             "n": best.get("n"), "kernel": best["kernel"], "source": "kernels",

@@ -34,7 +34,7 @@ MIB = 1 << 20
 
 def classify(record: dict[str, Any]) -> str | None:
     """``inference``/``train``/``convert``/``eval``/``reproduction`` or ``None`` for an unknown JSON."""
-    if record.get("suite") in ("inference", "train", "convert", "eval", "engine"):
+    if record.get("suite") in ("inference", "train", "convert", "eval", "engine", "precision"):
         return record["suite"]
     if record.get("format") == _ENGINE_ROW_FORMAT:
         return "engine_row"
@@ -103,7 +103,7 @@ def _variant(r: dict[str, Any]) -> str:
 
 def environment_section(groups: dict[str, list[tuple[Path, dict[str, Any]]]]) -> str:
     rows = []
-    for kind in ("engine", "inference", "train", "convert", "eval"):
+    for kind in ("engine", "inference", "train", "convert", "eval", "precision"):
         for path, rec in groups.get(kind, []):
             env = rec.get("environment", {})
             git = env.get("git") or {}
@@ -768,10 +768,44 @@ def eval_section(groups, out: Path, plots: list[str]) -> str:
 _ROW_ID = re.compile(r"^(?P<table>[\w.-]+)\[(?P<index>\d+)\]$")
 
 
+def precision_section(groups) -> str:
+    """The ``precision`` suite: bf16 and fp16 against fp32 in mIoU and argmax agreement, per model and protocol."""
+    recs = groups.get("precision", [])
+    if not recs:
+        return ""
+    from benchmarks.precision import table
+
+    parts = ["## The cost of bf16 and fp16 in mIoU\n",
+             "Models trained here on generated shapes, evaluated on held-out scenes by the evaluation code at each "
+             "precision (fp32: IEEE, TF32 off; bf16/fp16: autocast). Δ = mIoU − fp32's mIoU in percentage points; "
+             "agreement = share of pixels whose label equals fp32's (labelled pixels; all pixels).\n"]
+    for path, rec in recs:
+        for m in rec.get("models", []):
+            t, plan = m.get("training") or {}, m.get("plan") or {}
+            parts.append(f"- `{path.name}` **{m['model']}** ({t.get('model')}): {t.get('init')} init, trained "
+                         f"{t.get('iterations')} iterations of {t.get('batch')} at {t.get('crop')} px"
+                         + (f" in {t['seconds']:.0f} s" if t.get("seconds") else " (a finished run, reused)")
+                         + f"; held-out scenes of {plan.get('eval_size')} px, pad protocol crop "
+                         f"{plan.get('pad_crop')}, scales {plan.get('scales')}")
+        parts.append("\n" + table(rec))
+    return "\n".join(parts)
+
+
+def reproduction_precision(run: dict[str, Any]) -> tuple[str, bool]:
+    """``(precision, reference)`` of a ``result.json`` run: ``run.precision`` (recorded since evaluations run fp32 by
+    default), else the engine's (older results ran ``auto``: bf16 on AMX CPUs and most GPUs)."""
+    rec = run.get("precision")
+    if isinstance(rec, dict) and rec.get("name"):
+        return str(rec["name"]), bool(rec.get("reference"))
+    name = (run.get("engine") or {}).get("precision")
+    return (str(name), False) if name else ("not recorded", False)
+
+
 def reproduction_section(groups) -> str:
     recs = groups.get("reproduction", [])
     if not recs:
         return ""
+    from reproduce.evaluate import MarkedRow
     from reproduce.tables import METRICS, load_tables, render_comparison
 
     tables = load_tables()
@@ -780,9 +814,11 @@ def reproduction_section(groups) -> str:
         run = rec.get("run", {})
         model = (run.get("model") or {}).get("name", "?")
         dataset = run.get("dataset") or {}
+        precision, reference = reproduction_precision(run)
         parts.append(f"**{model}** on {dataset.get('name', '?')} {dataset.get('split', '')} "
                      f"(`{path.name}`: {run.get('images', '?')} images, protocol {run.get('protocol', '?')}, "
-                     f"scales {run.get('scales', '?')}, flip {run.get('flip', '?')})\n")
+                     f"scales {run.get('scales', '?')}, flip {run.get('flip', '?')}, precision "
+                     + (f"{precision})\n" if reference else f"**{precision}**: not the reference's fp32)\n"))
         entries = []
         for c in rec.get("comparison", []):
             m = _ROW_ID.match(str(c.get("row", "")))
@@ -790,7 +826,8 @@ def reproduction_section(groups) -> str:
             if table is None or int(m["index"]) >= len(table.rows):
                 continue
             measured = (rec.get("results") or {}).get(c.get("compared_with", "plain"))
-            entries.append((table.rows[int(m["index"])], measured))
+            row = table.rows[int(m["index"])]
+            entries.append((row if reference else MarkedRow(row, precision), measured))
         if entries:
             metrics = [k for k in METRICS if any(k in row.metrics for row, _ in entries)] or ["miou"]
             parts.append(render_comparison(entries, metrics))
@@ -813,7 +850,7 @@ def render(paths: list[Path], out: Path, title: str | None = None) -> Path:
     plots: list[str] = []
     sections = [environment_section(groups), engine_section(groups, out, plots), inference_section(groups, out, plots),
                 train_section(groups, out, plots), convert_section(groups, out, plots),
-                eval_section(groups, out, plots), reproduction_section(groups)]
+                eval_section(groups, out, plots), precision_section(groups), reproduction_section(groups)]
     files = expand_inputs(paths)
     named = ", ".join(f"`{p.name}`" for p in files[:12]) + (f" and {len(files) - 12} more" if len(files) > 12 else "")
     text = f"# {title or 'Benchmark report'}\n\nGenerated by `python -m benchmarks.report` from {named}.\n\n" + \

@@ -12,6 +12,8 @@ Suites::
     python -m benchmarks.run --suite engine [--models A,B] [--sizes 321,513] [--variants eager,engine,compile,bf16]
                              [--external MODULE:FACTORY[=OURS,...] ...] [--external-path DIR ...] [--resume]
                              [--quick]
+    python -m benchmarks.run --suite precision [--models tiny,r101] [--precision fp32,bf16,fp16]
+                             [--setting r101.iterations=N ...] [--workdir DIR] [--quick]
 
 The engine suite writes one JSON per model and size, as each completes, into
 ``--out-dir/engine-rows-<device>-<cpu>-<threads>t/``; ``--resume`` skips the rows already there,
@@ -48,7 +50,7 @@ from benchmarks.inference import PEERS, Grid, Timing
 from converters.cli import program_name, run_main
 from converters.errors import DeeplabError, UsageError
 
-SUITES = ("inference", "train", "convert", "eval", "engine")
+SUITES = ("inference", "train", "convert", "eval", "engine", "precision")
 FULL_TIMING = Timing(warmup=2, repeats=10, min_seconds=2.0, max_seconds=60.0)
 QUICK_TIMING = Timing(warmup=1, repeats=3, min_seconds=0.0, max_seconds=5.0)
 
@@ -99,9 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min-seconds", type=float, default=None, help="minimum timed seconds per point (default 2)")
     t.add_argument("--max-seconds", type=float, default=None,
                    help="stop timing a point after this many seconds, >= 3 samples (default 60, quick 5)")
-    c = p.add_argument_group("convert / eval")
+    c = p.add_argument_group("convert / eval / precision")
     c.add_argument("--workdir", type=Path, default=REPO / "data" / "benchmarks",
-                   help="convert: where generated model files go (default: data/benchmarks)")
+                   help="convert: where generated model files go; precision: its trained models go in "
+                        "WORKDIR/precision, a finished one is reused (default: data/benchmarks)")
+    c.add_argument("--setting", action="append", default=[], metavar="MODEL.FIELD=VALUE",
+                   help="precision: a model's plan (benchmarks/precision.py Plan: iterations, batch, train_size, "
+                        "eval_size, pad_crop, images, msc_images, scales, precisions), e.g. r101.iterations=10 "
+                        "(repeatable)")
     c.add_argument("--crf-workers", type=int, default=0, help="eval: CRF worker processes up to N (default: CPUs)")
     return p
 
@@ -229,8 +236,21 @@ def suite_engine(args: argparse.Namespace, device: torch.device, log) -> dict[st
                       num_classes=args.num_classes, progress=not args.quiet, log=log)
 
 
+def suite_precision(args: argparse.Namespace, device: torch.device, log) -> dict[str, Any]:
+    from benchmarks import precision
+
+    if device.type != "cpu":
+        raise ValueError("precision: measured on the CPU (bf16/fp16 numerics carry over; use --device cpu)")
+    models = parse_list(args.models, choices=precision.MODELS, what="precision model") or (
+        ["tiny"] if args.quick else list(precision.MODELS))
+    precisions = parse_list(args.precision, choices=precision.PRECISIONS, what="precision") or \
+        list(precision.PRECISIONS)
+    plans = precision.plans_with(args.setting, models, quick=args.quick)
+    return precision.run_precision(models, precisions, plans, args.workdir / "precision", log=log)
+
+
 SUITE_FUNCS = {"inference": suite_inference, "train": suite_train, "convert": suite_convert, "eval": suite_eval,
-               "engine": suite_engine}
+               "engine": suite_engine, "precision": suite_precision}
 
 
 def main(argv: list[str] | None = None) -> int:

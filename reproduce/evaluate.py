@@ -29,11 +29,12 @@ from the CRF output, so both rows are reported from one inference run. Results: 
 difference). A ``--compare-to`` row whose settings say ``crf: true`` is compared with the CRF
 result, any other row with the plain one.
 
-The forward runs on :class:`reproduce.inference.Segmenter` (BatchNorm folded, channels_last, the
-precision ``--precision auto`` picks, ``torch.compile`` for long fixed-size runs with
-``--compile auto``). Decoding (image and label files, preprocessing, padding) runs right before
-each forward where the forward keeps every CPU core busy (a CPU run), else ``--prefetch`` images
-ahead in a thread (or in ``--workers`` processes); the forward and the metrics (one bincount per
+The forward runs on :class:`reproduce.inference.Segmenter` (BatchNorm folded, channels_last,
+``torch.compile`` for long fixed-size runs with ``--compile auto``) at the reference implementations'
+precision, IEEE fp32 (TF32 off on CUDA), on every machine unless ``--precision`` asks for another
+(``auto``, ``tf32``, ``bf16``, ``fp16``): ``result.json`` (``run.precision``) and ``result.md`` say which ran.
+Decoding (image and label files, preprocessing, padding) runs right before each forward where
+the forward keeps every CPU core busy (a CPU run), else ``--prefetch`` images ahead in a thread (or in ``--workers`` processes); the forward and the metrics (one bincount per
 image into the confusion matrix) run in the main thread, and the dense CRF in ``--crf-workers``
 processes (default one per core, fewer when one image's CRF memory would not
 fit; see :mod:`reproduce.crf`) that take each image's probabilities as the forward produces them,
@@ -70,8 +71,10 @@ import torch
 from converters.cli import program_name, run_main
 from reproduce.inference import (
     COMPILE_MIN_IMAGES,
+    EVAL_PRECISION,
     MEMORY_FORMAT_HELP,
     MEMORY_FORMATS,
+    PRECISION_HELP,
     PRECISIONS,
     PROTOCOLS,
     InferenceConfig,
@@ -456,15 +459,31 @@ def _scores(cm: Any, classes: str) -> dict[str, Any]:
     }
 
 
-def comparison(rows: Sequence[Any], results: dict[str, dict[str, Any] | None]) -> tuple[list[dict], str]:
-    """Pair each row with the plain or CRF result (by the row's ``crf`` setting); JSON records + Markdown."""
+class MarkedRow:
+    """A published row whose setting cell says that ours ran at another precision than the reference's fp32 (the
+    comparison tables of ``result.md`` and of ``benchmarks.report``)."""
+
+    def __init__(self, row: Any, precision: str) -> None:
+        self._row, self._precision = row, precision
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._row, name)
+
+    def describe(self) -> str:
+        return f"{self._row.describe()}; **ours at {self._precision}, not the reference's fp32**".lstrip("; ")
+
+
+def comparison(rows: Sequence[Any], results: dict[str, dict[str, Any] | None],
+               precision: str | None = None) -> tuple[list[dict], str]:
+    """Pair each row with the plain or CRF result (by the row's ``crf`` setting); JSON records + Markdown.
+    ``precision``: ours ran at this precision, not the reference's fp32 (marked beside each published number)."""
     from reproduce.tables import METRICS, render_comparison
 
     entries, records = [], []
     for row in rows:
         variant = "crf" if row.settings.get("crf") is True else "plain"
         measured = results.get(variant)
-        entries.append((row, measured))
+        entries.append((row if precision is None else MarkedRow(row, precision), measured))
         record = {"row": row.id, "setting": row.describe(), "source": row.source, "compared_with": variant}
         for m in METRICS:
             if m in row.metrics:
@@ -474,6 +493,25 @@ def comparison(rows: Sequence[Any], results: dict[str, dict[str, Any] | None]) -
         records.append(record)
     metrics = [m for m in METRICS if any(m in r.metrics for r in rows)] or ["miou"]
     return records, render_comparison(entries, metrics) if entries else ""
+
+
+def precision_record(engine: Segmenter) -> dict[str, Any]:
+    """``run.precision`` of ``result.json``: what the forwards ran in, whether it is the reference's (IEEE fp32)."""
+    math = engine.float32_math()
+    reference = engine.precision == EVAL_PRECISION and not math["tf32"]
+    return {"name": engine.precision, "reason": engine.precision_reason, "tf32": math["tf32"],
+            "reference": reference}
+
+
+def precision_line(precision: dict[str, Any] | None) -> str:
+    """The ``result.md`` line on the precision (a record without one predates this field: it ran ``auto``)."""
+    if not precision:
+        return "- precision: not recorded (a result written before evaluations ran fp32 by default)"
+    name = precision["name"]
+    if precision.get("reference"):
+        return f"- precision: {name} (the reference's; TF32 off)"
+    return (f"- precision: **{name}** ({precision.get('reason')}), not the reference's fp32: the numbers may differ "
+            "from an fp32 evaluation")
 
 
 def _markdown(result: dict[str, Any], table: str) -> str:
@@ -487,6 +525,7 @@ def _markdown(result: dict[str, Any], table: str) -> str:
         f"- images: {run['images']}, classes averaged: {run['classes']}, device: {run['device']}, "
         f"{run['seconds']:.1f} s" + (f", skipped (missing or unreadable): {run['skipped_images']}"
                                      if run.get("skipped_images") else ""),
+        precision_line(run.get("precision")),
         "",
         "| variant | pixel acc | mean acc | mIoU | FWIoU |",
         "|---|---:|---:|---:|---:|",
@@ -577,14 +616,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes averaged into mIoU (see reproduce/metrics.py; default present_in_gt)")
     r = parser.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
-    r.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto (default: bf16 only where native and faster, fp16/bf16 on CUDA, else fp32), "
-                        "fp32, bf16, fp16")
+    r.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help=f"default {EVAL_PRECISION}, the reference's precision, on every device (TF32 off on CUDA; "
+                        f"--amp: fp16); the others are opt-ins, recorded in result.json and marked in result.md. "
+                        f"{PRECISION_HELP}")
     r.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto", help=MEMORY_FORMAT_HELP)
     r.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help=f"torch.compile (inductor, frozen weights) for the first image's size, other sizes run "
                         f"eager; auto: for pad or warp runs of >= {COMPILE_MIN_IMAGES} images")
-    r.add_argument("--amp", action="store_true", help="same as --precision fp16 (CUDA)")
+    r.add_argument("--amp", action="store_true", help="same as --precision fp16 (CUDA; an opt-in, not the reference)")
     r.add_argument("--workers", type=int, default=0,
                    help="decoding processes (DataLoader workers); default 0: decoding in this process, which "
                         "measured faster on small CPUs (benchmarks/evaluation.py)")
@@ -654,7 +694,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              + (f" left ({len(missing)} skipped: files missing)" if missing else ""))
     from reproduce.predict import resolve_weights
 
-    precision = "fp16" if args.amp and args.precision == "auto" else args.precision
+    precision = args.precision or ("fp16" if args.amp else EVAL_PRECISION)
     engine = Segmenter(resolve_weights(args.weights, args.models_dir), model=args.model,
                        num_classes=args.num_classes, output_stride=args.output_stride, device=device,
                        precision=precision, memory_format=args.memory_format,
@@ -675,7 +715,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise InferenceError(str(e)) from None
     results = {"plain": _scores(out["plain"], args.classes),
                "crf": _scores(out["crf"], args.classes) if out["crf"] is not None else None}
-    records, table = comparison(rows, results)
+    precision_run = precision_record(engine)
+    records, table = comparison(rows, results, None if precision_run["reference"] else precision_run["name"])
     from reproduce.crf import RESNET101
 
     result = {
@@ -693,6 +734,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "images": out["images"],
             "oversize_images": out["oversize_images"],
             "device": device,
+            "precision": precision_run,
             "engine": engine.describe(),
             "pipeline": {"decode": out["decode"], "prefetch": out["prefetch"], "crf_workers": out["crf_workers"]},
             "on_error": args.on_error,

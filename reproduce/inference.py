@@ -32,6 +32,7 @@ import dataclasses
 import json
 import math
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,10 @@ __all__ = [
     "default_preprocessing",
     "load_model",
     "MAX_SCALES",
+    "EVAL_PRECISION",
+    "PRECISIONS",
+    "float32_math",
+    "float32_math_state",
     "parse_scales",
     "pad_bottom_right",
     "prepare_input",
@@ -400,7 +405,8 @@ def _forward(lm: LoadedModel, x: torch.Tensor, amp: bool) -> torch.Tensor:
         with torch.autocast(device_type="cuda", dtype=torch.float16):
             out = lm.model(x)
     else:
-        out = lm.model(x)
+        with float32_math("fp32"):  # the plain model is fp32: TF32 off (a GPU's cuDNN default is on)
+            out = lm.model(x)
     return out.float()
 
 
@@ -522,7 +528,14 @@ def image_labels(lm: LoadedModel, image_rgb: np.ndarray, config: InferenceConfig
 
 
 # ---------------------------------------------------------------------------------------------- the engine
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "bf16", "fp16")
+# What reproduce.evaluate, the recipes, eval_every and the report run unless asked otherwise: the reference
+# implementations' precision (Caffe and TF evaluate in IEEE fp32), so published numbers are reproduced on every
+# machine. predict, export and the Python API keep "auto" (speed first).
+EVAL_PRECISION = "fp32"
+PRECISION_HELP = ("auto: bf16 where native and faster (AMX CPUs; CUDA sm80+, else fp16 on CUDA), else fp32; fp32: "
+                  "IEEE fp32 (TF32 off on CUDA); tf32: fp32 with TF32 tensor-core convolutions and matmuls (CUDA "
+                  "sm80+; elsewhere plain fp32); bf16; fp16 (CUDA)")  # the CLIs' --help
 MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
 MEMORY_FORMAT_HELP = "auto: channels_last on a CPU and at fp16/bf16 on CUDA, NCHW for fp32 on CUDA"  # the CLIs' --help
 # compile="auto" pays back from here: a compile costs ~5-90 s on a CPU; the frozen graph saves ~0.01-0.7 s per image
@@ -541,6 +554,96 @@ CACHE_DIR_ENV = "DEEPLAB_INDUCTOR_CACHE_DIR"
 # per-image speed counts, and the compiled speed-ups measured so far are with prepacking: it stays on.
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ---------------------------------------------------------------------------------------------- fp32 math
+# torch 2.13's per-backend fp32 precision settings (``torch.backends.<backend>.<op>.fp32_precision``: "ieee",
+# "tf32", or "none" = the parent's setting). The legacy ``allow_tf32`` flags are to be deprecated and may not be
+# mixed with these (torch raises when they disagree), so they are never used. Matmuls go through
+# ``torch.set_float32_matmul_precision`` ("highest" / "high"), which sets the CUDA and oneDNN matmul leaves and the
+# value ``torch.get_float32_matmul_precision()`` answers together (inductor reads it: leaves that disagree with it
+# make it raise); convolutions through their leaves. cuDNN's convolutions default to TF32 on Ampere and newer.
+_FLOAT32_LEAVES: dict[str, tuple[str, str]] = {
+    "cudnn_conv": ("cudnn", "conv"), "cuda_matmul": ("cuda", "matmul"),
+    "mkldnn_conv": ("mkldnn", "conv"), "mkldnn_matmul": ("mkldnn", "matmul"),
+}
+_FLOAT32_MODES: dict[str, dict[str, str]] = {
+    "fp32": {"matmul": "highest", "cudnn_conv": "ieee", "mkldnn_conv": "ieee"},
+    "tf32": {"matmul": "high", "cudnn_conv": "tf32"},
+}
+_MATH_LOCK = threading.Lock()
+_MATH_STACK: list[list[Any]] = []  # [mode, users, saved settings]: the modes in force, innermost last
+
+
+def _leaf(name: str) -> Any:
+    backend, op = _FLOAT32_LEAVES[name]
+    return getattr(getattr(torch.backends, backend), op)
+
+
+def _read_settings() -> dict[str, str | None]:
+    """Every leaf, and ``matmul``: ``torch.get_float32_matmul_precision()`` (None where torch finds the settings
+    mixed up by someone else and refuses to answer)."""
+    try:
+        matmul: str | None = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        matmul = None
+    return {"matmul": matmul, **{name: str(_leaf(name).fp32_precision) for name in _FLOAT32_LEAVES}}
+
+
+def _write_settings(values: dict[str, str | None]) -> None:
+    if values.get("matmul"):  # first: it sets the matmul leaves, which a restore then sets as they were
+        torch.set_float32_matmul_precision(values["matmul"])
+    for name in _FLOAT32_LEAVES:
+        if values.get(name):
+            _leaf(name).fp32_precision = values[name]
+
+
+@contextlib.contextmanager
+def float32_math(precision: str | None) -> Iterator[None]:
+    """fp32 convolutions and matmuls as ``precision`` says, for the block; the previous settings restored after.
+
+    ``"fp32"``: IEEE fp32 (TF32 off for cuDNN convolutions and CUDA matmuls; oneDNN's reduced-precision fp32 off);
+    ``"tf32"``: TF32 allowed for them; anything else (``None``, ``"bf16"``, ``"fp16"``: autocast precisions) leaves
+    the settings alone. The settings are process-wide: blocks nest, and blocks of the same mode entered from several
+    threads share one setting (the first saves, the last restores); blocks of different modes in concurrent threads
+    would see each other's (not a use of this project: the forwards run in one thread).
+    """
+    mode = _FLOAT32_MODES.get(precision or "")
+    if mode is None:
+        yield
+        return
+    with _MATH_LOCK:
+        if _MATH_STACK and _MATH_STACK[-1][0] == precision:
+            entry = _MATH_STACK[-1]
+            entry[1] += 1
+        else:
+            entry = [precision, 1, _read_settings()]
+            _write_settings(mode)
+            _MATH_STACK.append(entry)
+    try:
+        yield
+    finally:
+        with _MATH_LOCK:
+            entry[1] -= 1
+            while _MATH_STACK and _MATH_STACK[-1][1] == 0:
+                _write_settings(_MATH_STACK.pop()[2])
+
+
+def float32_math_state() -> dict[str, Any]:
+    """The fp32 math settings in force: each leaf's ``fp32_precision`` and ``tf32``, whether cuDNN convolutions or
+    CUDA matmuls may use TF32 (a leaf at ``"none"`` follows ``torch.backends.cudnn.fp32_precision`` (cuda),
+    then ``torch.backends.fp32_precision``; all ``"none"`` is IEEE)."""
+    leaves = {name: str(_leaf(name).fp32_precision) for name in _FLOAT32_LEAVES}
+
+    def resolved(value: str) -> str:
+        for parent in (torch.backends.cudnn.fp32_precision, torch.backends.fp32_precision):
+            if value != "none":
+                break
+            value = str(parent)
+        return "ieee" if value == "none" else value
+
+    tf32 = resolved(leaves["cudnn_conv"]) == "tf32" or resolved(leaves["cuda_matmul"]) == "tf32"
+    return {"tf32": tf32, **leaves}
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -645,7 +748,10 @@ def cuda_native_bf16(device: torch.device) -> tuple[bool, tuple[int, int]]:
 
 
 def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
-    """``(precision, why)``: what ``requested`` (``auto|fp32|bf16|fp16``) means on ``device``.
+    """``(precision, why)``: what ``requested`` (``auto|fp32|tf32|bf16|fp16``) means on ``device``.
+
+    ``fp32`` runs IEEE fp32 (TF32 off) and ``tf32`` fp32 with TF32 convolutions and matmuls (:func:`float32_math`;
+    TF32 is a CUDA sm80+ format: on a CPU it computes as fp32).
 
     ``auto``: on CUDA bf16 autocast where ``device`` has native bf16 (compute capability 8.0+), else fp16; on a CPU bf16 only where it is
     native and faster: AMX (``amx_bf16``), or ``avx512_bf16`` confirmed by a 1-conv probe that runs at
@@ -655,6 +761,8 @@ def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
         raise InferenceError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if requested == "fp16" and device.type != "cuda":
         raise InferenceError("precision fp16 is for CUDA; on a CPU use fp32 or bf16")
+    if requested == "tf32" and device.type != "cuda":
+        return requested, "asked for (TF32 is a CUDA tensor-core format: on a CPU it computes as fp32)"
     if requested != "auto":
         return requested, "asked for"
     if device.type == "cuda":
@@ -757,7 +865,10 @@ class Segmenter:
       the verdicts are kept on disk per machine kind (:mod:`reproduce.kernel_probe`, ``probe_cache`` in
       :meth:`describe`), so only the first engine built on a machine times them;
     * ``precision="auto"``: see :func:`choose_precision` (the choice and the reason are in
-      :attr:`precision` / :attr:`precision_reason` and :meth:`describe`);
+      :attr:`precision` / :attr:`precision_reason` and :meth:`describe`); at ``fp32`` every forward runs with
+      TF32 off (IEEE fp32 on any GPU), at ``tf32`` with TF32 on (:func:`float32_math`; the settings in force
+      during the forwards are ``float32_math`` in :meth:`describe`). ``reproduce.evaluate`` asks for
+      :data:`EVAL_PRECISION` (fp32); the Python API and ``reproduce.predict`` default to ``auto``;
     * ``compile=True``: ``torch.compile`` (inductor, with weight freezing) of the fused model, for the
       input shapes of the first image only (one shape per scale): an input of any other shape runs the
       same fused module eagerly instead of compiling again (a compile costs 30-90 s on a CPU, and
@@ -894,7 +1005,8 @@ class Segmenter:
         dtype = _AUTOCAST_DTYPES.get(self.precision)
         fn = self._module_for(x)
         settings = self._compile_settings() if fn is self._compiled_fn else contextlib.nullcontext()
-        with settings, torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with settings, float32_math(self.precision), torch.autocast(self.device.type, dtype=dtype or torch.float32,
+                                                                     enabled=dtype is not None):
             out = fn(x)
         return out.float().contiguous()
 
@@ -913,6 +1025,7 @@ class Segmenter:
     def describe(self) -> dict[str, Any]:
         """The engine's settings, for result files and logs."""
         return {"device": str(self.device), "precision": self.precision, "precision_reason": self.precision_reason,
+                "float32_math": self.float32_math(),
                 "memory_format": self.memory_format, "memory_format_reason": self.memory_format_reason,
                 "batchnorm_folded": self.fused, "aspp_as_gemm": self.atrous_gemm,
                 "depthwise_nchw": self.depthwise_nchw,
@@ -924,6 +1037,13 @@ class Segmenter:
                 "compiled_shapes": [list(shape) for shape in self.compiled_shapes],
                 "forwards": dict(self.forwards),
                 "torch_threads": torch.get_num_threads()}
+
+    def float32_math(self) -> dict[str, Any]:
+        """The fp32 math settings the forwards run under (:func:`float32_math_state`): set by the engine at fp32 and
+        tf32 (``"set_by": "engine"``), the process's own under bf16/fp16 autocast (``"set_by": "process"``)."""
+        with float32_math(self.precision):
+            state = float32_math_state()
+        return {**state, "set_by": "engine" if self.precision in _FLOAT32_MODES else "process"}
 
     @property
     def depthwise_nchw(self) -> int:
@@ -942,7 +1062,8 @@ class Segmenter:
                                        if islands else "")
         if self.atrous_convs_as_gemm:
             layout += f", {self.atrous_convs_as_gemm} atrous convs as GEMM (measured faster here)"
-        return (f"engine: {self.device}, {self.precision} ({self.precision_reason}), {layout}, "
+        tf32 = f" TF32 {'on' if self.float32_math()['tf32'] else 'off'}" if self.precision in _FLOAT32_MODES else ""
+        return (f"engine: {self.device}, {self.precision}{tf32} ({self.precision_reason}), {layout}, "
                 f"BatchNorm {'folded' if self.fused else 'separate'}, {'compiled' if self.compiled else 'eager'}")
 
 

@@ -44,6 +44,7 @@ from converters.cli import program_name, run_main
 from reproduce.inference import (
     MEMORY_FORMAT_HELP,
     MEMORY_FORMATS,
+    PRECISION_HELP,
     PRECISIONS,
     PROTOCOLS,
     InferenceConfig,
@@ -440,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an unreadable image: stop with an error naming it (default) or skip and count it")
     parser.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto (default: bf16 only where native and faster, else fp32), fp32, bf16, fp16 (CUDA)")
+                        help="default auto (speed first; reproduce.evaluate defaults to fp32, the reference's "
+                             f"precision). {PRECISION_HELP}")
     parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto", help=MEMORY_FORMAT_HELP)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays back on long videos)")
     parser.add_argument("--amp", action="store_true", help="same as --precision fp16 (CUDA)")

@@ -156,6 +156,8 @@ def build_parser(name: str | None = None, recipe: Config | OfficialRecipe | None
                                 "-> report.", epilog=f"recipes: {names}")
         p.add_argument("name", metavar="NAME", help="the recipe (see below)")
         return p
+    from reproduce.inference import EVAL_PRECISION, PRECISION_HELP, PRECISIONS
+
     official = isinstance(recipe, OfficialRecipe)
     if official:
         title = recipe.title
@@ -179,8 +181,15 @@ def build_parser(name: str | None = None, recipe: Config | OfficialRecipe | None
     p.add_argument("--out", type=Path, default=Path(default_out), help=f"results folder (default: {default_out})")
     if not official:
         p.add_argument("--gpus", type=int, default=1, help="train on N GPUs of this machine with torchrun (default 1)")
-    if not official or "amp" in recipe.options:
-        p.add_argument("--amp", action="store_true", help="mixed precision (CUDA; training also channels-last)")
+    if not official:
+        p.add_argument("--amp", action="store_true",
+                       help="mixed-precision training, channels-last (CUDA); the evaluation stays at --precision")
+    elif "amp" in recipe.options:
+        p.add_argument("--amp", action="store_true", help="evaluate in fp16 (CUDA): same as --precision fp16")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help=f"evaluation precision (default {EVAL_PRECISION}, the reference's, on every device; the "
+                        "others are opt-ins, recorded in each result.json and marked in the report). "
+                        + PRECISION_HELP)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto, cuda when available)")
     p.add_argument("--workers", type=int, help="DataLoader workers (default: the config's for training; for "
                                                "evaluation a decoding thread, see reproduce.evaluate --workers)")
@@ -225,9 +234,18 @@ def _source_present(rel: Any, source: Path) -> bool:
     return Path(f"{source}.index").is_file() if release_format(rel) == "tf" else source.is_file()
 
 
+def eval_precision(args: argparse.Namespace, official: bool) -> str | None:
+    """The evaluations' precision: ``--precision``; an official recipe's ``--amp`` is fp16; else None
+    (``reproduce.evaluate``'s default, fp32). A train recipe's ``--amp`` is for the training only."""
+    if getattr(args, "precision", None):
+        return args.precision
+    return "fp16" if official and getattr(args, "amp", False) else None
+
+
 def evaluate_variants(variants: Sequence[Any], ev: EvalCfg, *, weights: Path, model: str | None, root: Path,
-                      out: Path, device: str, workers: int | None, crf_workers: int | None, amp: bool, smoke_crop: int | None,
-                      step: Steps) -> list[Path]:
+                      out: Path, device: str, workers: int | None, crf_workers: int | None, precision: str | None,
+                      smoke_crop: int | None, step: Steps) -> list[Path]:
+    """Evaluate each variant with ``reproduce.evaluate`` at ``precision`` (None: its default, fp32)."""
     from reproduce import evaluate
 
     dirs = []
@@ -250,8 +268,8 @@ def evaluate_variants(variants: Sequence[Any], ev: EvalCfg, *, weights: Path, mo
             argv.append("--crf")
             if crf_workers is not None:
                 argv += ["--crf-workers", str(crf_workers)]
-        if amp:
-            argv.append("--amp")
+        if precision:
+            argv += ["--precision", precision]
         for row in v.compare_to:
             argv += ["--compare-to", row]
         if smoke_crop is not None:
@@ -389,7 +407,7 @@ def run_train_recipe(cfg: Config, args: argparse.Namespace) -> int:
     ev = apply_overrides(cfg, {"eval.dataset": ev.dataset or cfg.data.dataset}).eval
     dirs = evaluate_variants(variants, ev, weights=final, model=None, root=data, out=out,
                              device=device, workers=workers,
-                             crf_workers=args.crf_workers, amp=args.amp,
+                             crf_workers=args.crf_workers, precision=eval_precision(args, official=False),
                              smoke_crop=cfg.smoke.eval_crop if args.smoke and cfg.smoke else None, step=steps)
     steps("report")
     report = write_report(out, r.title + note, dirs, _train_summary(run))
@@ -431,7 +449,8 @@ def run_official_recipe(rec: OfficialRecipe, args: argparse.Namespace) -> int:
     convert(rel, source, weights)
     dirs = evaluate_variants(rec.eval.variants, rec.eval, weights=weights, model=rel.arch,
                              root=data_root, out=out, device=device, workers=workers,
-                             crf_workers=getattr(args, "crf_workers", None), amp=getattr(args, "amp", False),
+                             crf_workers=getattr(args, "crf_workers", None),
+                             precision=eval_precision(args, official=True),
                              smoke_crop=smoke_crop, step=steps)
     steps("report")
     write_report(out, (rec.report_title or rec.title) + note, dirs)

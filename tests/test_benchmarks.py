@@ -485,3 +485,51 @@ def test_memory_format_benchmark_refuses_an_unknown_model(tmp_path, capsys) -> N
     assert memory_format.main(["--out", str(tmp_path / "x"), "--models", "no_such_model"]) == 2
     assert "unknown no_such_model" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_same_network_check_runs_our_model_on_the_device_of_the_input(monkeypatch) -> None:
+    """The external rows' same-weights check builds our model on the CPU: it is moved to the input's device (a
+    CUDA row's), and both run in IEEE fp32. Seam: the device our model is moved to, and the math in force."""
+    import reference_models
+    from reproduce.inference import float32_math_state
+
+    moves: list[torch.device] = []
+    math: list[bool] = []
+    real_build = reference_models.build_model
+
+    def build(name: str, **kwargs):
+        model = real_build(name, **kwargs)
+        real_to = model.to
+
+        def to(*args, **kw):
+            moves.append(torch.device(args[0]) if args else kw.get("device"))
+            return real_to(*args, **kw)
+
+        model.to = to
+        model.register_forward_hook(lambda *_: math.append(float32_math_state()["tf32"]))
+        return model
+
+    monkeypatch.setattr(reference_models, "build_model", build)
+    torch.manual_seed(0)
+    peer = engine.DictOut(real_build("deeplabv3_tiny", num_classes=5)).eval()
+    x = torch.randn(1, 3, 33, 33)
+    result = engine.same_network_check(peer, "deeplabv3_tiny", x, 5)
+    assert result["status"] == "ok" and result["max_abs_diff"] == 0.0
+    assert moves == [x.device] and math == [False]
+
+
+def test_environment_records_the_fp32_math_and_fp32_rows_run_with_tf32_off() -> None:
+    from benchmarks._common import autocast_for, environment
+    from reproduce.inference import float32_math_state
+
+    env = environment(torch.device("cpu"))
+    assert set(env["float32_math"]) >= {"tf32", "cudnn_conv", "cuda_matmul"} and "TF32 off" in env["float32_math"][
+        "fp32_rows"]
+    before = torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    try:
+        with autocast_for("fp32", torch.device("cpu")):
+            assert float32_math_state()["tf32"] is False
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = before

@@ -198,7 +198,8 @@ def _eval_dataset(cfg: Config) -> Any:
 
 
 def evaluate_weights(cfg: Config, weights: Path, device: torch.device) -> dict[str, Any]:
-    """mIoU (percent) of ``weights`` on ``eval_split`` with the config's protocol, single scale, no CRF."""
+    """mIoU (percent) of ``weights`` on ``eval_split`` with the config's protocol, single scale, no CRF, in IEEE fp32
+    (the plain model: TF32 off on a GPU, whatever ``amp`` the training uses)."""
     from ..evaluate import EvalOptions, evaluate
     from ..inference import InferenceConfig, load_model
     from ..metrics import ConfusionMatrix  # noqa: F401 - evaluate() returns its matrices
@@ -214,7 +215,7 @@ def evaluate_weights(cfg: Config, weights: Path, device: torch.device) -> dict[s
     scores = out["plain"].compute()
     miou = scores["miou"]
     return {"miou": None if miou is None or not math.isfinite(miou) else 100.0 * float(miou),
-            "images": out["images"], "split": getattr(dataset, "split", None)}
+            "images": out["images"], "split": getattr(dataset, "split", None), "precision": "fp32"}
 
 
 # ============================================================================ the run
@@ -350,7 +351,7 @@ def _evaluate(run_dir: Path, it: int, model: nn.Module, cfg: Config, init_record
         set_train_mode(model, cfg.bn.mode, was_training)
         score = result["miou"]
         record = {"metric": "miou", "score": score, "iteration": it, "split": result["split"],
-                  "images": result["images"]}
+                  "images": result["images"], "precision": result["precision"]}
         info = json.loads(provenance_path(last).read_text(encoding="utf-8"))
         info["evaluation"] = record
         write_json_atomic(provenance_path(last), info)
