@@ -218,7 +218,7 @@ def load_checkpoint(path: str | Path, *, required: tuple[str, ...] = ("model", "
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses anything but tensors and plain types: planted code, or not our checkpoint
-        why = re.search(r"Unsupported global: (GLOBAL \S+)", str(e))
+        why = re.search(r"(GLOBAL [\w.]+)", str(e))
         raise CheckpointError(f"{path}: holds pickled objects a safe load refuses ({why.group(1) if why else _first_line(e)}):"
                               " planted, or not a checkpoint of this version") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError, AttributeError,

@@ -152,7 +152,8 @@ def _provenance(cfg: Config, path: Path, *, iteration: int, processes: int, init
         "model_kwargs": dict(m.kwargs),
         "load_with": f"reference_models.build_model({m.name!r}, num_classes={m.num_classes})",
         "trained_with": {"tool": "python -m reproduce.train", "config": cfg.name, "iterations": iteration,
-                         "processes": processes, "torch": torch.__version__},
+                         "processes": processes, "torch": torch.__version__,
+                         "deterministic": cfg.deterministic},
         **extra,
         "config": to_dict(cfg),
         "init": dict(init_record),
@@ -219,9 +220,40 @@ def evaluate_weights(cfg: Config, weights: Path, device: torch.device) -> dict[s
 
 
 # ============================================================================ the run
+@contextlib.contextmanager
+def deterministic_mode(on: bool) -> Any:
+    """With ``on``: deterministic algorithms where torch has them (``warn_only``: an op without one warns
+    instead of stopping the run), cuDNN deterministic, no cuDNN benchmark; the previous settings after.
+
+    On the CPU training is bit-exact either way. On CUDA some kernels have no deterministic version
+    (``torch.use_deterministic_algorithms`` lists them; each warns when it runs): among them the bilinear
+    upsampling backward the loss uses (``F.interpolate``), so even in this mode a CUDA run, resumed or
+    over several processes, agrees with another to float32 noise, not to the bit.
+    """
+    if not on:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS is deterministic only with it
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+
 def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
-    """Run (or resume) the training ``cfg`` describes in ``run_dir``; return the final weights path."""
+    """Run (or resume) the training ``cfg`` describes in ``run_dir``; return the final weights path.
+    ``cfg.deterministic`` runs it in :func:`deterministic_mode`."""
     cfg = parse_config(cfg)
+    with deterministic_mode(cfg.deterministic):
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: Config, run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     d = Dist()
     device = device_for(cfg, d)
