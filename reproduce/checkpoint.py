@@ -90,16 +90,17 @@ def _decode_rng(state: Any, where: str) -> tuple[tuple, tuple, torch.Tensor, lis
     if not isinstance(state, Mapping):
         raise _bad(where, "an RNG state is not a mapping")
     py, npy, cpu, cuda = state.get("python"), state.get("numpy"), state.get("torch"), state.get("cuda", [])
-    if not isinstance(py, Mapping) or py.get("version") != 3 or not (py.get("gauss") is None
-                                                                     or type(py.get("gauss")) is float):
+    if not isinstance(py, Mapping) or type(py.get("version")) is not int or py["version"] != 3 \
+            or "gauss" not in py or not (py["gauss"] is None or type(py["gauss"]) is float):
         raise _bad(where, "the python RNG state is malformed")
     words = _words(py.get("state"), 625, "python", where)
     if words[-1] > 624:
         raise _bad(where, "the python RNG state's position is out of range")
-    if not isinstance(npy, Mapping) or npy.get("kind") != "MT19937":
+    if not isinstance(npy, Mapping) or not isinstance(npy.get("kind"), str) or npy["kind"] != "MT19937":
         raise _bad(where, "the numpy RNG state is malformed")
     pos, has_gauss, cached = npy.get("pos"), npy.get("has_gauss"), npy.get("cached_gaussian")
-    if type(pos) is not int or not 0 <= pos <= 624 or has_gauss not in (0, 1) or type(cached) is not float:
+    if type(pos) is not int or not 0 <= pos <= 624 or type(has_gauss) is not int or has_gauss not in (0, 1) \
+            or type(cached) is not float:
         raise _bad(where, "the numpy RNG state is malformed")
     keys = np.asarray(_words(npy.get("keys"), 624, "numpy", where), dtype=np.uint32)
     if not (isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8 and cpu.shape == torch.get_rng_state().shape):
@@ -169,8 +170,7 @@ def save_checkpoint(run_dir: str | Path, iteration: int, payload: dict[str, Any]
                     prefix: str = "ckpt_", pointer: str = LATEST) -> Path:
     """Write ``<prefix><iteration>.pt`` and point ``pointer`` at it; keep the ``keep`` newest.
 
-    ``payload`` must hold tensors and plain types only (it is checked by loading it back the way
-    resume does). A failed write (a full disk) is a CheckpointError naming the file, with nothing
+    ``payload`` must hold tensors and plain types only (what ``weights_only=True`` loads). A failed write (a full disk) is a CheckpointError naming the file, with nothing
     left under its name and the pointer unchanged.
     """
     run_dir = Path(run_dir)
@@ -225,10 +225,10 @@ def load_checkpoint(path: str | Path, *, required: tuple[str, ...] = ("model", "
             OverflowError) as e:
         # torch.load reports a damaged zip, record or storage with any of these; all mean "not loadable"
         raise CheckpointError(f"{path}: truncated or not a checkpoint ({type(e).__name__}: {_first_line(e)})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("format"), str) or ckpt["format"] != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file")
     it = ckpt.get("iteration")
-    stated = re.search(r"(\d+)\.pt$", path.name)
+    stated = re.search(r"(\d{1,12})\.pt$", path.name)
     if type(it) is not int or it < 0 or (stated is not None and int(stated.group(1)) != it):
         raise CheckpointError(f"{path}: damaged (its iteration {it!r} does not match the file name)")
     for key in required:
@@ -240,6 +240,9 @@ def load_checkpoint(path: str | Path, *, required: tuple[str, ...] = ("model", "
         raise CheckpointError(f"{path}: damaged (the model state is not a mapping of names to tensors)")
     if "config" in required and not isinstance(ckpt["config"], dict):
         raise CheckpointError(f"{path}: damaged (the config is not a mapping)")
+    for key in ("config", "init", "best"):
+        if not _plain(ckpt.get(key)):
+            raise CheckpointError(f"{path}: damaged (its {key} record holds other than plain values)")
     if "rng" in required:
         rngs = ckpt["rng"]
         if not isinstance(rngs, list) or not rngs:
@@ -247,6 +250,23 @@ def load_checkpoint(path: str | Path, *, required: tuple[str, ...] = ("model", "
         for r in rngs:
             check_rng_state(r, str(path))
     return ckpt
+
+
+def _plain(obj: Any) -> bool:
+    """True if ``obj`` is made of str-keyed dicts, lists, tuples, str, int, float, bool and None (no tensors).
+    Iterative: a deeply nested record must not hit the recursion limit."""
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            if not all(isinstance(k, str) for k in x):
+                return False
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+        elif not (x is None or type(x) in (str, int, float, bool)):
+            return False
+    return True
 
 
 def check_state_dict(path: str | Path, saved: Mapping[str, Any], expected: Mapping[str, torch.Tensor],
@@ -274,7 +294,9 @@ def check_optimizer_state(path: str | Path, saved: Any, optimizer: torch.optim.O
         raise CheckpointError(f"{path}: the optimizer state does not fit this run (parameter groups differ)")
     shapes = {}
     for g_saved, g_ref, g_live in zip(saved["param_groups"], ref["param_groups"], optimizer.param_groups):
-        if not isinstance(g_saved, dict) or g_saved.get("params") != g_ref["params"] or set(g_saved) != set(g_ref):
+        if not isinstance(g_saved, dict) or not isinstance(g_saved.get("params"), list) \
+                or not all(type(i) is int for i in g_saved["params"]) or g_saved["params"] != g_ref["params"] \
+                or set(g_saved) != set(g_ref):
             raise CheckpointError(f"{path}: the optimizer state does not fit this run (parameter groups differ)")
         for key, value in g_ref.items():
             v = g_saved[key]
@@ -317,6 +339,14 @@ def restore_scaler(scaler: torch.amp.GradScaler, saved: Mapping[str, Any], *, sa
 
 
 # ============================================================================ choosing the checkpoint to resume
+def _regular_file(path: Path) -> bool:
+    """``path.is_file()``, False for a name the system refuses (too long, ...) instead of an OSError."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _inside(run_dir: Path, path: Path) -> bool:
     """True if ``path`` (links resolved) is a file directly inside ``run_dir``."""
     try:
@@ -327,7 +357,7 @@ def _inside(run_dir: Path, path: Path) -> bool:
 
 def _read_pointer(run_dir: Path, pointer: Path, prefix: str, say: Say) -> Path | None:
     """The checkpoint ``pointer`` names; None (after one line) if it is malformed or names a file outside."""
-    if not _inside(run_dir, pointer) or not pointer.is_file():
+    if not _inside(run_dir, pointer) or not _regular_file(pointer):
         say(f"warning: {pointer}: refused: not a regular file inside {run_dir}; looking for the newest checkpoint "
             "that loads")
         return None
@@ -345,11 +375,11 @@ def _read_pointer(run_dir: Path, pointer: Path, prefix: str, say: Say) -> Path |
             "that loads")
         return None
     path = run_dir / name
-    if not _inside(run_dir, path) or not re.fullmatch(re.escape(prefix) + r"\d+\.pt", path.name):
+    if not _inside(run_dir, path) or not re.fullmatch(re.escape(prefix) + r"\d{1,12}\.pt", path.name):
         say(f"warning: {pointer}: refused: it names {name!r}, not a checkpoint file inside {run_dir}; looking for "
             "the newest checkpoint that loads")
         return None
-    if not path.is_file():
+    if not _regular_file(path):
         raise CheckpointError(f"{pointer}: names {path.name}, which is missing; put it back, or delete "
                               f"{pointer.name} to resume from the newest checkpoint left in {run_dir}")
     return path
@@ -358,7 +388,7 @@ def _read_pointer(run_dir: Path, pointer: Path, prefix: str, say: Say) -> Path |
 def _candidates(run_dir: Path, prefix: str) -> list[tuple[int, Path]]:
     found = []
     for p in run_dir.glob(f"{prefix}*.pt"):
-        m = re.fullmatch(re.escape(prefix) + r"(\d+)\.pt", p.name)
+        m = re.fullmatch(re.escape(prefix) + r"(\d{1,12})\.pt", p.name)
         if m:
             found.append((int(m.group(1)), p))
     return sorted(found, reverse=True)
@@ -382,7 +412,7 @@ def find_checkpoint(run_dir: str | Path, *, prefix: str = "ckpt_", pointer: str 
         named = _read_pointer(run_dir, pointer_path, prefix, say)
     all_found = _candidates(run_dir, prefix)
     if named is not None:
-        limit = int(re.fullmatch(re.escape(prefix) + r"(\d+)\.pt", named.name).group(1))
+        limit = int(re.fullmatch(re.escape(prefix) + r"(\d{1,12})\.pt", named.name).group(1))
         order = [named] + [p for i, p in all_found if i < limit and p != named]
     else:
         if all_found and not pointer_path.exists():
@@ -391,7 +421,7 @@ def find_checkpoint(run_dir: str | Path, *, prefix: str = "ckpt_", pointer: str 
     skipped = []
     for path in order:
         try:
-            if not _inside(run_dir, path) or not path.is_file():
+            if not _inside(run_dir, path) or not _regular_file(path):
                 raise CheckpointError(f"{path}: refused: not a regular file inside {run_dir}")
             ckpt = load_checkpoint(path, required=required)
             if check is not None:

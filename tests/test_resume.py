@@ -336,3 +336,35 @@ def test_deterministic_mode_is_recorded_and_restored(tmp_path: Path, monkeypatch
     assert record["trained_with"]["deterministic"] is True and record["config"]["deterministic"] is True
     plain = json.loads(T.train({**cfg, "deterministic": False}, tmp_path / "det2").with_suffix(".json").read_text())
     assert plain["trained_with"]["deterministic"] is False
+
+
+# ------------------------------------------------------------------------------ what the fuzzer found
+def _set(ckpt: dict, path: tuple, value) -> None:
+    for key in path[:-1]:
+        ckpt = ckpt[key]
+    if value is KeyError:
+        del ckpt[path[-1]]
+    else:
+        ckpt[path[-1]] = value
+
+
+@pytest.mark.parametrize("path,value,why", [
+    (("config", "seed"), torch.zeros(3), "its config record holds other than plain values"),
+    (("rng", 0, "numpy", "has_gauss"), torch.zeros(3), "the numpy RNG state is malformed"),
+    (("rng", 0, "python", "gauss"), KeyError, "the python RNG state is malformed"),
+    (("optimizer", "param_groups", 0, "params"), torch.zeros(2), "parameter groups differ"),
+])
+def test_fuzzed_checkpoints_are_skipped_in_one_line(run: Path, capsys, path, value, why) -> None:
+    ckpt = torch.load(run / "ckpt_0000006.pt", weights_only=True)
+    _set(ckpt, path, value)
+    torch.save(ckpt, run / "ckpt_0000006.pt")
+    T.train(_config(), run)
+    (line,) = _lines(capsys.readouterr().err, "skipping")
+    assert "ckpt_0000006.pt: " in line and why in line
+
+
+def test_pointer_to_a_name_too_long_is_refused(run: Path, capsys) -> None:
+    _point(run, "ckpt_" + "9" * 400 + ".pt")
+    T.train(_config(), run)
+    (line,) = _lines(capsys.readouterr().err, "latest.json")
+    assert "refused" in line
