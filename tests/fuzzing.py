@@ -670,6 +670,214 @@ OUR_ERRORS = {"caffemodel": _conversion_error, "tf_index": _conversion_error, "t
               "palette_png": _dataset_error, "mat": _dataset_error, "deepfashion2_json": _dataset_error}
 
 
+# --------------------------------------------------------------------------- run checkpoints and latest.json (resume)
+# Both formats are a run folder (the case folder itself) read by the resume entry point of the training loop
+# (``loop._find_resume`` then ``loop._restore``, as ``reproduce.train`` does): it must resume from a checkpoint
+# that loads or raise ``CheckpointError``, and never run code (a planted pickle writes ``marker`` if unpickled).
+_RESUME: dict[str, object] = {}
+
+
+def _resume_run() -> tuple:
+    """The config and model every resume case checks against (built once per worker)."""
+    if not _RESUME:
+        from reproduce.training import loop
+        from tests.test_train import tiny_config
+
+        cfg = loop.parse_config(tiny_config("v3"))
+        _RESUME.update(cfg=cfg, model=loop.build_model(cfg))
+    return _RESUME["cfg"], _RESUME["model"]
+
+
+def _checkpoint_error():
+    from reproduce.checkpoint import CheckpointError
+
+    return CheckpointError
+
+
+def _resume_seed(folder: Path) -> None:
+    """ckpt_0000001.pt and ckpt_0000002.pt (written by save_checkpoint, momentum buffers filled) + latest.json."""
+    import torch
+
+    from reproduce.checkpoint import rng_state, save_checkpoint
+    from reproduce.training import loop
+
+    cfg, model = _resume_run()
+    optimizer = loop.build_solver(cfg, model)
+    for it in (1, 2):
+        for param in model.parameters():
+            param.grad = torch.full_like(param, 0.01)
+        optimizer.step()
+        save_checkpoint(folder, it, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scaler": {}, "rng": [rng_state()], "config": loop.to_dict(cfg), "init": {},
+                                     "skipped_per_rank": [[]], "best": None}, keep=0)
+
+
+class _Planted:
+    """Unpickling it writes ``marker``: the reader must never get that far."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def _planted_pickle(r: random.Random, data: bytes, marker: Path) -> bytes:
+    """The checkpoint with its ``data.pkl`` replaced by (or prefixed with) opcodes that call a global."""
+    import io
+    import pickle
+    import zipfile
+
+    calls = [pickle.dumps(_Planted(str(marker)), protocol=r.choice([0, 2, 4])),
+             b"cposix\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.",
+             b"cbuiltins\neval\n(S'open(\"" + str(marker).encode() + b"\", \"w\")'\ntR.",
+             b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00."]
+    evil = r.choice(calls)
+    src = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            body = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                body = evil if r.random() < 0.7 else body[: r.randrange(len(body))] + evil
+            dst.writestr(info, body)
+    return out.getvalue()
+
+
+def _swap_value(r: random.Random, value: object) -> object:
+    """A value of another type or shape in place of ``value``."""
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and r.random() < 0.6:
+        shape = list(value.shape)
+        shape[r.randrange(len(shape))] += r.choice([-1, 1, 7])
+        return r.choice([torch.zeros([max(n, 0) for n in shape], dtype=value.dtype), value.to(torch.float64),
+                         value.to(torch.uint8), value.reshape(-1), value[:0], torch.tensor(float("nan"))])
+    return r.choice([None, True, -1, 0, 2**63 - 1, 1.5, float("nan"), "x", "", [], {}, [[]], {"a": 1},
+                     torch.zeros(3), torch.zeros(0), torch.zeros(2, 2, dtype=torch.int64), [torch.zeros(1)]])
+
+
+def _mutate_structure(r: random.Random, ckpt: dict) -> dict:
+    """Remove, mistype or reshape one entry somewhere in the checkpoint's nested state."""
+    path: list = []
+    node: object = ckpt
+    while isinstance(node, (dict, list)) and node and r.random() < 0.75:
+        key = r.choice(list(node)) if isinstance(node, dict) else r.randrange(len(node))
+        path.append(key)
+        node = node[key]
+    if not path:
+        key = r.choice(list(ckpt))
+        path, node = [key], ckpt[key]
+    parent: object = ckpt
+    for key in path[:-1]:
+        parent = parent[key]
+    last = path[-1]
+    if r.random() < 0.25 and isinstance(parent, dict):
+        del parent[last]
+    elif r.random() < 0.15 and isinstance(parent, dict):
+        parent[r.choice(["extra", 7, "model", "rng"])] = parent.pop(last)  # renamed
+    else:
+        parent[last] = _swap_value(r, node)
+    return ckpt
+
+
+def _run_checkpoint_mutate(r: random.Random, seed: Path, case: Path) -> None:
+    import shutil
+
+    import torch
+
+    shutil.copyfile(seed / "latest.json", case / "latest.json")
+    if r.random() < 0.4:  # an older good checkpoint to fall back to
+        shutil.copyfile(seed / "ckpt_0000001.pt", case / "ckpt_0000001.pt")
+    data = (seed / "ckpt_0000002.pt").read_bytes()
+    target = case / "ckpt_0000002.pt"
+    kind = r.randrange(6)
+    if kind == 0:
+        target.write_bytes(mutate_bytes(r, data))
+    elif kind == 1:
+        target.write_bytes(data[: r.randrange(len(data))])
+    elif kind == 2:
+        target.write_bytes(_planted_pickle(r, data, case / "marker"))
+    elif kind == 3:  # a whole pickled object, as a planted file would be
+        torch.save(r.choice([_Planted(str(case / "marker")), {"iteration": 2, "rng": [np.random.get_state()]}]),
+                   target)
+    else:  # a loadable file whose contents are wrong
+        ckpt = torch.load(seed / "ckpt_0000002.pt", weights_only=True)
+        if r.random() < 0.1:
+            ckpt["config"]["model"]["num_classes"] = r.choice([5, 21, 0, -1])  # another run's checkpoint
+        for _ in range(r.randint(1, 3)):
+            ckpt = _mutate_structure(r, ckpt)
+        torch.save(ckpt, target)
+
+
+def _resume_read(case: Path) -> object:
+    import torch
+
+    from reproduce.training import loop
+    from reproduce.training.distributed import Dist
+
+    cfg, model = _resume_run()
+    try:
+        found = loop._find_resume(case, cfg, model, lambda text: None)
+        if found is None:
+            return None
+        optimizer = loop.build_solver(cfg, model)
+        state = {"skipped": [], "best": None}
+        return loop._restore(*found, model, optimizer, torch.amp.GradScaler("cpu"), Dist(), state, None)[0]
+    finally:
+        if (case / "marker").exists():
+            raise AssertionError("a planted pickle ran code")
+
+
+_POINTER_NAMES = ["ckpt_0000002.pt", "ckpt_0000001.pt", "ckpt_0000003.pt", "", ".", "..", "/", "latest.json",
+                  "ckpt_0000002.pt/..", "./ckpt_0000002.pt", "../seeds/latest_json/ckpt_0000002.pt", "/etc/passwd",
+                  "ckpt_0000002.pt\x00x", "x" * 300, "ckpt_" + "9" * 400 + ".pt", "link.pt", "ckpt_0000009.pt",
+                  "\u00e9.pt", "ckpt_-1.pt", "ckpt_1e3.pt", "ckpt_0000002.pth"]
+
+
+def _latest_json_mutate(r: random.Random, seed: Path, case: Path) -> None:
+    import shutil
+
+    for name in ("ckpt_0000001.pt", "ckpt_0000002.pt"):
+        if r.random() < 0.6:  # else missing: the pointer names a deleted file, or nothing is left to fall back to
+            shutil.copyfile(seed / name, case / name)
+    record: object = {"iteration": 2, "file": "ckpt_0000002.pt"}
+    kind = r.randrange(6)
+    if kind in (0, 1):  # the file names something else
+        name = r.choice(_POINTER_NAMES)
+        if name == "../seeds/latest_json/ckpt_0000002.pt" and r.random() < 0.5:
+            name = str((seed / "ckpt_0000002.pt").resolve())  # an absolute path outside the run folder
+        record = {"iteration": r.choice([2, -1, None, "2", 2**70]), "file": name}
+    elif kind == 2:  # mistyped or missing keys, other shapes
+        record = r.choice([[], "ckpt_0000002.pt", 2, None, {"file": r.choice(_JSON_VALUES)}, {"iteration": 2},
+                           {"file": ["ckpt_0000002.pt"]}, {"file": {"x": 1}}, [record]])
+    elif kind == 3:  # links: out of the folder, dangling, looping, to a folder
+        which = r.randrange(5)
+        target = {0: seed / "ckpt_0000002.pt", 1: case / "nowhere.pt", 2: case / "link.pt", 3: seed,
+                  4: seed / "latest.json"}[which]
+        name = "latest.json" if which == 4 else r.choice(["link.pt", "ckpt_0000003.pt", "ckpt_0000002.pt"])
+        (case / name).unlink(missing_ok=True)
+        (case / name).symlink_to(target)
+        if which == 4:
+            return
+        record = {"iteration": 2, "file": name}
+    text = json.dumps(record)
+    if kind == 4:
+        text = mutate_bytes(r, text.encode()).decode("utf-8", errors="surrogateescape")
+    elif kind == 5:
+        depth = r.choice([10, 1000, 100_000])
+        text = r.choice(["[" * depth + "]" * depth, '{"file": ' + "[" * depth + "]" * depth + "}",
+                         json.dumps({"file": "ckpt_0000002.pt", "pad": "x" * r.choice([10, 1 << 17])})])
+    (case / "latest.json").write_bytes(text.encode("utf-8", errors="surrogateescape"))
+
+
+FORMATS.update({
+    "run_checkpoint": Format("run_checkpoint", _resume_seed, _run_checkpoint_mutate, _resume_read),
+    "latest_json": Format("latest_json", _resume_seed, _latest_json_mutate, _resume_read),
+})
+OUR_ERRORS.update({"run_checkpoint": _checkpoint_error, "latest_json": _checkpoint_error})
+
+
 # --------------------------------------------------------------------------- running cases
 def run_case(fmt: str, seed_dir: Path, case_dir: Path, seed: int, i: int) -> dict:
     """Mutate and read case ``i`` in this process; the outcome as a dict."""
@@ -717,6 +925,7 @@ def worker(plan: list[tuple[str, int, int]], seed: int, workdir: Path) -> None:
     import reproduce.datasets.cocostuff  # noqa: F401
     import reproduce.datasets.deepfashion2  # noqa: F401
     import reproduce.datasets.voc  # noqa: F401
+    import reproduce.training.loop  # noqa: F401 - the resume formats' reader
     from reproduce.datasets import matfile
 
     matfile.read_label("sbd", next((workdir / "seeds" / "mat").glob("sbd_*.mat")))  # start the helper now

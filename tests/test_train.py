@@ -260,7 +260,7 @@ def test_eval_every_keeps_best_and_last_through_sigkill(tmp_path):
     out = tmp_path / "killed"
     kill_training(config, out, after=10)
     assert (out / "best.pth").is_file() and not (out / "final.pth").exists()
-    ckpt = torch.load(out / json.loads((out / "latest.json").read_text())["file"], weights_only=False)
+    ckpt = torch.load(out / json.loads((out / "latest.json").read_text())["file"], weights_only=True)
     assert ckpt["best"] is not None and ckpt["best"]["iteration"] <= ckpt["iteration"]
     run_cli(config, out)
     resumed = json.loads((out / "best.json").read_text())["evaluation"]

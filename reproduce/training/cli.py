@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or auto (default: auto, cuda when available)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA: autocast float16 + GradScaler)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels where torch has them (CUDA: slower; not every op has one)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster on GPUs)")
     p.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints")
     p.add_argument("--eval-every", type=int, help="evaluate every N iterations and keep best.pth beside last.pth")
@@ -102,6 +104,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         "on_error": args.on_error,
         "seed": args.seed,
         "amp": True if args.amp else None,
+        "deterministic": True if args.deterministic else None,
         "channels_last": True if args.channels_last else None,
         "progress": False if args.no_progress else None,
     }

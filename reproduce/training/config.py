@@ -210,6 +210,7 @@ class Config:
     keep_checkpoints: int = _runtime(2)
     device: str | None = _runtime()
     amp: bool = _runtime(False)
+    deterministic: bool = _runtime(False)   # deterministic kernels where torch has them (see loop.deterministic_mode)
     channels_last: bool = _runtime(False)
     progress: bool = _runtime(True)
     tensorboard: bool = _runtime(True)

@@ -43,7 +43,6 @@ v2 model and its 4-term Caffe loss train in PyTorch.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -56,7 +55,7 @@ import torch
 import yaml
 from torch import nn
 
-from converters.io import write_atomic, write_json_atomic
+from converters.io import write_atomic
 
 from ..schedule import param_groups, poly_lr
 from .config import Config, ConfigError, changed_keys, init_weights_path, parse_config, to_dict, weights_hint
@@ -356,7 +355,7 @@ class KerasTrainer:
     def checkpoint_state(self) -> dict[str, Any]:
         momentum = {name: self.torch_layout(i, buf.numpy()) for i, (name, buf) in enumerate(zip(self.names,
                                                                                                 self.momentum))}
-        seeds = {k: np.asarray(g.state.numpy()) for k, g in self._seed_generators().items()}
+        seeds = {k: torch.from_numpy(np.asarray(g.state.numpy())) for k, g in self._seed_generators().items()}
         return {"model": self.state_dict(), "momentum": momentum, "keras_seeds": seeds}
 
     def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
@@ -374,10 +373,21 @@ class KerasTrainer:
                     value = oihw_to_hwio(value)
             buf.assign(value)
         gens, saved = self._seed_generators(), state.get("keras_seeds", {})
-        if set(gens) != set(saved):
-            raise ConfigError("the checkpoint's dropout RNG states do not match this model's layers")
         for key, value in saved.items():
-            gens[key].state.assign(value)
+            gens[key].state.assign(value.numpy())
+
+    def check_checkpoint_state(self, path: Path, state: Mapping[str, Any]) -> None:
+        """CheckpointError naming ``path`` unless its dropout RNG states fit this model's layers."""
+        from ..checkpoint import CheckpointError
+
+        gens, saved = self._seed_generators(), state.get("keras_seeds", {})
+        if not isinstance(saved, dict) or set(gens) != set(saved):
+            raise CheckpointError(f"{path}: the checkpoint's dropout RNG states do not match this model's layers")
+        for key, gen in gens.items():
+            value = saved[key]
+            if not (isinstance(value, torch.Tensor) and tuple(value.shape) == tuple(gen.state.shape)
+                    and value.dtype == torch.from_numpy(np.asarray(gen.state.numpy())).dtype):
+                raise CheckpointError(f"{path}: the dropout RNG state {key!r} is malformed")
 
 
 # ============================================================================ the run
@@ -394,27 +404,37 @@ def _strategy(device: str | None) -> Any:
     return tf.distribute.MirroredStrategy([g.name for g in gpus])
 
 
-def _latest(run_dir: Path) -> Path | None:
-    pointer = run_dir / KERAS_LATEST
-    if not pointer.is_file():
-        return None
-    path = run_dir / json.loads(pointer.read_text(encoding="utf-8"))["file"]
-    return path if path.is_file() else None
+def _find_resume(run_dir: Path, cfg: Config, model: nn.Module) -> tuple[Path, dict[str, Any]] | None:
+    """The newest Keras checkpoint in ``run_dir`` that loads safely and fits ``model`` and ``cfg``, or None
+    (``reproduce.checkpoint.find_checkpoint``; the dropout seeds are checked once the trainer is built)."""
+    from ..checkpoint import CheckpointError, check_state_dict, find_checkpoint
+    from .loop import _check_bookkeeping, check_run_config
+
+    expected = model.state_dict()
+    rules = [{k: v for k, v in to_dict(r).items() if v is not None} for r in cfg.solver.param_rules]
+    momentum = {n: expected[n] for g in param_groups(model, rules) for n in g["names"]}
+
+    def check(path: Path, ckpt: dict[str, Any]) -> None:
+        check_run_config(path, ckpt["config"], cfg)
+        if ckpt.get("framework") != "keras":
+            raise CheckpointError(f"{path}: not a Keras training checkpoint")
+        check_state_dict(path, ckpt["model"], expected)
+        check_state_dict(path, ckpt.get("momentum") if isinstance(ckpt.get("momentum"), dict) else {}, momentum,
+                         what="momentum")
+        _check_bookkeeping(path, ckpt, cfg)
+
+    return find_checkpoint(run_dir, prefix="keras_ckpt_", pointer=KERAS_LATEST, check=check,
+                           required=("model", "momentum", "rng", "config"))
 
 
 def _save(run_dir: Path, it: int, trainer: KerasTrainer, cfg: Config, init_record: Mapping[str, Any],
           state: Mapping[str, Any]) -> None:
-    from ..checkpoint import rng_state
+    from ..checkpoint import rng_state, save_checkpoint
 
-    path = run_dir / f"keras_ckpt_{it:07d}.pt"
-    payload = {"framework": "keras", "iteration": it, **trainer.checkpoint_state(), "rng": [rng_state()],
+    payload = {"framework": "keras", **trainer.checkpoint_state(), "rng": [rng_state()],
                "config": to_dict(cfg), "init": dict(init_record), "best": state["best"],
                "skipped": list(state["skipped"])}
-    write_atomic(path, lambda p: torch.save(payload, p))
-    write_json_atomic(run_dir / KERAS_LATEST, {"iteration": it, "file": path.name})
-    if cfg.keep_checkpoints > 0:
-        for old in sorted(run_dir.glob("keras_ckpt_*.pt"))[:-cfg.keep_checkpoints]:
-            old.unlink(missing_ok=True)
+    save_checkpoint(run_dir, it, payload, keep=cfg.keep_checkpoints, prefix="keras_ckpt_", pointer=KERAS_LATEST)
 
 
 def train_keras(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, strategy: Any = None) -> Path:
@@ -422,7 +442,7 @@ def train_keras(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, 
     tf, keras = _tf()
     from converters.keras_writer import save_keras
 
-    from ..checkpoint import load_checkpoint, set_rng_state
+    from ..checkpoint import set_rng_state
     from .distributed import Dist
     from .logging import Logger
     from .loop import _evaluate, _write_weights
@@ -457,21 +477,22 @@ def train_keras(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, 
         tf.config.experimental.enable_op_determinism()
     torch.manual_seed(seed)
     model = build_model(cfg)
-    ckpt_path = _latest(run_dir)
+    found = _find_resume(run_dir, cfg, model)
     init_record: dict[str, Any] = {}
-    if ckpt_path is None:
+    if found is None:
         init_record = load_init_weights(model, cfg.init, build_preprocessing(cfg), seed=seed,
                                         weights=init_weights_path(cfg), hint=weights_hint(cfg))
     trainer = KerasTrainer(cfg, model, strategy=strategy)
     start = 0
     state: dict[str, Any] = {"skipped": [], "best": None}
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
+    if found is not None:
+        ckpt_path, ckpt = found
+        trainer.check_checkpoint_state(ckpt_path, ckpt)
         trainer.load_checkpoint_state(ckpt)
-        init_record = ckpt.get("init", {})
-        start = int(ckpt["iteration"])
+        init_record = dict(ckpt.get("init", {}))
+        start = ckpt["iteration"]
         state["best"], state["skipped"] = ckpt.get("best"), list(ckpt.get("skipped", []))
-        set_rng_state(ckpt["rng"][0])
+        set_rng_state(ckpt["rng"][0], where=str(ckpt_path))
 
     base = build_train_dataset(cfg)
     loader, sampler = build_loader(cfg, base, rank=0, world=1, start_iter=start)

@@ -43,7 +43,8 @@ from torch import nn
 
 from converters.io import provenance_path, save_state_dict, sha256_file, write_atomic, write_json_atomic
 
-from ..checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .. import checkpoint as ck
+from ..checkpoint import CheckpointError, CheckpointMismatch, rng_state, save_checkpoint, set_rng_state
 from ..losses import SegmentationLoss
 from ..schedule import build_optimizer, poly_lr, set_lr
 from .config import Config, ConfigError, changed_keys, init_weights_path, parse_config, to_dict, weights_hint
@@ -151,7 +152,8 @@ def _provenance(cfg: Config, path: Path, *, iteration: int, processes: int, init
         "model_kwargs": dict(m.kwargs),
         "load_with": f"reference_models.build_model({m.name!r}, num_classes={m.num_classes})",
         "trained_with": {"tool": "python -m reproduce.train", "config": cfg.name, "iterations": iteration,
-                         "processes": processes, "torch": torch.__version__},
+                         "processes": processes, "torch": torch.__version__,
+                         "deterministic": cfg.deterministic},
         **extra,
         "config": to_dict(cfg),
         "init": dict(init_record),
@@ -219,9 +221,40 @@ def evaluate_weights(cfg: Config, weights: Path, device: torch.device) -> dict[s
 
 
 # ============================================================================ the run
+@contextlib.contextmanager
+def deterministic_mode(on: bool) -> Any:
+    """With ``on``: deterministic algorithms where torch has them (``warn_only``: an op without one warns
+    instead of stopping the run), cuDNN deterministic, no cuDNN benchmark; the previous settings after.
+
+    On the CPU training is bit-exact either way. On CUDA some kernels have no deterministic version
+    (``torch.use_deterministic_algorithms`` lists them; each warns when it runs): among them the bilinear
+    upsampling backward the loss uses (``F.interpolate``), so even in this mode a CUDA run, resumed or
+    over several processes, agrees with another to float32 noise, not to the bit.
+    """
+    if not on:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS is deterministic only with it
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+
 def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
-    """Run (or resume) the training ``cfg`` describes in ``run_dir``; return the final weights path."""
+    """Run (or resume) the training ``cfg`` describes in ``run_dir``; return the final weights path.
+    ``cfg.deterministic`` runs it in :func:`deterministic_mode`."""
     cfg = parse_config(cfg)
+    with deterministic_mode(cfg.deterministic):
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: Config, run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     d = Dist()
     device = device_for(cfg, d)
@@ -235,7 +268,6 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
 
     # ---------------------------------------------------------------- resume or start
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = latest_checkpoint(run_dir)
     saved_cfg_path = run_dir / "config.yaml"
     if saved_cfg_path.is_file():
         try:
@@ -255,8 +287,10 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
     np.random.seed(seed % 2**32)
     random.seed(seed)
     model = build_model(cfg)
+    say = _stderr if d.main else None
+    found = _find_resume(run_dir, cfg, model, say)
     init_record: dict[str, Any] = {}
-    if ckpt_path is None:
+    if found is None:
         init_record = load_init_weights(model, cfg.init, build_preprocessing(cfg), seed=seed,
                                         weights=init_weights_path(cfg), hint=weights_hint(cfg))
     if d.enabled and cfg.bn.mode == "train":
@@ -268,18 +302,8 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     start = 0
     state: dict[str, Any] = {"skipped": [], "best": None}
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        init_record = ckpt.get("init", {})
-        start = int(ckpt["iteration"])
-        per_rank = ckpt.get("skipped_per_rank") or [[]]
-        state["skipped"] = list(per_rank[d.rank % len(per_rank)])
-        state["best"] = ckpt.get("best")
-        states = ckpt["rng"]
-        set_rng_state(states[d.rank % len(states)])  # a different process count resumes, though not bit-exactly
+    if found is not None:
+        start, init_record = _restore(*found, model, optimizer, scaler, d, state, say)
     net: nn.Module = model
     if d.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -392,3 +416,70 @@ def _save(run_dir: Path, it: int, model: nn.Module, optimizer: torch.optim.Optim
                         keep=cfg.keep_checkpoints)
     d.barrier()
     return [x for rank in skipped for x in rank]
+
+
+# ============================================================================ resume
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def check_run_config(path: Path, saved: Any, cfg: Config) -> None:
+    """CheckpointMismatch (one line naming both) if the checkpoint's config computes something else than ``cfg``."""
+    try:
+        theirs = parse_config(saved)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: damaged (its config does not validate: {str(e).splitlines()[0]})") from None
+    diff = changed_keys(theirs, cfg)
+    if diff:
+        raise CheckpointMismatch(f"{path} is a checkpoint of another model or config than this run's "
+                                 f"({'; '.join(diff[:4])}: checkpoint -> run); use another --out")
+
+
+def _check_bookkeeping(path: Path, ckpt: Mapping[str, Any], cfg: Config) -> None:
+    """The iteration, best score and skipped-sample lists are what the loop can use."""
+    if ckpt["iteration"] > cfg.solver.iterations:
+        raise CheckpointError(f"{path}: damaged (iteration {ckpt['iteration']} of a {cfg.solver.iterations}-iteration "
+                              "run)")
+    best = ckpt.get("best")
+    if best is not None and not (isinstance(best, dict) and type(best.get("score")) in (float, int, type(None))
+                                 and type(best.get("iteration")) is int):
+        raise CheckpointError(f"{path}: damaged (the best-score record is malformed)")
+    for key in ("skipped_per_rank", "skipped"):
+        value = ckpt.get(key, [])
+        flat = value if key == "skipped" else [x for v in value for x in v] if isinstance(value, list) and all(
+            isinstance(v, list) for v in value) else None
+        if not isinstance(value, list) or flat is None or not all(isinstance(x, str) for x in flat):
+            raise CheckpointError(f"{path}: damaged (the {key} list is malformed)")
+    if not isinstance(ckpt.get("init", {}), dict):
+        raise CheckpointError(f"{path}: damaged (the init record is malformed)")
+
+
+def _find_resume(run_dir: Path, cfg: Config, model: nn.Module,
+                 say: Any) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``run_dir`` that loads safely and fits ``model`` and ``cfg`` (see
+    :func:`reproduce.checkpoint.find_checkpoint`), or None for a new run."""
+    expected, template = model.state_dict(), build_solver(cfg, model)
+
+    def check(path: Path, ckpt: dict[str, Any]) -> None:
+        check_run_config(path, ckpt["config"], cfg)
+        ck.check_state_dict(path, ckpt["model"], expected)
+        ck.check_optimizer_state(path, ckpt.get("optimizer"), template)
+        ck.check_scaler_state(path, ckpt.get("scaler", {}))
+        _check_bookkeeping(path, ckpt, cfg)
+
+    return ck.find_checkpoint(run_dir, check=check, required=("model", "optimizer", "rng", "config"),
+                           say=say or (lambda text: None))
+
+
+def _restore(path: Path, ckpt: Mapping[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, d: Dist, state: dict[str, Any], say: Any) -> tuple[int, dict[str, Any]]:
+    """Load a checkpoint :func:`_find_resume` accepted; return (finished iterations, init record)."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    ck.restore_scaler(scaler, ckpt.get("scaler") or {}, say=say)  # AMP may be switched on or off between sessions
+    per_rank = ckpt.get("skipped_per_rank") or [[]]
+    state["skipped"] = list(per_rank[d.rank % len(per_rank)])
+    state["best"] = ckpt.get("best")
+    states = ckpt["rng"]
+    set_rng_state(states[d.rank % len(states)], say=say, where=str(path))  # another process count resumes,
+    return ckpt["iteration"], dict(ckpt.get("init", {}))                   # though not bit-exactly
