@@ -190,3 +190,21 @@ def test_a_non_finite_loss_stops_before_a_checkpoint_keeps_it(tmp_path) -> None:
     latest = tmp_path / "run" / "latest.json"
     saved = json.loads(latest.read_text())["iteration"] if latest.exists() else 0
     assert saved == first_bad - 1  # every finite iteration checkpointed, none after
+
+
+def test_tests_leave_the_device_to_no_one() -> None:
+    """Only the gpu-marked tests may look for CUDA; the rest run on the CPU on any machine (the conftest makes
+    torch.cuda.is_available() False for them, and the training and predict tests name the CPU)."""
+    from pathlib import Path
+
+    import tests.conftest as conftest
+    from tests.test_predict import _args
+
+    tests = Path(__file__).resolve().parent
+    asking = sorted(p.name for p in tests.glob("test_*.py")
+                    if "cuda.is_available()" in p.read_text(encoding="utf-8")
+                    and p.name not in ("test_gpu.py", "test_train_device.py"))
+    assert asking == []
+    assert not torch.cuda.is_available() and hasattr(conftest, "_cpu_unless_gpu_marked")
+    assert tiny_config()["device"] == "cpu" and _args(Path("w"), Path("o"))[-3:-1] == ["--device", "cpu"]
+    assert "gpu:" in (tests.parent / "pyproject.toml").read_text(encoding="utf-8")
