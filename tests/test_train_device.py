@@ -208,3 +208,14 @@ def test_tests_leave_the_device_to_no_one() -> None:
     assert not torch.cuda.is_available() and hasattr(conftest, "_cpu_unless_gpu_marked")
     assert tiny_config()["device"] == "cpu" and _args(Path("w"), Path("o"))[-3:-1] == ["--device", "cpu"]
     assert "gpu:" in (tests.parent / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_readme_says_what_differs_on_cuda_and_the_timeout_it_names_exists() -> None:
+    from pathlib import Path
+
+    from reproduce.training.config import Config
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    default = Config.__dataclass_fields__["dist_timeout"].default
+    assert f"`dist_timeout` (seconds, default {default:.0f})" in readme
+    assert "error: rank R of W: ..." in readme and "not bit for bit" in readme and "pytest -m gpu" in readme
