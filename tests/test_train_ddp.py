@@ -3,6 +3,7 @@ ends the job within seconds."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -127,3 +128,18 @@ def test_a_non_finite_loss_ends_every_rank_with_one_line(tmp_path):
     assert re.fullmatch(r"error: rank 0 of 2: loss is (nan|inf|-inf) at iteration \d+; lower the learning rate",
                         lines[0]), lines[0]
     assert not (tmp_path / "run" / "final.pth").exists()
+
+
+def test_rank_0_evaluates_while_the_others_wait_outside_collectives(tmp_path):
+    """eval_every under torchrun: rank 0 scores last.pth, rank 1 takes the result from the store; the run ends."""
+    from tests.test_train import _with_eval
+
+    cfg = _with_eval(tiny_config("v3", iterations=4), every=2)
+    cfg["model"]["kwargs"]["dropout"] = 0.0
+    code, err, _ = run_torchrun_until(write_config(tmp_path, cfg), tmp_path / "run", timeout=300)
+    assert code == 0, err[-3000:]
+    evals = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+             if "eval_miou" in line]
+    assert [e["iteration"] for e in evals] == [2, 4]
+    best = json.loads((tmp_path / "run" / "best.json").read_text())["evaluation"]
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["best"] == best
