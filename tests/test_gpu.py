@@ -215,6 +215,37 @@ def test_device_index_is_the_gpu_that_trains(tmp_path, monkeypatch) -> None:
     assert seen == [torch.device("cuda", 1)] * 2
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cudnn_benchmark_unless_deterministic(tmp_path, deterministic) -> None:
+    """Fixed-size crops: cuDNN autotunes its kernels, except in the deterministic mode."""
+    from reproduce import train as T
+    from reproduce.training.config import Config
+
+    cfg = {**tiny_config("v3", iterations=1), "device": "cuda"}
+    if deterministic:
+        if "deterministic" not in Config.__dataclass_fields__:
+            pytest.skip("no deterministic mode in this tree")
+        cfg["deterministic"] = True
+    saved = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = deterministic  # the opposite of what the run should set
+        T.train(cfg, tmp_path / "run")
+        assert torch.backends.cudnn.benchmark is (not deterministic)
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def test_training_batches_are_pinned_for_non_blocking_copies() -> None:
+    """On CUDA the loader pins its batches, so the step's non_blocking copies do not wait."""
+    from reproduce.training.config import parse_config
+    from reproduce.training.data import build_loader, build_train_dataset
+
+    cfg = parse_config({**tiny_config("v3", iterations=1), "device": "cuda"})
+    loader, _ = build_loader(cfg, build_train_dataset(cfg), rank=0, world=1, start_iter=0, pin_memory=True)
+    batch = next(iter(loader))
+    assert batch.images.is_pinned() and batch.labels.is_pinned()
+
+
 # ---------------------------------------------------------------------------------------------- two processes
 def _torchrun(config: Path, out: Path, nproc: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -219,3 +220,22 @@ def test_readme_says_what_differs_on_cuda_and_the_timeout_it_names_exists() -> N
     default = Config.__dataclass_fields__["dist_timeout"].default
     assert f"`dist_timeout` (seconds, default {default:.0f})" in readme
     assert "error: rank R of W: ..." in readme and "not bit for bit" in readme and "pytest -m gpu" in readme
+
+
+def test_the_wait_for_rank_0_is_a_store_wait_bounded_by_dist_timeout(monkeypatch) -> None:
+    """What the other ranks do while rank 0 evaluates: no collective, a store wait that ends with one line."""
+    import torch.distributed as dist
+
+    from reproduce.training import distributed
+
+    store = dist.HashStore()
+    monkeypatch.setattr(distributed, "_store", lambda: store)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rank0, rank1 = Dist(), Dist()
+    rank1.rank, rank1.timeout_s = 1, 0.2
+    rank0.publish("eval/4", {"metric": "miou", "score": 61.5, "iteration": 4})
+    assert rank1.wait_for("eval/4") == {"metric": "miou", "score": 61.5, "iteration": 4}
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=r"rank 1 waited 0 s for rank 0 \(eval/8\) in vain .*raise dist_timeout"):
+        rank1.wait_for("eval/8")
+    assert time.monotonic() - t0 < 5

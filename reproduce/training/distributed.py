@@ -9,7 +9,8 @@ A distributed run never hangs:
 - an error on one rank ends every rank within seconds (:func:`distributed_job`): the failing rank writes
   ``error: rank R of W: <cause>`` (one line), records the cause on the store and aborts the process group
   without meeting the others in a collective; the others' pending collectives then fail (gloo) or torchrun
-  stops them when the failing process exits (NCCL), and they exit without a second message.
+  stops them when the failing process exits (NCCL), and they exit without a second message. A failure
+  that every rank decides alike (:class:`EveryRankError`: a non-finite all-reduced loss) is said by rank 0.
 """
 
 from __future__ import annotations

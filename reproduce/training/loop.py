@@ -378,12 +378,10 @@ def _read_window(window: Sequence[StepResult], done: int, skipped: int, d: Dist)
     Raises (alike on every rank) naming the first iteration whose loss was not finite.
     """
     last = window[-1]
-    names = sorted(last.terms) if len(last.terms) > 1 else []
-    device = last.loss.device
-    packed = torch.cat([torch.stack([r.loss for r in window]), torch.stack([last.terms[k] for k in names] or
-                        [last.loss.new_zeros(())]), torch.tensor([float(skipped)], dtype=torch.float64,
-                                                                 device=device)])
-    values = d.all_reduce(packed).tolist()
+    names = sorted(last.terms) if len(last.terms) > 1 else []  # one term is the loss itself
+    count = torch.tensor([float(skipped)], dtype=torch.float64, device=last.loss.device)
+    values = d.all_reduce(torch.cat([torch.stack([r.loss for r in window] + [last.terms[k] for k in names]),
+                                     count])).tolist()
     losses = values[:len(window)]
     for i, loss in enumerate(losses):
         if not math.isfinite(loss):
