@@ -54,12 +54,13 @@ def _axis_weights(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Te
     ``r = (n_in-1)/(n_out-1)``; for output ``i``: ``src = r*i``, ``i0 = int(src)``, ``i1 = i0 + (i0 < n_in-1)``,
     ``lambda = src - i0``.
     """
+    # Made on ``device``: a copy from the host would wait for the GPU. ``r`` stays a CPU scalar (no copy).
     r = torch.tensor((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0, dtype=torch.float32)
-    src = r * torch.arange(n_out, dtype=torch.float32)
+    src = r * torch.arange(n_out, dtype=torch.float32, device=device)
     i0 = src.to(torch.int64)  # truncation, as the C++ ``const int h1 = h1r``
     i1 = i0 + (i0 < n_in - 1).to(torch.int64)
     lam = src - i0.to(torch.float32)
-    return i0.to(device), i1.to(device), lam.to(device)
+    return i0, i1, lam
 
 
 def caffe_interp_align_corners(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -139,13 +140,16 @@ class SegmentationLoss:
         return out
 
     def denominators(self, targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """This process's share of each term's normalizer: images (per_image) or valid pixels (pixels)."""
+        """This process's share of each term's normalizer: images (per_image) or valid pixels (pixels).
+
+        float64 scalars on the targets' device: nothing is read back to the host (no GPU sync).
+        """
         dens = {}
         for term, t in targets.items():
             if self.normalization == "per_image":
-                dens[term] = torch.tensor(float(t.shape[0]), dtype=torch.float64)
+                dens[term] = torch.full((), float(t.shape[0]), dtype=torch.float64, device=t.device)
             else:
-                dens[term] = (t != self.ignore_index).sum().to(torch.float64).cpu()
+                dens[term] = (t != self.ignore_index).sum().to(torch.float64)
         return dens
 
     # ------------------------------------------------------------------ the loss

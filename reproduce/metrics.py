@@ -49,11 +49,38 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     return x
 
 
+def _collective_device(group: Any = None) -> torch.device:
+    """Where ``group``'s backend reduces: the current GPU for NCCL (it cannot reduce CPU tensors), else the CPU."""
+    import torch.distributed as dist
+
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _offenders(values: torch.Tensor, bad: torch.Tensor | None) -> torch.Tensor:
+    """``[count, min, max]`` of ``values`` where ``bad`` (int64, on the device; no host read)."""
+    if bad is None:  # filled on the device: a tensor built from a list would be copied from the host
+        none = torch.zeros(3, dtype=torch.int64, device=values.device)
+        none[1], none[2] = _NONE_MIN, _NONE_MAX
+        return none
+    return torch.stack([bad.sum(), torch.where(bad, values, _NONE_MIN).min(), torch.where(bad, values, _NONE_MAX).max()])
+
+
+_NONE_MIN, _NONE_MAX = 2**62, -(2**62)  # the min / max of no offending value
+
+
 class ConfusionMatrix:
     """A streaming ``(num_classes, num_classes)`` confusion matrix; rows = ground truth, columns = prediction.
 
-    ``update`` runs a single bincount on the device of its inputs (numpy's on the CPU, torch's on
-    CUDA); the matrix lives on that device as int64 (no overflow before 2**63 pixels) until ``compute``.
+    ``update`` runs a single bincount on the device of its inputs (numpy's on the CPU, torch's
+    scatter-add elsewhere); the matrix lives on that device as int64 (no overflow before 2**63
+    pixels) until ``compute``.
+
+    On a GPU ``update`` never reads the device (a read waits for every queued kernel): labels and
+    predictions outside ``[0, num_classes)`` are counted there, the update that holds them adds
+    nothing, and the ``ValueError`` naming them is raised when the matrix is first read
+    (``matrix``, ``compute``, ``all_reduce``) instead of by the ``update`` itself, as on the CPU.
     """
 
     def __init__(
@@ -73,7 +100,10 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.out_of_range = out_of_range
         self._mat: torch.Tensor | None = None  # allocated on the first update's device
-        self._torch_bincount_on_cpu = False  # the CUDA code path, forced on the CPU (tests)
+        self._torch_bincount_on_cpu = False  # torch's bincount on the CPU, checks at once (tests)
+        self._device_path_on_cpu = False  # the GPU code path (no host reads, checks deferred) on the CPU (tests)
+        # [[count, min, max] of bad labels, [count, min, max] of bad predictions], on the device; None: none seen
+        self._problems: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ accumulation
     def update(self, pred: Any, label: Any) -> None:
@@ -90,6 +120,9 @@ class ConfusionMatrix:
             raise ValueError(f"pred shape {tuple(pred_t.shape)} != label shape {tuple(label_t.shape)}")
         if pred_t.device != label_t.device:
             pred_t = pred_t.to(label_t.device)
+        if label_t.device.type != "cpu" or self._device_path_on_cpu:
+            self._update_on_device(pred_t, label_t)
+            return
         c = self.num_classes
         # Ignored (and, with out_of_range="ignore", out-of-range) pixels go to one extra bin that is
         # dropped afterwards: cheaper than gathering the kept pixels. On the CPU numpy's bincount is
@@ -132,6 +165,57 @@ class ConfusionMatrix:
         else:
             self._mat += counts.to(self._mat.device)
 
+    def _update_on_device(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+        """:meth:`update` without a read of the device: the checks' findings wait in ``_problems``."""
+        c = self.num_classes
+        lab, prd = label.reshape(-1).long(), pred.reshape(-1).long()
+        if lab.numel() == 0:
+            return
+        ignored = lab == self.ignore_index if self.ignore_index is not None else torch.zeros_like(lab, dtype=torch.bool)
+        bad_label: torch.Tensor | None = ((lab < 0) | (lab >= c)) & ~ignored
+        if self.out_of_range == "ignore":
+            ignored, bad_label = ignored | bad_label, None
+        bad_pred = ((prd < 0) | (prd >= c)) & ~ignored
+        drop = ignored | bad_pred if bad_label is None else ignored | bad_pred | bad_label
+        idx = (lab * c + prd).masked_fill(drop, c * c)
+        # scatter-add, not bincount: torch's bincount reads the largest index back to size its output
+        counts = torch.zeros(c * c + 1, dtype=torch.int64, device=lab.device)
+        counts.scatter_add_(0, idx, torch.ones_like(idx))
+        problems = torch.stack([_offenders(lab, bad_label), _offenders(prd, bad_pred)])
+        counts = counts[: c * c].reshape(c, c) * (problems[:, 0].sum() == 0)  # a rejected update adds nothing
+        self._add_problems(problems)
+        if self._mat is None:
+            self._mat = counts
+        else:
+            self._mat += counts.to(self._mat.device)
+
+    def _add_problems(self, problems: torch.Tensor | None) -> None:
+        if problems is None:
+            return
+        if self._problems is None:
+            self._problems = problems.clone()
+            return
+        mine = self._problems
+        problems = problems.to(mine.device)
+        self._problems = torch.stack([mine[:, 0] + problems[:, 0], torch.minimum(mine[:, 1], problems[:, 1]),
+                                      torch.maximum(mine[:, 2], problems[:, 2])], dim=1)
+
+    def _raise_problems(self, counts: list[int] | None = None) -> None:
+        """The ``ValueError`` :meth:`update` would have raised on the CPU (``counts``: all-reduced bad counts)."""
+        if self._problems is None and counts is None:
+            return
+        found = self._problems.tolist() if self._problems is not None else [[0, _NONE_MIN, _NONE_MAX]] * 2
+        for (n, low, high), total, what in zip(found, counts or [row[0] for row in found], ("label", "prediction")):
+            if not total:
+                continue
+            values = sorted({low, high}) if n else "(on another process)"
+            if what == "label":
+                raise ValueError(
+                    f"label value(s) {values} outside [0, {self.num_classes}) and not ignore_index={self.ignore_index} "
+                    f"in {total} pixel(s) (pass out_of_range='ignore' to drop such pixels, as the COCO-Stuff "
+                    "evaluation does)")
+            raise ValueError(f"prediction value(s) {values} outside [0, {self.num_classes}) in {total} pixel(s)")
+
     def merge(self, other: ConfusionMatrix | np.ndarray | torch.Tensor) -> ConfusionMatrix:
         """Add another matrix (from another worker, process or shard) into this one; returns ``self``."""
         if isinstance(other, ConfusionMatrix):
@@ -140,6 +224,7 @@ class ConfusionMatrix:
                     f"cannot merge ConfusionMatrix(num_classes={other.num_classes}, ignore_index={other.ignore_index}) "
                     f"into ConfusionMatrix(num_classes={self.num_classes}, ignore_index={self.ignore_index})"
                 )
+            self._add_problems(other._problems)
             if other._mat is None:
                 return self
             counts = other._mat
@@ -177,18 +262,29 @@ class ConfusionMatrix:
 
         if not (dist.is_available() and dist.is_initialized()):
             return self
-        if self._mat is None:
-            self._mat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
-        dist.all_reduce(self._mat, op=dist.ReduceOp.SUM, group=group)
+        device = _collective_device(group)
+        c = self.num_classes
+        mat = self._mat if self._mat is not None else torch.zeros(c, c, dtype=torch.long, device=device)
+        bad = self._problems[:, 0] if self._problems is not None else torch.zeros(2, dtype=torch.long, device=device)
+        # one collective for the counts and the findings, so that every rank raises alike (none is left waiting)
+        packed = torch.cat([mat.reshape(-1).to(device), bad.to(device)])
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+        self._mat = packed[: c * c].reshape(c, c).to(mat.device)
+        self._raise_problems(packed[c * c:].tolist())
         return self
 
     def reset(self) -> None:
         """Forget everything accumulated so far."""
         self._mat = None
+        self._problems = None
 
     @property
     def matrix(self) -> np.ndarray:
-        """The accumulated counts as a CPU ``(C, C)`` int64 numpy array (rows gt, columns pred)."""
+        """The accumulated counts as a CPU ``(C, C)`` int64 numpy array (rows gt, columns pred).
+
+        Raises the ``ValueError`` of out-of-range values that a GPU update found (see the class docstring).
+        """
+        self._raise_problems()
         if self._mat is None:
             return np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
         return self._mat.detach().cpu().numpy().astype(np.int64, copy=True)

@@ -31,6 +31,25 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 os.environ[PROBE_CACHE_ENV] = "off"
 
 
+# The suite runs on the CPU whatever the machine has: a test that leaves the device to "auto" gets the CPU
+# (torch.cuda.is_available() is False for it). The CUDA tests carry the `gpu` marker (tests/test_gpu.py): they
+# see the GPU, and are skipped where torch sees none; `pytest -m gpu` runs only them.
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (gpu marker)")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_gpu_marked(request, monkeypatch):
+    if "gpu" not in request.keywords:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 # Folders the session-scoped fixtures make under the base temp folder start with this; the others a test
 # module's fixtures make (a release tree, a dataset) are deleted when the module ends, so the slow suite's
 # disk use stays at about one module's worth (pyproject's tmp_path_retention_policy does the same per test).
@@ -68,12 +87,3 @@ def caffemodels(tmp_path_factory):
 
     return get
 
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` run only where CUDA is available (``pytest -m gpu`` on a GPU machine)."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)

@@ -55,16 +55,18 @@ def test_a_bug_keeps_its_traceback() -> None:
         run_main(_parser(), run, ["--n", "1"])
 
 
-def test_device_auto_and_bad_devices() -> None:
+def test_device_auto_and_bad_devices(monkeypatch) -> None:
     import torch
 
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    for cuda in (True, False):  # both machines, whatever this one has
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert resolve_device("auto") == ("cuda" if cuda else "cpu")
+        assert resolve_device("cpu") == "cpu"
+        with pytest.raises(DeeplabError, match="not a device"):
+            resolve_device("tpu7")
     assert resolve_device("cpu") == "cpu"
-    with pytest.raises(DeeplabError, match="not a device"):
-        resolve_device("tpu7")
-    if not torch.cuda.is_available():
-        with pytest.raises(DeeplabError, match="no CUDA"):
-            resolve_device("cuda:0")
+    with pytest.raises(DeeplabError, match="no CUDA"):
+        resolve_device("cuda:0")
 
 
 def test_an_already_reported_failure_prints_nothing_more(capsys) -> None:

@@ -153,6 +153,19 @@ def _all_reduce_worker(rank: int, world: int, init_file: str, out_dir: str) -> N
         cm = ConfusionMatrix(5)
         cm.update(pred[rank], label[rank])  # each rank sees its own shard
         np.save(Path(out_dir) / f"rank{rank}.npy", cm.all_reduce().matrix)
+        gpu_path = ConfusionMatrix(5)  # the GPU code path (findings on the device) and a rank without data
+        gpu_path._device_path_on_cpu = True
+        if rank == 0:
+            gpu_path.update(torch.from_numpy(pred[0]), torch.from_numpy(label[0]))
+        np.save(Path(out_dir) / f"device{rank}.npy", gpu_path.all_reduce().matrix)
+        bad = ConfusionMatrix(5)
+        bad._device_path_on_cpu = True
+        if rank == 1:
+            bad.update(torch.tensor([6]), torch.tensor([0]))
+        try:  # every rank raises alike: none is left waiting in a later collective
+            bad.all_reduce()
+        except ValueError as e:
+            (Path(out_dir) / f"error{rank}.txt").write_text(str(e))
     finally:
         dist.destroy_process_group()
 
@@ -165,8 +178,13 @@ def test_all_reduce_sums_over_processes(tmp_path: Path) -> None:
     pred, label = random_batch(7, 5, n=world)
     whole = ConfusionMatrix(5)
     whole.update(pred, label)
+    first = ConfusionMatrix(5)
+    first.update(pred[0], label[0])
     for rank in range(world):
         np.testing.assert_array_equal(np.load(tmp_path / f"rank{rank}.npy"), whole.matrix)
+        np.testing.assert_array_equal(np.load(tmp_path / f"device{rank}.npy"), first.matrix)
+    assert "prediction value(s) [6]" in (tmp_path / "error1.txt").read_text()
+    assert "prediction value(s) (on another process)" in (tmp_path / "error0.txt").read_text()
 
 
 def test_all_reduce_is_noop_without_distributed() -> None:
@@ -229,7 +247,7 @@ def test_empty_matrix_gives_nan_not_error() -> None:
     assert percent(scores_from_matrix(np.eye(2, dtype=np.int64)))["miou"] == 100.0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.gpu
 def test_cuda_inputs_match_cpu() -> None:  # pragma: no cover - runs only where a GPU exists
     pred, label = random_batch(5, 6)
     cpu, gpu = ConfusionMatrix(6), ConfusionMatrix(6)
@@ -336,3 +354,71 @@ def test_readme_published_tables_are_generated_from_the_data():
     text = render_published()
     assert "| `[5]` | msc coco aug head=aspp_l | 76.35 |" in text
     assert "82.20" in text and "34.40" in text
+
+
+# ----------------------------------------------------------------------------------------- the GPU code path
+READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+
+def _device_path() -> ConfusionMatrix:
+    cm = ConfusionMatrix(5)
+    cm._device_path_on_cpu = True  # what a CUDA input takes, on the CPU
+    return cm
+
+
+def test_device_path_reads_nothing_until_the_matrix_is_read(monkeypatch) -> None:
+    """~4 reads of the device per image before; now none per update, the matrix is read once at the end."""
+    calls: list[str] = []
+    for name in READS:
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _o=original, _n=name, **k: calls.append(_n) or _o(t, *a, **k))
+    pred, label = random_batch(11, 5, n=3)
+    label[0, :2] = 255
+    cpu, gpu = ConfusionMatrix(5), _device_path()
+    for p, lab in zip(pred, label):
+        cpu.update(p, lab)
+        gpu.update(torch.from_numpy(p), torch.from_numpy(lab))
+    calls.clear()
+    for p, lab in zip(pred, label):
+        gpu.update(torch.from_numpy(p), torch.from_numpy(lab))
+    assert calls == []
+    monkeypatch.undo()
+    np.testing.assert_array_equal(gpu.matrix, 2 * cpu.matrix)
+
+
+def test_device_path_defers_the_out_of_range_error_to_the_read() -> None:
+    pred, label = random_batch(3, 5, n=2)
+    cm = _device_path()
+    cm.update(torch.from_numpy(pred[0]), torch.from_numpy(label[0]))
+    before = ConfusionMatrix(5)
+    before.update(pred[0], label[0])
+    bad = label[1].copy()
+    bad[0, 0], bad[1, 1] = 9, 7
+    cm.update(torch.from_numpy(pred[1]), torch.from_numpy(bad))  # no error yet: that would read the device
+    with pytest.raises(ValueError, match=r"label value\(s\) \[7, 9\] outside \[0, 5\) .* in 2 pixel\(s\)"):
+        cm.compute()
+    cm._problems = None  # what the rejected update left behind: nothing
+    np.testing.assert_array_equal(cm.matrix, before.matrix)
+    wrong = _device_path()
+    wrong.update(torch.tensor([5, 1]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"prediction value\(s\) \[5\]"):
+        wrong.compute()
+    lenient = ConfusionMatrix(5, out_of_range="ignore")
+    lenient._device_path_on_cpu = True
+    lenient.update(torch.from_numpy(pred[1]), torch.from_numpy(bad))
+    strict_numpy = ConfusionMatrix(5, out_of_range="ignore")
+    strict_numpy.update(pred[1], bad)
+    np.testing.assert_array_equal(lenient.matrix, strict_numpy.matrix)
+
+
+def test_all_reduce_runs_on_the_process_groups_device(monkeypatch) -> None:
+    """NCCL reduces GPU tensors only: the matrix goes to the current GPU for it, to the CPU for gloo."""
+    import torch.distributed as dist
+
+    from reproduce.metrics import _collective_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    assert _collective_device() == torch.device("cuda", 1)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    assert _collective_device() == torch.device("cpu")

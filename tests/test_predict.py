@@ -49,8 +49,10 @@ def images(tmp_path_factory) -> Path:
 
 
 def _args(weights: Path, out: Path, *extra: str) -> list[str]:
-    # fp32: the masks are compared with plain fp32 inference (auto picks bf16 on an AMX CPU)
-    return ["--weights", str(weights), "--out", str(out), "--crop-size", "65", "--precision", "fp32", "--quiet", *extra]
+    # fp32 on the CPU: the masks are compared with plain fp32 CPU inference (auto picks bf16 on an AMX CPU, and
+    # CUDA where there is one)
+    return ["--weights", str(weights), "--out", str(out), "--crop-size", "65", "--precision", "fp32", "--device", "cpu",
+            "--quiet", *extra]
 
 
 def test_masks_and_overlays_for_a_folder_and_a_file(weights, images, tmp_path) -> None:

@@ -31,7 +31,7 @@ def tiny_config(kind: str = "v3", **solver) -> dict:
                    "lr_power": 0.9, "momentum": 0.9, "weight_decay": 1e-4,
                    "param_rules": [{"max_ndim": 1, "decay_mult": 0}], **solver},
         "seed": 3, "workers": 0, "log_every": 2, "checkpoint_every": 2, "progress": False, "tensorboard": False,
-        "init": {"weights": None},
+        "init": {"weights": None}, "device": "cpu",  # never picked by the machine: the GPU tests are tests/test_gpu.py
     }
     if kind == "v3":
         cfg.update(model={"name": "deeplabv3_tiny", "num_classes": 4, "kwargs": {"output_stride": 8}},

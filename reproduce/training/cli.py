@@ -175,8 +175,6 @@ def write_smoke_inputs(cfg: Config, smoke_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Do what the parsed command line says (raises ConfigError for bad input)."""
-    import torch.distributed as dist
-
     try:
         cfg = resolve_config(args)
         if args.write_smoke_inputs:
@@ -200,17 +198,14 @@ def run(args: argparse.Namespace) -> None:
 
             train_keras(cfg, out)
         else:
+            from .distributed import distributed_job
             from .loop import train
 
-            train(cfg, out)
+            with distributed_job():  # an error on one rank ends every rank (no barrier on the way out)
+                train(cfg, out)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         raise
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            from .distributed import shutdown_distributed
-
-            shutdown_distributed()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

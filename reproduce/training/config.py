@@ -209,6 +209,7 @@ class Config:
     checkpoint_every: int = _runtime(1000)
     keep_checkpoints: int = _runtime(2)
     device: str | None = _runtime()
+    dist_timeout: float = _runtime(3600.0)  # seconds a collective, or the wait for rank 0's evaluation, may take
     amp: bool = _runtime(False)
     deterministic: bool = _runtime(False)   # deterministic kernels where torch has them (see loop.deterministic_mode)
     channels_last: bool = _runtime(False)
@@ -354,6 +355,8 @@ def _check(cfg: Config, where: str | None) -> None:
         fail(f"init.release {cfg.init.release!r} is not in converters/releases.py")
     if cfg.eval_every < 0:
         fail("eval_every must be >= 0")
+    if not cfg.dist_timeout > 0:
+        fail(f"dist_timeout must be > 0 seconds, got {cfg.dist_timeout}")
     if cfg.eval_limit is not None and cfg.eval_limit < 1:
         fail(f"eval_limit must be >= 1 (or null for the whole split), got {cfg.eval_limit}")
 

@@ -47,7 +47,8 @@ class Logger:
             return
         if self.bar is not None and advance:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}", refresh=False)
+            if "loss" in scalars:  # read from the device at logged iterations only
+                self.bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}", refresh=False)
         if log:
             if self.tb is not None:
                 for k, v in scalars.items():

@@ -49,7 +49,7 @@ from ..losses import SegmentationLoss
 from ..schedule import build_optimizer, poly_lr, set_lr
 from .config import Config, ConfigError, changed_keys, init_weights_path, parse_config, to_dict, weights_hint
 from .data import build_loader, build_preprocessing, build_train_dataset, iteration_batches
-from .distributed import Dist, convert_sync_bn, unwrap
+from .distributed import Dist, EveryRankError, convert_sync_bn, unwrap
 from .init_weights import build_model, load_init_weights, set_train_mode
 from .logging import Logger
 
@@ -59,8 +59,11 @@ __all__ = ["StepResult", "train_step", "build_criterion", "build_solver", "train
 # ============================================================================ one step
 @dataclass
 class StepResult:
+    """One iteration's loss, left on the device: reading it (``float``) waits for the GPU."""
+
     loss: torch.Tensor                     # this process's share of the total loss (float64, detached)
-    terms: dict[str, float] = field(default_factory=dict)   # each loss term over its global denominator
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # this process's share of each term over its
+                                                                  # global denominator (float64, detached)
 
 
 def build_criterion(cfg: Config) -> SegmentationLoss:
@@ -88,6 +91,10 @@ def train_step(net: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch
     all micro-batches and processes (so the split does not change the update), then one
     optimizer step (through ``scaler`` when AMP runs on CUDA). ``net`` may be wrapped in
     DistributedDataParallel; gradients are synchronised on the last micro-batch only.
+
+    Nothing here reads a value back from the device (the denominators, the loss and its terms stay
+    there), so the GPU is never drained mid-iteration; an enabled ``GradScaler`` reads its inf check
+    once, in ``scaler.step``.
     """
     d = dist_info or Dist()
     if device is None:
@@ -95,16 +102,18 @@ def train_step(net: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch
     scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
     set_lr(optimizer, lr)
     targets = [criterion.targets(y.to(device, non_blocking=True)) for _, y in micro_batches]
-    dens: dict[str, Any] = {}
+    dens: dict[str, torch.Tensor] = {}
     for t in targets:
         for k, v in criterion.denominators(t).items():
-            dens[k] = dens.get(k, 0) + v
+            dens[k] = dens[k] + v if k in dens else v
     keys = sorted(dens)
-    packed = d.all_reduce(torch.stack([torch.as_tensor(dens[k]) for k in keys]).to(device))
-    den = {k: max(float(packed[i]), 1.0) for i, k in enumerate(keys)}
+    packed = d.all_reduce(torch.stack([dens[k].to(device, torch.float64) for k in keys]))
+    den64 = packed.clamp(min=1.0)
+    # the loss divides by float32 denominators: what a Python-float divisor of a float32 tensor does (same bits)
+    den = {k: den64[i].to(torch.float32) for i, k in enumerate(keys)}
     optimizer.zero_grad(set_to_none=True)
     loss_value = torch.zeros((), dtype=torch.float64, device=device)
-    term_values = {k: 0.0 for k in keys}
+    term_values = {k: torch.zeros((), dtype=torch.float64, device=device) for k in keys}
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp else contextlib.nullcontext()
     last = len(micro_batches) - 1
     for a, ((x, _), t) in enumerate(zip(micro_batches, targets)):
@@ -120,7 +129,7 @@ def train_step(net: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch
             scaler.scale(loss).backward()
         loss_value += loss.detach().double() / d.world
         for k in terms:
-            term_values[k] += float(terms[k].detach()) / den[k]
+            term_values[k] += terms[k].detach().double() / den64[keys.index(k)]
     scaler.step(optimizer)
     scaler.update()
     return StepResult(loss_value, term_values)
@@ -128,18 +137,32 @@ def train_step(net: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch
 
 # ============================================================================ helpers
 def device_for(cfg: Config, d: Dist) -> torch.device:
+    """The device ``cfg.device`` names (``auto``: CUDA when available), made this process's current one.
+
+    ``cuda:N`` is GPU N; plain ``cuda`` (and ``auto``) is GPU ``LOCAL_RANK`` (0 outside ``torchrun``).
+    Under ``torchrun`` with several processes each takes its ``LOCAL_RANK``'s GPU, so ``cuda:N`` is refused
+    there (choose the GPUs with ``CUDA_VISIBLE_DEVICES``).
+    """
     want = cfg.device or "auto"
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("device cuda requested but CUDA is not available (use --device cpu)")
-        torch.cuda.set_device(d.local_rank)
-        return torch.device("cuda", d.local_rank)
     try:
-        return torch.device(want)
+        device = torch.device(want)
     except RuntimeError:
-        raise ConfigError(f"unknown device {want!r} (cpu, cuda or auto)") from None
+        raise ConfigError(f"unknown device {want!r} (cpu, cuda, cuda:N or auto)") from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {want} requested but CUDA is not available (use --device cpu)")
+    if device.index is not None and d.enabled:
+        raise ConfigError(f"device {want}: under torchrun each process trains on cuda:LOCAL_RANK; pass --device "
+                          "cuda and choose the GPUs with CUDA_VISIBLE_DEVICES")
+    index = d.local_rank if device.index is None else device.index
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ConfigError(f"device cuda:{index} requested but torch sees {count} GPU(s) (cuda:0 to cuda:{count - 1})")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def _provenance(cfg: Config, path: Path, *, iteration: int, processes: int, init_record: Mapping[str, Any],
@@ -258,7 +281,7 @@ def _train(cfg: Config, run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     d = Dist()
     device = device_for(cfg, d)
-    d.init(device)
+    d.init(device, cfg.dist_timeout)
     solver = cfg.solver
     max_iter, global_batch, accum, seed = solver.iterations, solver.batch_size, solver.accum_steps, cfg.seed
     amp = cfg.amp
@@ -293,6 +316,8 @@ def _train(cfg: Config, run_dir: str | os.PathLike) -> Path:
     if found is None:
         init_record = load_init_weights(model, cfg.init, build_preprocessing(cfg), seed=seed,
                                         weights=init_weights_path(cfg), hint=weights_hint(cfg))
+    if d.enabled:  # dropout masks differ per process (the data order and augmentation have their own seeds)
+        torch.manual_seed(seed + d.rank)
     if d.enabled and cfg.bn.mode == "train":
         model = convert_sync_bn(model, device)
     model.to(device)
@@ -322,30 +347,38 @@ def _train(cfg: Config, run_dir: str | os.PathLike) -> Path:
     elif d.main:
         logger.write(f"training {cfg.name}: {max_iter} iterations of {global_batch} images "
                      f"({d.world} process(es) x {accum} accumulation step(s) x {sampler.micro}) on {device}")
+    if device.type == "cuda":  # fixed-size crops: let cuDNN pick its fastest kernels, unless asked to be deterministic
+        torch.backends.cudnn.benchmark = not cfg.get("deterministic", False)
     set_train_mode(net, cfg.bn.mode)
     batches = iter(loader)
     t0 = time.time()
     skipped_before = len(state["skipped"])
+    window: list[StepResult] = []  # the iterations since the device was last read
     for it in range(start, max_iter):
         lr = poly_lr(solver.base_lr, it, max_iter, solver.lr_power)
         micro = iteration_batches(batches, accum, it, logger, state["skipped"])
         result = train_step(net, micro, optimizer=optimizer, criterion=criterion, lr=lr, scaler=scaler, amp=amp,
                             channels_last=cfg.channels_last, dist_info=d, device=device)
         done = it + 1
+        window.append(result)
         log = done % cfg.log_every == 0 or done == max_iter
-        scalars = {"loss": float(d.all_reduce(result.loss)) if log else float(result.loss) * d.world, "lr": lr}
+        evaluate_now = bool(cfg.eval_every) and (done % cfg.eval_every == 0 or done == max_iter)
+        save_now = bool(cfg.checkpoint_every) and done % cfg.checkpoint_every == 0 and done < max_iter
+        if not (log or evaluate_now or save_now):
+            logger.step(done, {"lr": lr}, log=False)  # no read of the device: the GPU runs ahead
+            continue
+        # One read of the device per logged iteration (and before a checkpoint or an evaluation, so that
+        # neither sees weights a non-finite loss has spoiled); every rank reads the same reduced values.
+        scalars = {**_read_window(window, done, len(state["skipped"]), d), "lr": lr}
+        window = []
         if log:
-            if len(result.terms) > 1:
-                scalars.update({f"loss_{k}": v for k, v in result.terms.items()})
             scalars["sec_per_it"] = (time.time() - t0) / (done - start)
-            skipped = d.all_reduce(torch.tensor([float(len(state["skipped"]))], device=device))
-            scalars["skipped_samples"] = float(skipped[0])
-        if not math.isfinite(scalars["loss"]):
-            raise FloatingPointError(f"loss is {scalars['loss']} at iteration {done}; lower the learning rate")
+        else:
+            scalars = {"loss": scalars["loss"], "lr": lr}
         logger.step(done, scalars, log=log)
-        if cfg.eval_every and (done % cfg.eval_every == 0 or done == max_iter):
+        if evaluate_now:
             _evaluate(run_dir, done, model, cfg, init_record, d, device, state, logger)
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < max_iter:
+        if save_now:
             _save(run_dir, done, model, optimizer, scaler, cfg, init_record, d, state)
     logger.close()
     final = run_dir / "final.pth"
@@ -363,9 +396,34 @@ def _train(cfg: Config, run_dir: str | os.PathLike) -> Path:
     return final
 
 
+def _read_window(window: Sequence[StepResult], done: int, skipped: int, d: Dist) -> dict[str, float]:
+    """The global loss (and its terms, and the skipped-sample count) of the last of ``window``'s iterations,
+    ending at iteration ``done``: one all-reduce and one read of the device for the whole window.
+
+    Raises (alike on every rank) naming the first iteration whose loss was not finite.
+    """
+    last = window[-1]
+    names = sorted(last.terms) if len(last.terms) > 1 else []  # one term is the loss itself
+    count = torch.tensor([float(skipped)], dtype=torch.float64, device=last.loss.device)
+    values = d.all_reduce(torch.cat([torch.stack([r.loss for r in window] + [last.terms[k] for k in names]),
+                                     count])).tolist()
+    losses = values[:len(window)]
+    for i, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            raise EveryRankError(f"loss is {loss} at iteration {done - len(window) + 1 + i}; lower the learning rate")
+    scalars = {"loss": losses[-1]}
+    scalars.update({f"loss_{k}": v for k, v in zip(names, values[len(window):])})
+    scalars["skipped_samples"] = values[-1]
+    return scalars
+
+
 def _evaluate(run_dir: Path, it: int, model: nn.Module, cfg: Config, init_record: Mapping[str, Any], d: Dist,
               device: torch.device, state: dict[str, Any], logger: Logger) -> None:
-    """Rank 0: write last.pth, score it, copy it to best.pth when it is the best so far."""
+    """Rank 0: write last.pth, score it, copy it to best.pth when it is the best so far.
+
+    The other ranks wait for rank 0's result on the launcher's store, not in a collective: no NCCL
+    watchdog runs while rank 0 evaluates alone (:meth:`Dist.wait_for` bounds the wait by ``dist_timeout``).
+    """
     if d.main:
         was_training = model.training
         last = run_dir / "last.pth"
@@ -391,11 +449,9 @@ def _evaluate(run_dir: Path, it: int, model: nn.Module, cfg: Config, init_record
         logger.write(f"iteration {it}: {result['split']} mIoU {score if score is None else round(score, 2)} "
                      f"(best {best.get('score') and round(best['score'], 2)} at iteration {best.get('iteration')})")
         logger.step(it, {"eval_miou": score}, log=True, advance=False)
-    if d.enabled:
-        objs = [state["best"]]
-        dist.broadcast_object_list(objs, src=0)
-        state["best"] = objs[0]
-    d.barrier()
+        d.publish(f"eval/{it}", state["best"])
+    elif d.enabled:
+        state["best"] = d.wait_for(f"eval/{it}")
 
 
 def _save(run_dir: Path, it: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, cfg: Config,
