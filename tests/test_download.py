@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from converters.releases import ARCHIVES, CAFFE_RELEASES, DATASETS, TF_RELEASES, Archive
-from reproduce import download
+from reproduce import download, unpack
 from reproduce.download import DownloadError, Item
+from reproduce.unpack import UnpackError
 
 
 # ----------------------------------------------------------------------------- the local server
@@ -135,6 +136,12 @@ def deeplab_tf_tarball() -> bytes:
     return make_tar({"deeplabv3_pascal_train_aug/model.ckpt.index": b"index" * 100,
                      "deeplabv3_pascal_train_aug/model.ckpt.data-00000-of-00001": bytes(range(256)) * 400,
                      "deeplabv3_pascal_train_aug/frozen_inference_graph.pb": b"graph" * 100})
+
+
+def unpack_into(archive: Path, dest: Path, **kwargs) -> unpack.Unpacked:
+    """The staged unpacking the download command runs, with its default bound."""
+    kind = "zip" if archive.name.endswith(".zip") else "tar"
+    return unpack.unpack_archive(archive, dest, kind=kind, limit=unpack.size_limit(archive.stat().st_size), **kwargs)
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -284,11 +291,12 @@ def test_truncated_archive_is_refused_and_not_locked(server, tmp_path, capsys, l
 def test_truncated_plain_tar_and_zip_are_refused(tmp_path):
     tar = make_tar({"VOCdevkit/VOC2012/a.jpg": b"x" * 5000}, "w")
     (tmp_path / "t.tar").write_bytes(tar[:3000])
-    with pytest.raises(DownloadError, match="truncated tar archive|not a complete tar"):
-        download.check_tar(tmp_path / "t.tar")
+    with pytest.raises(UnpackError, match="truncated tar archive|not a complete tar"):
+        unpack_into(tmp_path / "t.tar", tmp_path / "out")
     (tmp_path / "z.zip").write_bytes(caffe_resnet_zip()[:-100])
-    with pytest.raises(DownloadError, match="not a complete zip archive"):
-        download.check_zip(tmp_path / "z.zip", full=True)
+    with pytest.raises(UnpackError, match="not a complete zip archive"):
+        unpack_into(tmp_path / "z.zip", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_lock_file_catches_a_changed_file(server, tmp_path, capsys):
@@ -322,8 +330,9 @@ def test_unsafe_archives_are_refused(tmp_path, kind):
         path.write_bytes(make_tar({}, links={"deeplabv3/link": (tarfile.SYMTYPE, "../../outside")}))
     else:
         path.write_bytes(make_tar({"d/x": b"x"}, links={"d": (tarfile.SYMTYPE, "sub")}))  # d/x written via d
-    with pytest.raises(DownloadError, match="refusing to unpack"):
-        download.check_zip(path, full=True) if kind.endswith("zip") else download.check_tar(path)
+    with pytest.raises(UnpackError, match="refusing to unpack"):
+        unpack_into(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_no_network_says_what_to_download_and_where(tmp_path, capsys):
