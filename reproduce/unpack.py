@@ -34,6 +34,7 @@ import sys
 import tarfile
 import zipfile
 import zlib
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -43,12 +44,15 @@ from converters.errors import DeeplabError
 MAX_RATIO = 20  # unpacked bytes per archive byte: weights and images compress far less than this
 MIN_LIMIT = 64 << 20  # ... but a small archive may always unpack to this much
 MAX_MEMBERS = 1_000_000  # the largest release (COCO train2017) has 118k
+MAX_DEPTH = 64  # folders within folders; deeper trees only come from hostile archives (and break makedirs)
+MAX_NAME = 1024  # characters of a member's path (Linux allows 4096 for a whole path)
 STAGING_PREFIX = ".deeplab-unpacking-"
 _ENV_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EXDEV}
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 # What the standard library's decoders raise on a damaged archive (bz2 and gzip raise OSError without errno).
 _DECODE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, ValueError,
-                  NotImplementedError, RuntimeError, struct.error, KeyError, gzip.BadGzipFile)
+                  NotImplementedError, RuntimeError, struct.error, KeyError, IndexError, OverflowError,
+                  gzip.BadGzipFile)
 
 
 class UnpackError(DeeplabError):
@@ -125,6 +129,9 @@ def _parts(name: str, archive: Path) -> tuple[str, ...]:
         raise UnpackError(f"{archive}: member {_q(name)} has an absolute path; refusing to unpack")
     if ".." in path.parts:
         raise UnpackError(f"{archive}: member {_q(name)} points outside the destination ('..'); refusing to unpack")
+    if len(name) > MAX_NAME or len(path.parts) > MAX_DEPTH:
+        raise UnpackError(f"{archive}: member {_q(name)} has a path longer than {MAX_NAME} characters or deeper "
+                          f"than {MAX_DEPTH} folders; refusing to unpack")
     return tuple(p for p in path.parts if p not in ("", "."))
 
 
@@ -226,7 +233,7 @@ def _zip_members(zf: zipfile.ZipFile, path: Path) -> list[tuple[Member, object]]
         if info.compress_type not in _ZIP_METHODS:
             raise UnpackError(f"{path}: member {_q(info.filename)} uses compression method {info.compress_type}, "
                               "which is not supported; refusing to unpack")
-        kind = "dir" if info.is_dir() else "file"
+        kind = "dir" if info.filename.endswith("/") else "file"
         out.append((Member(info.filename, parts, kind, info.file_size if kind == "file" else 0), info))
     return out
 
@@ -235,12 +242,12 @@ def _resolve(start: tuple[str, ...], target: str, links: dict[tuple[str, ...], s
     """Where the link target ``target`` (relative to folder ``start``) lands once the archive's own links
     are followed; ``None`` if it leaves the archive's root, is absolute or loops."""
     stack = list(start)
-    todo = target.replace("\\", "/").split("/")
+    todo = deque(target.replace("\\", "/").split("/"))
     if target.startswith(("/", "\\")):
         return None
     hops = 0
     while todo:
-        part = todo.pop(0)
+        part = todo.popleft()
         if part in ("", "."):
             continue
         if part == "..":
@@ -255,7 +262,7 @@ def _resolve(start: tuple[str, ...], target: str, links: dict[tuple[str, ...], s
             if hops > 40 or link.startswith(("/", "\\")):  # 40: Linux's own limit on links followed
                 return None
             stack.pop()
-            todo = link.replace("\\", "/").split("/") + todo
+            todo.extendleft(reversed(link.replace("\\", "/").split("/")))
     return tuple(stack)
 
 
@@ -293,6 +300,9 @@ def check_members(members: list[Member], archive: Path) -> None:
                                   "in case (one would overwrite the other on macOS and Windows); refusing to unpack")
     links = {parts: m.target for parts, m in explicit.items() if m.kind == "symlink"}
     for parts, m in explicit.items():
+        if m.kind in ("symlink", "hardlink") and not 0 < len(m.target) <= MAX_NAME:
+            raise UnpackError(f"{archive}: link {_q(m.name)} has an empty target or one longer than {MAX_NAME} "
+                              "characters; refusing to unpack")
         if m.kind == "symlink" and _resolve(parts[:-1], m.target, links) is None:
             raise UnpackError(f"{archive}: link {_q(m.name)} -> {_q(m.target)} points outside the destination "
                               "(or loops) once the archive's links are followed; refusing to unpack")
@@ -366,7 +376,10 @@ def _check_staged(members: list[Member], staging: Path, archive: Path) -> tuple[
     for m in members:
         if not m.parts:
             continue
-        st = os.lstat(staging.joinpath(*m.parts))
+        try:
+            st = os.lstat(staging.joinpath(*m.parts))
+        except FileNotFoundError:
+            raise UnpackError(f"{archive}: member {_q(m.name)} did not unpack; nothing unpacked") from None
         ok = {"dir": stat.S_ISDIR(st.st_mode), "symlink": stat.S_ISLNK(st.st_mode),
               "hardlink": stat.S_ISREG(st.st_mode) and st.st_nlink > 1,
               "file": stat.S_ISREG(st.st_mode) and st.st_size == m.size}
@@ -490,6 +503,7 @@ class _opened:
             stream = _open_stream(self.path)
             self.closers.append(stream)
             tf = tarfile.open(fileobj=stream, mode="r:")
+            tf.errorlevel = 2  # a member tarfile could not create (e.g. a link) is an error, not a skipped member
             self.closers.append(tf)
             return tf, stream
         except _DECODE_ERRORS + (OSError,) as exc:
