@@ -47,7 +47,7 @@ from converters.releases import (
     Archive,
     Dataset,
 )
-from reproduce.unpack import UnpackError, human, present, size_limit, unpack_archive
+from reproduce.unpack import MAX_RATIO, MIN_LIMIT, UnpackError, human, present, size_limit, unpack_archive
 
 CHUNK = 1 << 20
 LOCK_ENV = "DEEPLAB_DOWNLOAD_LOCK"
@@ -140,7 +140,9 @@ def describe(item: Item, lock: dict) -> list[str]:
         f"  size:        {size}",
         f"  checksum:    {check}",
         f"  download to: {item.download_path}",
-        f"  unpack into: {item.destination}/ ({a.format})",
+        f"  unpack into: {item.destination}/ ({a.format}; unpacks to at most "
+        f"{human(size_limit(a.size)) if a.size else f'{MAX_RATIO} x its size (at least {human(MIN_LIMIT)})'}, "
+        "checked before writing)",
         f"  provides:    {', '.join(str(item.root / p) for p in a.expect)}",
     ]
     lines += [f"  then:        {step}" for step in next_steps(item)]
