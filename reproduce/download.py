@@ -379,8 +379,8 @@ def process(item: Item, *, lock: dict, retries: int, timeout: float, quiet: bool
         return (f"{a.file_name}: already in place under {item.destination} (verified and unpacked by an earlier "
                 "run); nothing to do")
     if not done and not started and present(item.root, a.expect):
-        return (f"{a.file_name}: its files are under {item.destination} already (put there by hand, not verified "
-                "by this command); nothing to do")
+        return (f"{a.file_name}: its files are under {item.destination} already, with no completion record of "
+                "this command (put there by hand or by an older version: not verified); nothing to do")
     # Without a valid marker but with a download of ours, an unpacking was cut short: redo it below.
     if path.is_file():
         say(f"{a.file_name}: found {path}, checking it")
