@@ -937,6 +937,16 @@ def _archive_read(case: Path) -> object:
         left = [p.name for p in (out / "dest").iterdir() if p.name.startswith(STAGING_PREFIX)]
         if left:
             raise AssertionError(f"a staging folder is left after unpacking: {left}")
+        outside = sorted({p.name for p in case.iterdir()} - {archive.name, "out"}) + [p.name for p in out.iterdir()
+                                                                                      if p.name != "dest"]
+        root = (out / "dest").resolve()
+        for folder, dirs, files in os.walk(out / "dest"):  # links are not followed
+            for name in dirs + files:
+                path = Path(folder) / name
+                if path.is_symlink() and root not in path.resolve().parents and path.resolve() != root:
+                    outside.append(f"{path} -> {os.readlink(path)}")
+        if outside:
+            raise AssertionError(f"an accepted archive wrote or links outside its destination: {outside[:5]}")
         return result
     except UnpackError:
         left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
