@@ -8,13 +8,13 @@ registry, :mod:`converters.releases`. For each archive it
    interrupted transfer with an HTTP ``Range`` request (retried a few times within one run;
    a later run resumes the same ``.part``);
 3. verifies the byte size and the published sha256 (or md5 where only that is published)
-   BEFORE anything is unpacked; where no checksum is published it checks that the archive reads
-   to its end and records the sha256 of this first verified download in a user-level lock file
-   (``$DEEPLAB_DOWNLOAD_LOCK``, default ``~/.config/deeplab-repro/downloads.lock.json``), against
-   which later downloads are checked;
-4. unpacks safely (no member may land outside the destination: absolute paths, ``..``, links
-   pointing out and device files are refused) into the folder the converters or dataset readers
-   read, and checks that the expected files are there.
+   BEFORE anything is unpacked (against the published value, or against the sha256 recorded in a
+   user-level lock file, ``$DEEPLAB_DOWNLOAD_LOCK``, default ``~/.config/deeplab-repro/downloads.lock.json``);
+4. unpacks it with :func:`reproduce.unpack.unpack_archive`: checked member by member, bounded in size,
+   staged, and moved into the folder the converters or dataset readers read only once complete;
+5. then, where no checksum is published, records the sha256 of this first complete, checked download in
+   the lock file (later downloads are checked against it), and last writes the completion marker
+   (``downloads/<archive>/unpacked.json``) that a later run's "already in place" rests on.
 """
 
 from __future__ import annotations
@@ -24,19 +24,17 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
-import stat
 import sys
-import tarfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from converters.cli import run_main
 from converters.errors import DeeplabError
@@ -49,6 +47,7 @@ from converters.releases import (
     Archive,
     Dataset,
 )
+from reproduce.unpack import MAX_RATIO, MIN_LIMIT, UnpackError, human, present, size_limit, unpack_archive
 
 CHUNK = 1 << 20
 LOCK_ENV = "DEEPLAB_DOWNLOAD_LOCK"
@@ -124,27 +123,6 @@ def resolve(names: Iterable[str], models_dir: Path, data_root: Path,
     return list(items.values()), manual
 
 
-def present(root: Path, patterns: Iterable[str]) -> bool:
-    """Every path (glob patterns allowed) exists under ``root``."""
-    for pattern in patterns:
-        if any(c in pattern for c in "*?["):
-            if not any(root.glob(pattern)):
-                return False
-        elif not (root / pattern).exists():
-            return False
-    return True
-
-
-def human(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
-
-
 def describe(item: Item, lock: dict) -> list[str]:
     """The dry-run plan lines of one archive."""
     a = item.archive
@@ -162,7 +140,9 @@ def describe(item: Item, lock: dict) -> list[str]:
         f"  size:        {size}",
         f"  checksum:    {check}",
         f"  download to: {item.download_path}",
-        f"  unpack into: {item.destination}/ ({a.format})",
+        f"  unpack into: {item.destination}/ ({a.format}; unpacks to at most "
+        f"{human(size_limit(a.size)) if a.size else f'{MAX_RATIO} x its size (at least {human(MIN_LIMIT)})'}, "
+        "checked before writing)",
         f"  provides:    {', '.join(str(item.root / p) for p in a.expect)}",
     ]
     lines += [f"  then:        {step}" for step in next_steps(item)]
@@ -188,15 +168,23 @@ def lock_path() -> Path:
 
 
 def read_lock() -> dict:
+    """The lock file's records (archive key -> {"sha256": ..., ...}); a damaged file is one line naming it."""
     path = lock_path()
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
     try:
+        if path.stat().st_size > 16 << 20:
+            raise ValueError("larger than 16 MB")
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DownloadError(f"{path}: unreadable lock file ({exc}); fix or remove it") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+        raise DownloadError(f"{path}: unreadable lock file ({reason}); fix or remove it") from None
     if not isinstance(data, dict):
         raise DownloadError(f"{path}: not a JSON object; fix or remove it")
+    for key, record in data.items():
+        if not (isinstance(record, dict) and isinstance(record.get("sha256"), str)
+                and re.fullmatch(r"[0-9a-f]{64}", record["sha256"])):
+            raise DownloadError(f"{path}: the entry for '{key}' has no 64-digit hexadecimal sha256; fix or remove it")
     return data
 
 
@@ -206,7 +194,11 @@ def record_lock(archive: Archive, url: str, sha256: str, size: int) -> Path:
     data = read_lock()
     data[archive.key] = {"file": archive.file_name, "url": url, "sha256": sha256, "size": size,
                          "first_verified_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    return write_json_atomic(lock_path(), dict(sorted(data.items())))
+    try:
+        return write_json_atomic(lock_path(), dict(sorted(data.items())))
+    except OSError as exc:
+        raise DownloadError(f"{lock_path()}: cannot write the lock file ({exc.strerror or exc}); the files are "
+                            "unpacked but not marked complete (rerun)") from None
 
 
 # ----------------------------------------------------------------------------- transfer
@@ -359,154 +351,78 @@ def verify(item: Item, path: Path, lock: dict, quiet: bool, say) -> tuple[str, b
     return sha256, True
 
 
-# ----------------------------------------------------------------------------- safe unpacking
-def _safe_name(name: str, archive: Path) -> PurePosixPath:
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or name.startswith(("/", "\\")) or (path.parts and ":" in path.parts[0]):
-        raise DownloadError(f"{archive}: member '{name}' has an absolute path; refusing to unpack")
-    if ".." in path.parts:
-        raise DownloadError(f"{archive}: member '{name}' points outside the destination ('..'); refusing to unpack")
-    return path
-
-
-def check_tar(path: Path) -> list[tarfile.TarInfo]:
-    """Read the whole tar (every member, to the end of a compressed stream) and refuse unsafe members."""
-    try:
-        with tarfile.open(path, "r:*") as tf:
-            members = tf.getmembers()
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        raise DownloadError(f"{path}: not a complete tar archive ({exc}); nothing unpacked") from None
-    if not members:
-        raise DownloadError(f"{path}: empty or not a tar archive; nothing unpacked")
-    size = path.stat().st_size
-    links: set[PurePosixPath] = set()
-    for m in members:
-        name = _safe_name(m.name, path)
-        if not path.name.endswith((".gz", ".tgz")) and m.offset_data + (m.size if m.isreg() else 0) > size:
-            raise DownloadError(f"{path}: truncated tar archive (member '{m.name}' ends past the end of the file); "
-                                "nothing unpacked")
-        if any(parent in links for parent in name.parents):
-            raise DownloadError(f"{path}: member '{m.name}' goes through a link inside the archive; refusing to unpack")
-        if m.isdev() or not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
-            raise DownloadError(f"{path}: member '{m.name}' is a device or special file; refusing to unpack")
-        if m.issym() or m.islnk():
-            target = PurePosixPath(m.linkname)
-            joined = (name.parent / target) if m.issym() else target
-            if target.is_absolute() or _escapes(joined):
-                raise DownloadError(f"{path}: link '{m.name}' -> '{m.linkname}' points outside the destination; "
-                                    "refusing to unpack")
-            links.add(name)
-    return members
-
-
-def _escapes(path: PurePosixPath) -> bool:
-    depth = 0
-    for part in path.parts:
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part not in ("", "."):
-            depth += 1
-    return False
-
-
-def check_zip(path: Path, full: bool) -> list[zipfile.ZipInfo]:
-    """List the zip (its central directory must be intact) and refuse unsafe members; ``full``: also CRC-check
-    every member (used where no published checksum vouches for the file)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            bad = zf.testzip() if full else None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
-        raise DownloadError(f"{path}: not a complete zip archive ({exc}); nothing unpacked") from None
-    if bad is not None:
-        raise DownloadError(f"{path}: member '{bad}' is corrupt (CRC mismatch); nothing unpacked")
-    if not infos:
-        raise DownloadError(f"{path}: empty zip archive; nothing unpacked")
-    for info in infos:
-        _safe_name(info.filename, path)
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
-            raise DownloadError(f"{path}: member '{info.filename}' is a symbolic link; refusing to unpack")
-    return infos
-
-
-def unpack(item: Item, path: Path, quiet: bool) -> None:
-    """Extract ``path`` into the item's destination; every member was checked beforehand (check_zip/check_tar).
-
-    Before anything is written, every member's path is resolved against what is already on disk, so a
-    link already inside the destination that points elsewhere stops the unpacking before it starts.
-    """
-    from tqdm import tqdm
-
-    dest = item.destination
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-
-    def inside(name: str) -> None:
-        out = (dest / name).resolve()
-        if out != root and root not in out.parents:
-            raise DownloadError(f"{path}: member '{name}' would land outside {dest} (at {out}, through a link in "
-                                "the destination); nothing unpacked")
-
-    bar = {"desc": f"unpacking {path.name}", "disable": quiet, "file": sys.stderr, "leave": False}
-    if item.archive.format == "zip":
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            for info in infos:
-                inside(info.filename)
-            for info in tqdm(infos, **bar):
-                zf.extract(info, dest)
-    else:
-        with tarfile.open(path, "r:*") as tf:
-            members = tf.getmembers()
-            for m in members:
-                inside(m.name)
-            for m in tqdm(members, **bar):
-                if hasattr(tarfile, "data_filter"):
-                    tf.extract(m, dest, filter="data")
-                else:  # Python without extraction filters: members were checked by check_tar
-                    tf.extract(m, dest)
-
-
 # ----------------------------------------------------------------------------- one archive
+def completed(item: Item) -> bool:
+    """An earlier run unpacked this archive completely: its marker (written last) names it."""
+    try:
+        record = json.loads(item.marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(record, dict) and record.get("archive") == item.archive.key
+
+
+def expected_in_destination(item: Item) -> list[str]:
+    """The registry's ``expect`` paths (relative to the root) that lie in the destination, relative to it."""
+    prefix = item.archive.unpack_to.rstrip("/")
+    if not prefix:
+        return list(item.archive.expect)
+    return [p[len(prefix) + 1:] for p in item.archive.expect if p.startswith(prefix + "/")]
+
+
 def process(item: Item, *, lock: dict, retries: int, timeout: float, quiet: bool, say) -> str:
     """Bring one archive into place; returns a one-line summary. Raises DownloadError."""
     a = item.archive
     path = item.download_path
     started = path.is_file() or path.with_name(path.name + ".part").is_file()
-    if present(item.root, a.expect) and (item.marker.is_file() or not started):
-        # Without the marker but with a download of ours, an unpacking was interrupted: redo it below.
-        how = "verified at download" if item.marker.is_file() else "found in place (not downloaded by this command)"
-        return f"{a.file_name}: already in place under {item.destination} ({how}); nothing to do"
+    done = completed(item)
+    if done and present(item.root, a.expect):
+        return (f"{a.file_name}: already in place under {item.destination} (verified and unpacked by an earlier "
+                "run); nothing to do")
+    if not done and not started and present(item.root, a.expect):
+        return (f"{a.file_name}: its files are under {item.destination} already, with no completion record of "
+                "this command (put there by hand or by an older version: not verified); nothing to do")
+    # Without a valid marker but with a download of ours, an unpacking was cut short: redo it below.
     if path.is_file():
         say(f"{a.file_name}: found {path}, checking it")
     else:
         say(f"{a.file_name}: downloading {item.url}")
         path = fetch(item, retries=retries, timeout=timeout, quiet=quiet, say=say)
     sha256, record = verify(item, path, lock, quiet, say)
-    if a.format == "zip":
-        check_zip(path, full=record)
-    else:
-        check_tar(path)
-    if record:
-        lock_file = record_lock(a, item.url, sha256, path.stat().st_size)
-        lock[a.key] = {"sha256": sha256}
-        say(f"   no checksum is published for {a.file_name}: recorded the sha256 of this first verified download, "
-            f"{sha256}, in {lock_file}; later downloads are checked against it")
+    try:
+        item.marker.unlink(missing_ok=True)  # from here until the new one is written, nothing claims completeness
+    except OSError as exc:
+        raise DownloadError(f"{item.marker}: cannot remove the old completion marker ({exc.strerror})") from None
     say(f"   unpacking into {item.destination}/")
-    unpack(item, path, quiet)
+    try:
+        result = unpack_archive(path, item.destination, kind="zip" if a.format == "zip" else "tar",
+                                limit=size_limit(a.size or path.stat().st_size),
+                                expect=expected_in_destination(item), quiet=quiet)
+    except UnpackError as exc:
+        if exc.archive_fault and record:  # nothing vouches for this file: let a rerun fetch it again
+            path.unlink(missing_ok=True)
+            raise DownloadError(f"{exc}; removed the download (rerun to fetch it again)") from None
+        raise DownloadError(str(exc)) from None
     if not present(item.root, a.expect):
         missing = [p for p in a.expect if not present(item.root, [p])]
         raise DownloadError(f"{path}: unpacked into {item.destination}, but {item.root / missing[0]} is not there "
                             "(the archive's layout differs from the registry's)")
+    if record:  # only now: a rejected or half-unpacked archive is never the one trusted later
+        lock_file = record_lock(a, item.url, sha256, path.stat().st_size)
+        lock[a.key] = {"sha256": sha256}
+        say(f"   no checksum is published for {a.file_name}: recorded the sha256 of this first verified download, "
+            f"{sha256}, in {lock_file}; later downloads are checked against it")
     from converters.io import write_json_atomic
 
-    write_json_atomic(item.marker, {"archive": a.key, "url": item.url, "sha256": sha256,
-                                    "unpacked_into": str(item.destination),
-                                    "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    return f"{a.file_name}: verified and unpacked into {item.destination}/ (the archive is kept at {path})"
+    try:
+        write_json_atomic(item.marker, {"archive": a.key, "url": item.url, "sha256": sha256,
+                                        "unpacked_into": str(item.destination), "files": result.files,
+                                        "bytes": result.bytes,
+                                        "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    except OSError as exc:
+        raise DownloadError(f"{item.marker}: cannot write the completion marker ({exc.strerror or exc}); the files "
+                            f"are unpacked under {item.destination} but not marked complete (rerun)") from None
+    return (f"{a.file_name}: verified and unpacked {result.files:,} files ({human(result.bytes)}, within the bound "
+            f"of {human(result.limit)}) into {item.destination}/ (the archive is kept at {path})")
 
 
 # ----------------------------------------------------------------------------- command line

@@ -878,6 +878,298 @@ FORMATS.update({
 OUR_ERRORS.update({"run_checkpoint": _checkpoint_error, "latest_json": _checkpoint_error})
 
 
+# --------------------------------------------------------------------------- archives: tar and zip (staged unpacking)
+# The reader is reproduce.unpack.unpack_archive into a fresh destination: it must either unpack or raise
+# UnpackError, and after an error nothing may be left where the destination would be (checked in the case).
+# Mutations are archive-aware (a member list is changed, then written by tarfile / zipfile or by hand): links in
+# and out, link chains and loops, members through links, hard links, devices and fifos, file/folder collisions,
+# duplicates and case-only duplicates, absolute and '..' names, declared sizes huge or lying, decompression
+# bombs; then, for some cases, the generic byte mutators (bit flips, truncation, ...) on the written archive.
+_ARCHIVE_SEED: list[tuple[str, str, bytes | str]] = [
+    ("release/", "dir", b""),
+    ("release/model.ckpt.index", "file", b"index" * 40),
+    ("release/model.ckpt.data-00000-of-00001", "file", bytes(range(256)) * 8),
+    ("release/sub/", "dir", b""),
+    ("release/sub/notes.txt", "file", b"hello\n"),
+    ("release/latest", "symlink", "model.ckpt.index"),
+    ("release/same", "hardlink", "release/sub/notes.txt"),
+    ("top.txt", "file", b"x"),
+]
+_LINKS_OUT = ["..", "../x", "/etc/passwd", "../../..", "sub/../..", "./../.", "a/../../b", "//x", "..\\..\\x"]
+_BAD_NAMES = ["/abs", "../up", "a/../../up", "./dot", "x//y", "", ".", "./", "C:drive", "..\\win", "a\nb",
+              "n" * 300, "/".join(["d"] * 2000), "\udcff\udcfe"]
+BOMB_MIB = 80  # more than unpack.MIN_LIMIT: a small archive that inflates past the bound
+
+
+def raw_zip(entries: list[tuple[str, int, int, bytes, int]]) -> bytes:
+    """A zip of ``(name, method, crc32, stored bytes, declared size)`` entries, written by hand (zipfile cannot
+    store data compressed elsewhere, nor declare sizes it did not write)."""
+    out, central = bytearray(), bytearray()
+    for name, method, crc, data, size in entries:
+        n = name.encode("utf-8", "surrogateescape")
+        offset = len(out)
+        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, len(data), size, len(n), 0)
+        out += n + data
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21, crc, len(data), size,
+                               len(n), 0, 0, 0, 0, 0, offset) + n
+    out += central + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central),
+                                 len(out), 0)
+    return bytes(out)
+
+
+def deflate_zeros(mib: int) -> tuple[bytes, int]:
+    """(raw deflate stream, crc32) of ``mib`` MiB of zeros: one compressed MiB, flushed to a byte boundary with an
+    empty history, repeated (about 1 KB per MiB), then an empty final block."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = c.compress(bytes(1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
+    zero, crc = bytes(1 << 20), 0
+    for _ in range(mib):
+        crc = zlib.crc32(zero, crc)
+    return block * mib + zlib.compressobj(9, zlib.DEFLATED, -15).flush(), crc
+
+
+def _archive_seed(folder: Path) -> None:
+    import io
+    import tarfile
+
+    data, crc = deflate_zeros(BOMB_MIB)
+    (folder / "bomb.deflate").write_bytes(data)
+    (folder / "bomb.crc").write_text(str(crc))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("release/zeros.bin")
+        info.size = BOMB_MIB << 20
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    (folder / "bomb.tar.gz").write_bytes(zlib.compress(buf.getvalue(), 9, wbits=31))
+    (folder / "seed.tar").write_bytes(_write_tar(_ARCHIVE_SEED, "w"))
+    (folder / "seed.zip").write_bytes(_write_zip(_ARCHIVE_SEED))
+
+
+def _write_tar(entries: list[tuple[str, str, bytes | str]], mode: str) -> bytes:
+    import io
+    import tarfile
+
+    types = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE,
+             "chr": tarfile.CHRTYPE, "blk": tarfile.BLKTYPE, "file": tarfile.REGTYPE}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode, format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, payload in entries:
+            info = tarfile.TarInfo(name)
+            info.type = types[kind]
+            if kind == "file":
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+            else:
+                info.linkname = payload if isinstance(payload, str) else ""
+                tf.addfile(info)
+    return buf.getvalue()
+
+
+def _write_zip(entries: list[tuple[str, str, bytes | str]]) -> bytes:
+    import io
+    import stat
+    import warnings
+    import zipfile
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        warnings.simplefilter("ignore")  # "Duplicate name": duplicates are what some cases test
+        for name, kind, payload in entries:
+            info = zipfile.ZipInfo(name.rstrip("/") + "/" if kind == "dir" else name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            mode = {"dir": stat.S_IFDIR | 0o755, "symlink": stat.S_IFLNK | 0o777, "fifo": stat.S_IFIFO | 0o644,
+                    "chr": stat.S_IFCHR | 0o644, "blk": stat.S_IFBLK | 0o644}.get(kind, stat.S_IFREG | 0o644)
+            info.external_attr = mode << 16
+            data = payload if isinstance(payload, bytes) else payload.encode("utf-8", "surrogateescape")
+            zf.writestr(info, b"" if kind in ("dir", "hardlink") else data)
+    return buf.getvalue()
+
+
+def _mutate_members(r: random.Random, entries: list, links: bool = True) -> list:
+    """One structured change of the member list (``links``: as often links as anything else; a zip refuses
+    every link, so there they are rare)."""
+    files = [e for e in entries if e[1] == "file"] or [("top.txt", "file", b"x")]
+    dirs = sorted({e[0].rstrip("/") for e in entries if e[1] == "dir"} | {""})
+    where = r.choice(dirs)
+    at = (where + "/") if where else ""
+    pos = r.randrange(len(entries) + 1)
+    kind = r.randrange(13) if links or r.random() < 0.1 else r.randrange(6, 13)
+    if kind == 0:  # a link in: to a member of the archive
+        target = r.choice(files)[0]
+        entries.insert(pos, (at + f"in{r.randrange(99)}", "symlink", "../" * at.count("/") + target))
+    elif kind == 1:  # a link out
+        entries.insert(pos, (at + "out", "symlink", r.choice(_LINKS_OUT)))
+    elif kind == 2:  # a chain of links, each harmless alone
+        chain = [("a", "."), ("b", "a/.."), ("c", "b/../.."), ("d", "c/x")][: r.randint(2, 4)]
+        for i, (name, target) in enumerate(chain):
+            entries.insert(min(pos + i, len(entries)), (at + name, "symlink", target))
+    elif kind == 3:  # a loop
+        entries[pos:pos] = [(at + "x", "symlink", "y"), (at + "y", "symlink", r.choice(["x", "./x", "../" + at + "x"]))]
+    elif kind == 4:  # a member through a link (the link before or after it)
+        link = (at + "via", "symlink", r.choice([".", "sub", "release", "../release"]))
+        member = (at + "via/f", "file", b"through")
+        entries[pos:pos] = [link, member] if r.random() < 0.5 else [member, link]
+    elif kind == 5:  # hard links
+        target = r.choice([r.choice(files)[0], "missing", "../x", "/etc/passwd", "release/latest", "release",
+                           entries[-1][0]])
+        entries.insert(pos if r.random() < 0.5 else len(entries), (at + "hard", "hardlink", target))
+    elif kind == 6:  # devices and fifos
+        entries.insert(pos, (at + "dev", r.choice(["fifo", "chr", "blk"]), ""))
+    elif kind == 7:  # a file and a folder of the same name
+        name = r.choice(files)[0] if r.random() < 0.5 else at + "both"
+        pair = [(name, "file", b"file"), (name + "/inner", "file", b"inner")]
+        entries[pos:pos] = pair if r.random() < 0.5 else pair[::-1]
+    elif kind == 8:  # a duplicate
+        entries.insert(pos, r.choice(entries))
+    elif kind == 9:  # a case-only duplicate
+        name, k, payload = r.choice(entries)
+        entries.insert(pos, (name.upper() if name != name.upper() else name.lower(), k, payload))
+    elif kind == 10:  # a bad name
+        entries.insert(pos, (r.choice(_BAD_NAMES), r.choice(["file", "dir", "symlink"]), b"bad"))
+    elif kind == 11:  # members removed
+        for _ in range(r.randint(1, 3)):
+            if len(entries) > 1:
+                entries.pop(r.randrange(len(entries)))
+    else:  # many members
+        entries.extend((f"many/{i}", "file", b"") for i in range(r.choice([100, 400])))
+    return entries
+
+
+def _set_tar_size(r: random.Random, data: bytes) -> bytes:
+    """Declare a huge or wrong size in one header of a plain tar (with a valid header checksum)."""
+    b = bytearray(data)
+    headers = [o for o in range(0, len(b) - 511, 512) if b[o + 257 : o + 262] == b"ustar"]
+    if not headers:
+        return data
+    o = r.choice(headers)
+    value = r.choice([2**33 - 1, 2**40, 2**62, 1, 0, len(data), 10**9])
+    field_ = (b"%011o\0" % value) if value < 8**11 else b"\x80" + value.to_bytes(11, "big")
+    b[o + 124 : o + 136] = field_
+    b[o + 148 : o + 156] = b" " * 8
+    b[o + 148 : o + 156] = b"%06o\0 " % sum(b[o : o + 512])
+    return bytes(b)
+
+
+def _tar_mutate(r: random.Random, seed: Path, case: Path) -> None:
+    import bz2
+    import lzma
+
+    entries = list(_ARCHIVE_SEED)
+    choice = r.random()
+    if choice < 0.06:  # a gzip bomb: 80 MiB of zeros in a few hundred KB
+        data = (seed / "bomb.tar.gz").read_bytes()
+    else:
+        if choice < 0.85:
+            for _ in range(r.randint(1, 3)):
+                entries = _mutate_members(r, entries)
+        try:
+            data = _write_tar(entries, "w")
+        except (ValueError, UnicodeError):  # a name tarfile cannot write (e.g. surrogates): the seed instead
+            data = _write_tar(_ARCHIVE_SEED, "w")
+        if r.random() < 0.15:
+            data = _set_tar_size(r, data)
+        if r.random() < 0.3:
+            data = mutate_bytes(r, data)
+        data = r.choice([lambda d: d, lambda d: zlib.compress(d, 6, wbits=31), bz2.compress,
+                         lzma.compress])(data)
+        if r.random() < 0.1:
+            data = mutate_bytes(r, data)  # after compression: damaged streams
+    (case / "m.tar").write_bytes(data)
+
+
+def _zip_sizes(r: random.Random, data: bytes) -> bytes:
+    """Rewrite the declared sizes, flags or method of one central-directory entry (and its local header)."""
+    b = bytearray(data)
+    cds = [o for o in range(len(b) - 46) if b[o : o + 4] == b"PK\x01\x02"]
+    if not cds:
+        return data
+    o = r.choice(cds)
+    local = struct.unpack_from("<I", b, o + 42)[0]
+    what = r.randrange(4)
+    if what == 0:  # uncompressed size: huge, zero, off by one
+        value = r.choice([0xFFFFFFFF, 2**31, 0, 1, struct.unpack_from("<I", b, o + 24)[0] + 1])
+        struct.pack_into("<I", b, o + 24, value)
+        if local + 26 <= len(b):
+            struct.pack_into("<I", b, local + 22, value)
+    elif what == 1:  # compressed size
+        struct.pack_into("<I", b, o + 20, r.choice([0xFFFFFFFF, 0, 1, 10**6]))
+    elif what == 2:  # encrypted flag
+        struct.pack_into("<H", b, o + 8, struct.unpack_from("<H", b, o + 8)[0] | 1)
+    else:  # compression method: unknown or another known one
+        struct.pack_into("<H", b, o + 10, r.choice([1, 6, 9, 12, 14, 98, 99, 0]))
+    return bytes(b)
+
+
+def _zip_mutate(r: random.Random, seed: Path, case: Path) -> None:
+    choice = r.random()
+    if choice < 0.08:  # a deflate bomb: 80 MiB declared (honestly, or lying small) in about 80 KB
+        bomb = (seed / "bomb.deflate").read_bytes()
+        size = BOMB_MIB << 20 if r.random() < 0.6 else r.choice([100, 1 << 20])
+        entries = [("release/zeros.bin", 8, int((seed / "bomb.crc").read_text()), bomb, size)]
+        if r.random() < 0.5:  # the same data under many names (the entries overlap nothing here, but add up)
+            entries = [(f"z{i}", 8, entries[0][2], bomb, size) for i in range(r.randint(2, 5))]
+        data = raw_zip(entries)
+    else:
+        entries = [e for e in _ARCHIVE_SEED if e[1] in ("file", "dir")]  # zip: no links
+        if choice < 0.85:
+            for _ in range(r.randint(1, 3)):
+                entries = _mutate_members(r, entries, links=False)
+        try:
+            data = _write_zip(entries)
+        except (ValueError, UnicodeError):  # a name zipfile cannot write (e.g. surrogates): the seed instead
+            data = _write_zip([e for e in _ARCHIVE_SEED if e[1] in ("file", "dir")])
+        if r.random() < 0.2:
+            data = _zip_sizes(r, data)
+    if r.random() < 0.3:
+        data = mutate_bytes(r, data)
+    (case / "m.zip").write_bytes(data)
+
+
+def _unpack_error():
+    from reproduce.unpack import UnpackError
+
+    return UnpackError
+
+
+def _archive_read(case: Path) -> object:
+    import shutil
+
+    from reproduce.unpack import STAGING_PREFIX, UnpackError, size_limit, unpack_archive
+
+    archive = next(case.glob("m.*"))
+    out = case / "out"
+    out.mkdir()
+    try:
+        result = unpack_archive(archive, out / "dest", kind=archive.suffix[1:],
+                                limit=size_limit(archive.stat().st_size))
+        left = [p.name for p in (out / "dest").iterdir() if p.name.startswith(STAGING_PREFIX)]
+        if left:
+            raise AssertionError(f"a staging folder is left after unpacking: {left}")
+        outside = sorted({p.name for p in case.iterdir()} - {archive.name, "out"}) + [p.name for p in out.iterdir()
+                                                                                      if p.name != "dest"]
+        root = (out / "dest").resolve()
+        for folder, dirs, files in os.walk(out / "dest"):  # links are not followed
+            for name in dirs + files:
+                path = Path(folder) / name
+                if path.is_symlink() and root not in path.resolve().parents and path.resolve() != root:
+                    outside.append(f"{path} -> {os.readlink(path)}")
+        if outside:
+            raise AssertionError(f"an accepted archive wrote or links outside its destination: {outside[:5]}")
+        return result
+    except UnpackError:
+        left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+        if left:
+            raise AssertionError(f"partial output after an error: {left[:5]}") from None
+        raise
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+FORMATS["tar"] = Format("tar", _archive_seed, _tar_mutate, _archive_read)
+FORMATS["zip"] = Format("zip", _archive_seed, _zip_mutate, _archive_read)
+OUR_ERRORS["tar"] = OUR_ERRORS["zip"] = _unpack_error
+
+
 # --------------------------------------------------------------------------- running cases
 def run_case(fmt: str, seed_dir: Path, case_dir: Path, seed: int, i: int) -> dict:
     """Mutate and read case ``i`` in this process; the outcome as a dict."""

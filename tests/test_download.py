@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import socket
 import tarfile
 import threading
@@ -22,8 +23,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from converters.releases import ARCHIVES, CAFFE_RELEASES, DATASETS, TF_RELEASES, Archive
-from reproduce import download
+from reproduce import download, unpack
 from reproduce.download import DownloadError, Item
+from reproduce.unpack import UnpackError
 
 
 # ----------------------------------------------------------------------------- the local server
@@ -135,6 +137,12 @@ def deeplab_tf_tarball() -> bytes:
     return make_tar({"deeplabv3_pascal_train_aug/model.ckpt.index": b"index" * 100,
                      "deeplabv3_pascal_train_aug/model.ckpt.data-00000-of-00001": bytes(range(256)) * 400,
                      "deeplabv3_pascal_train_aug/frozen_inference_graph.pb": b"graph" * 100})
+
+
+def unpack_into(archive: Path, dest: Path, **kwargs) -> unpack.Unpacked:
+    """The staged unpacking the download command runs, with its default bound."""
+    kind = "zip" if archive.name.endswith(".zip") else "tar"
+    return unpack.unpack_archive(archive, dest, kind=kind, limit=unpack.size_limit(archive.stat().st_size), **kwargs)
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -284,11 +292,12 @@ def test_truncated_archive_is_refused_and_not_locked(server, tmp_path, capsys, l
 def test_truncated_plain_tar_and_zip_are_refused(tmp_path):
     tar = make_tar({"VOCdevkit/VOC2012/a.jpg": b"x" * 5000}, "w")
     (tmp_path / "t.tar").write_bytes(tar[:3000])
-    with pytest.raises(DownloadError, match="truncated tar archive|not a complete tar"):
-        download.check_tar(tmp_path / "t.tar")
+    with pytest.raises(UnpackError, match="truncated tar archive|not a complete tar"):
+        unpack_into(tmp_path / "t.tar", tmp_path / "out")
     (tmp_path / "z.zip").write_bytes(caffe_resnet_zip()[:-100])
-    with pytest.raises(DownloadError, match="not a complete zip archive"):
-        download.check_zip(tmp_path / "z.zip", full=True)
+    with pytest.raises(UnpackError, match="not a complete zip archive"):
+        unpack_into(tmp_path / "z.zip", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_lock_file_catches_a_changed_file(server, tmp_path, capsys):
@@ -322,8 +331,9 @@ def test_unsafe_archives_are_refused(tmp_path, kind):
         path.write_bytes(make_tar({}, links={"deeplabv3/link": (tarfile.SYMTYPE, "../../outside")}))
     else:
         path.write_bytes(make_tar({"d/x": b"x"}, links={"d": (tarfile.SYMTYPE, "sub")}))  # d/x written via d
-    with pytest.raises(DownloadError, match="refusing to unpack"):
-        download.check_zip(path, full=True) if kind.endswith("zip") else download.check_tar(path)
+    with pytest.raises(UnpackError, match="refusing to unpack"):
+        unpack_into(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_no_network_says_what_to_download_and_where(tmp_path, capsys):
@@ -447,3 +457,227 @@ def test_a_link_in_the_destination_pointing_elsewhere_stops_before_anything_is_w
                         "--quiet"], capsys)
     assert code == 1 and len(error_lines(err)) == 1 and "would land outside" in err and "nothing unpacked" in err
     assert list(elsewhere.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- staged, bounded unpacking
+TF_ARCHIVE = ARCHIVES["deeplabv3_pascal_train_aug_2018_01_04"]
+
+
+def tf_members() -> dict[str, bytes]:
+    return {"deeplabv3_pascal_train_aug/model.ckpt.index": b"index" * 100,
+            "deeplabv3_pascal_train_aug/model.ckpt.data-00000-of-00001": bytes(range(256)) * 400,
+            "deeplabv3_pascal_train_aug/frozen_inference_graph.pb": b"graph" * 100}
+
+
+def tar_of(entries: list[tuple[str, bytes, bytes | str]], mode: str = "w") -> bytes:
+    """A tar of ``(name, tarfile type, data or link target)`` entries, in this order (duplicates allowed)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for name, kind, payload in entries:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.REGTYPE:
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+            else:
+                info.linkname = payload
+                tf.addfile(info)
+    return buf.getvalue()
+
+
+def only_downloads(root: Path) -> bool:
+    """Nothing but our downloads folder under ``root``: no partial tree, no staging folder."""
+    return sorted(p.name for p in root.iterdir()) == ["downloads"]
+
+
+def test_a_link_chain_out_of_the_folder_is_one_line_and_the_genuine_file_is_accepted_afterwards(
+        server, tmp_path, capsys, lock_file):
+    """``a -> .`` then ``b -> a/..``: each link alone stays inside, together they leave the folder (Python's data
+    filter raised uncaught, after the lock had been pinned to this archive)."""
+    server.serve(TF_ARCHIVE, make_tar(tf_members(), links={"a": (tarfile.SYMTYPE, "."),
+                                                            "b": (tarfile.SYMTYPE, "a/..")}))
+    models = tmp_path / "models"
+    argv = [TF_ARCHIVE.key, "--models-dir", str(models), "--mirror", server.url, "--quiet"]
+    code, _, err = run(argv, capsys)
+    assert code == 1 and len(error_lines(err)) == 1 and "Traceback" not in err
+    assert "link 'b' -> 'a/..' points outside the destination" in err and "removed the download" in err
+    assert only_downloads(models) and not lock_file.exists()
+    genuine = deeplab_tf_tarball()
+    server.serve(TF_ARCHIVE, genuine)
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert "verified and unpacked 3 files" in out and "within the bound of" in out
+    assert json.loads(lock_file.read_text())[TF_ARCHIVE.key]["sha256"] == hashlib.sha256(genuine).hexdigest()
+
+
+@pytest.mark.parametrize("kind,entries,match", [
+    ("chain_of_three", [("a", tarfile.SYMTYPE, "."), ("b", tarfile.SYMTYPE, "a/.."), ("c", tarfile.SYMTYPE, "b/../..")],
+     "link 'b' -> 'a/..' points outside"),
+    ("loop", [("x", tarfile.SYMTYPE, "y"), ("y", tarfile.SYMTYPE, "x")], "or loops"),
+    ("link_later_followed", [("d/f", tarfile.REGTYPE, b"1"), ("d", tarfile.SYMTYPE, "..")], "goes through the link"),
+    ("file_then_folder", [("x", tarfile.REGTYPE, b"1"), ("x/y", tarfile.REGTYPE, b"2")],
+     "'x/y' is inside 'x', which the archive also has as a file"),
+    ("folder_then_file", [("x/y", tarfile.REGTYPE, b"1"), ("x", tarfile.REGTYPE, b"2")], "also has as a file"),
+    ("duplicate", [("x", tarfile.REGTYPE, b"1"), ("x", tarfile.REGTYPE, b"2")], "'x' appears twice"),
+    ("case_only", [("Model/x", tarfile.REGTYPE, b"1"), ("model/y", tarfile.REGTYPE, b"2")], "differ only in case"),
+    ("hard_link_to_a_later_file", [("h", tarfile.LNKTYPE, "x"), ("x", tarfile.REGTYPE, b"1")],
+     "does not name an earlier file"),
+    ("hard_link_out", [("h", tarfile.LNKTYPE, "../x")], "outside the destination"),
+    ("fifo", [("f", tarfile.FIFOTYPE, "")], "device or special file"),
+])
+def test_unsafe_trees_are_refused_before_anything_is_written(tmp_path, kind, entries, match):
+    path = tmp_path / "a.tar"
+    path.write_bytes(tar_of([("ok/first.txt", tarfile.REGTYPE, b"written first"), *entries]))
+    with pytest.raises(UnpackError, match=match) as info:
+        unpack_into(path, tmp_path / "out" / "dest")
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_zip_collisions_are_refused(tmp_path):
+    import warnings
+
+    for members, match in [({"x": b"1", "x/y": b"2"}, "also has as a file"),
+                           ({"A/x": b"1", "a/y": b"2"}, "differ only in case")]:
+        path = tmp_path / "a.zip"
+        path.write_bytes(make_zip(members))
+        with pytest.raises(UnpackError, match=match):
+            unpack_into(path, tmp_path / "out")
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate it is asked to write
+        zf.writestr("x", b"1")
+        zf.writestr("x", b"2")
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(UnpackError, match="'x' appears twice"):
+        unpack_into(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_followed_by_a_folder_of_its_name_leaves_nothing_and_is_never_in_place(server, tmp_path, capsys):
+    """It used to leave a partial tree (traceback) that a later run reported as already in place."""
+    names = sorted(r.file_name for r in CAFFE_RELEASES.values() if r.archive.key == "deeplab_aspp_resnet101")
+    body = make_zip({**{n: b"weights" for n in names}, "test.prototxt": b"x", "test.prototxt/inner": b"y"})
+    server.serve(ARCHIVES["deeplab_aspp_resnet101"], body)
+    models = tmp_path / "models"
+    argv = ["voc12", "--models-dir", str(models), "--mirror", server.url, "--quiet"]
+    for _ in range(2):
+        code, out, err = run(argv, capsys)
+        assert code == 1 and len(error_lines(err)) == 1 and "Traceback" not in err
+        assert "which the archive also has as a file" in err and "already in place" not in out
+        assert only_downloads(models)
+
+
+def test_already_in_place_only_after_a_complete_verified_unpack(server, tmp_path, capsys):
+    body = caffe_resnet_zip()
+    archive = ARCHIVES["deeplab_aspp_resnet101"]
+    server.serve(archive, body)
+    models = tmp_path / "models"
+    argv = ["voc12", "--models-dir", str(models), "--mirror", server.url, "--quiet"]
+    for pattern in archive.expect:  # a tree with no completion marker and no download of ours
+        (models / pattern).parent.mkdir(parents=True, exist_ok=True)
+        (models / pattern).write_bytes(b"half")
+    code, out, _ = run(argv, capsys)
+    assert code == 0 and "already in place" not in out and "not verified" in out and not server.requests
+    for pattern in archive.expect:
+        (models / pattern).unlink()
+    assert run(argv, capsys)[0] == 0
+    marker = models / "downloads" / archive.key / "unpacked.json"
+    assert json.loads(marker.read_text())["files"] == 5
+    marker.write_text("{")  # a damaged marker proves nothing: unpack again from the kept archive
+    code, out, _ = run(argv, capsys)
+    assert code == 0 and "verified and unpacked" in out and len(server.requests) == 1
+    code, out, _ = run(argv, capsys)
+    assert code == 0 and "already in place" in out
+
+
+def test_a_zip_that_inflates_past_the_bound_is_refused_before_writing(server, tmp_path, capsys, lock_file):
+    """About 1 MB of zip declaring 1 GiB (three honest deflate streams of zeros)."""
+    from tests.fuzzing import deflate_zeros, raw_zip
+
+    names = ["init.caffemodel", "train_iter_20000.caffemodel", "train2_iter_20000.caffemodel"]
+    entries = []
+    for name, mib in zip(names, (342, 341, 341)):
+        data, crc = deflate_zeros(mib)
+        entries.append((name, zipfile.ZIP_DEFLATED, crc, data, mib << 20))
+    body = raw_zip(entries)
+    assert len(body) < 1_100_000
+    archive = ARCHIVES["deeplab_aspp_resnet101"]
+    server.serve(archive, body)
+    models = tmp_path / "models"
+    code, _, err = run(["voc12", "--models-dir", str(models), "--mirror", server.url, "--quiet"], capsys)
+    assert code == 1 and len(error_lines(err)) == 1
+    assert f"unpacks to 1.1 GB ({1 << 30:,} bytes), more than the bound of 67.1 MB" in err
+    assert only_downloads(models) and not lock_file.exists()
+    assert not (models / "downloads" / archive.key / archive.file_name).exists()  # nothing vouched for it
+
+
+def test_not_enough_free_space_is_refused_before_writing_and_the_archive_kept(tmp_path, monkeypatch):
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(deeplab_tf_tarball())
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(unpack.shutil, "disk_usage", lambda _: SimpleNamespace(total=10**6, used=10**6 - 1000,
+                                                                               free=1000))
+    with pytest.raises(UnpackError, match=r"unpacks to 103.4 KB, only 1.0 KB free under") as info:
+        unpack_into(path, tmp_path / "out")
+    assert not info.value.archive_fault and not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_leaves_nothing_under_the_final_names(server, tmp_path, lock_file):
+    """The file size limit (RLIMIT_FSIZE, what ``ulimit -f`` sets) below one member: the write fails mid-way."""
+    import subprocess
+    import sys
+
+    archive = ARCHIVES["deeplab_aspp_resnet101"]
+    models = tmp_path / "models"
+    download_path = models / "downloads" / archive.key / archive.file_name
+    download_path.parent.mkdir(parents=True)
+    download_path.write_bytes(caffe_resnet_zip())  # as if fetched: members of 128 KiB
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "
+            "from reproduce import download; sys.exit(download.main(sys.argv[1:]))")
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code, "voc12", "--models-dir", str(models), "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo), download.LOCK_ENV: str(lock_file)})
+    assert proc.returncode == 1 and len(error_lines(proc.stderr)) == 1, proc.stderr
+    assert "File too large" in proc.stderr and "nothing unpacked" in proc.stderr and "Traceback" not in proc.stderr
+    assert only_downloads(models) and not lock_file.exists()
+    assert download_path.is_file() and not (download_path.parent / "unpacked.json").exists()  # the disk's fault
+
+
+@pytest.mark.parametrize("content", ['{"deeplab_aspp_resnet101": "x"}', '{"deeplab_aspp_resnet101": {"sha256": 5}}',
+                                     '{"deeplab_aspp_resnet101": {}}', "[1]", "{not json", "\udcff", None])
+def test_a_damaged_lock_file_is_one_line_naming_it(server, tmp_path, capsys, lock_file, content):
+    server.serve(ARCHIVES["deeplab_aspp_resnet101"], caffe_resnet_zip())
+    lock_file.parent.mkdir(parents=True)
+    if content is None:
+        lock_file.mkdir()
+    else:
+        lock_file.write_bytes(content.encode("utf-8", "surrogateescape"))
+    for extra in (["--dry-run"], []):
+        code, _, err = run(["voc12", "--models-dir", str(tmp_path), "--mirror", server.url, "--quiet", *extra], capsys)
+        assert code == 1 and len(error_lines(err)) == 1 and "Traceback" not in err
+        assert error_lines(err)[0].startswith(f"error: {lock_file}: ")
+
+
+def test_unpacking_merges_into_existing_folders_and_removes_killed_runs_staging(tmp_path):
+    dest = tmp_path / "data"
+    (dest / "VOCdevkit" / "VOC2012" / "SegmentationClassAug").mkdir(parents=True)
+    (dest / "VOCdevkit" / "VOC2012" / "SegmentationClassAug" / "mine.png").write_bytes(b"user file")
+    stale = dest / f"{unpack.STAGING_PREFIX}999999999-0000"  # no such process
+    (stale / "half").mkdir(parents=True)
+    path = tmp_path / "voc.tar"
+    path.write_bytes(make_tar({"VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt": b"2007_000033\n"}, "w"))
+    result = unpack_into(path, dest, expect=["VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"])
+    assert (result.files, result.bytes) == (1, 12)
+    assert (dest / "VOCdevkit" / "VOC2012" / "SegmentationClassAug" / "mine.png").read_bytes() == b"user file"
+    assert sorted(p.name for p in dest.iterdir()) == ["VOCdevkit"]
+    with pytest.raises(UnpackError, match="has no VOCdevkit/VOC2012/JPEGImages"):
+        unpack_into(path, dest, expect=["VOCdevkit/VOC2012/JPEGImages"])
+    (dest / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").unlink()
+    (dest / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation").rmdir()
+    (dest / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation").write_bytes(b"a file where a folder goes")
+    with pytest.raises(UnpackError, match="is a file, the archive has a folder there"):
+        unpack_into(path, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["VOCdevkit"]
