@@ -29,7 +29,6 @@ instead of stopping at the first one. Exit codes: 0, 1 (bad input), 2 (usage), 1
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -40,7 +39,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from converters.cli import program_name, run_main
+from converters.cli import native_stderr_silenced, program_name, run_main
+from converters.errors import OutputError
+from converters.io import StagedFile
 from reproduce.inference import (
     MEMORY_FORMAT_HELP,
     MEMORY_FORMATS,
@@ -116,12 +117,13 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def save_mask(path: Path, label: np.ndarray, colours: np.ndarray) -> Path:
-    """Write an index mask as a palette PNG (pixel value = class index), atomically."""
-    from converters.io import write_atomic
+    """Write an index mask as a palette PNG (pixel value = class index), atomically, decoded back before it
+    is named (:func:`converters.io.save_image`)."""
+    from converters.io import save_image
 
     im = Image.fromarray(label.astype(np.uint8), mode="L").convert("P")
     im.putpalette(colours.reshape(-1).tolist())
-    return write_atomic(path, lambda p: im.save(p, format="PNG"))
+    return save_image(path, im, "PNG")
 
 
 def overlay(image_rgb: np.ndarray, label: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -195,12 +197,12 @@ class _Writer:
 
 def _write_image_outputs(path: Path, out: Path, image: np.ndarray, label: np.ndarray, colours: np.ndarray,
                          overlay_format: str, alpha: float) -> tuple[Path, Path]:
-    from converters.io import write_atomic
+    from converters.io import save_image
 
     mask_path = save_mask(out / f"{path.stem}.png", label, colours)
     blend = Image.fromarray(overlay(image, label, colours, alpha))
     fmt = "JPEG" if overlay_format == "jpg" else "PNG"
-    ov_path = write_atomic(out / f"{path.stem}_overlay.{overlay_format}", lambda p: blend.save(p, format=fmt))
+    ov_path = save_image(out / f"{path.stem}_overlay.{overlay_format}", blend, fmt)
     return mask_path, ov_path
 
 
@@ -343,7 +345,7 @@ def predict_video(
     masks_dir = out / name
     if frame_masks:
         masks_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{name}_overlay.partial.{video_format}"
+    staged = None  # the video's unique temporary (OpenCV picks the container from its suffix)
     writer = None
     frames, t0 = 0, time.perf_counter()
     bar = None
@@ -353,6 +355,7 @@ def predict_video(
         bar = tqdm(total=total or None, desc=f"video {name}", unit="frame")
     background = _Writer()
     record: dict = {"source": str(source), "output": str(target), "fps": fps}
+    keep = False  # rename the video into place: on success and after Ctrl-C, never after another failure
     try:
         while max_frames is None or frames < max_frames:
             ok, bgr = cap.read()
@@ -361,7 +364,9 @@ def predict_video(
             rgb = np.ascontiguousarray(bgr[:, :, ::-1])
             if writer is None:
                 h, w = rgb.shape[:2]
-                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*_FOURCC[video_format]), fps, (w, h))
+                staged = StagedFile(target, suffix=f".tmp.{video_format}")
+                writer = cv2.VideoWriter(str(staged.path), cv2.VideoWriter_fourcc(*_FOURCC[video_format]), fps,
+                                         (w, h))
                 if not writer.isOpened():
                     raise InferenceError(f"{target}: OpenCV cannot write {video_format} video here")
                 record["size"] = [w, h]
@@ -372,7 +377,9 @@ def predict_video(
             frames += 1
             if bar is not None:
                 bar.update(1)
+        keep = True
     except KeyboardInterrupt:
+        keep = True
         record["interrupted"] = True
         if report is not None:
             report.interrupted = True
@@ -381,22 +388,49 @@ def predict_video(
         cap.release()
         if bar is not None:
             bar.close()
-        background.close()
-        if writer is not None:
-            writer.release()  # finalizes the container (also after Ctrl-C)
-            if frames:
-                os.replace(tmp, target)
-            else:
-                tmp.unlink(missing_ok=True)
-        seconds = time.perf_counter() - t0
-        record.update(frames=frames, seconds=round(seconds, 3),
-                      frames_per_second=round(frames / seconds, 3) if seconds > 0 else None,
-                      written=frames > 0)
-        if report is not None:
-            report.videos.append(record)
+        committed = False
+        try:
+            background.close()
+            if writer is not None:
+                writer.release()  # finalizes the container (also after Ctrl-C)
+            if staged is not None and keep and frames:
+                # cv2.VideoWriter reports no failed write: read the count and the last frame back
+                staged.commit(check=lambda p: check_video(p, target, frames))
+                committed = True
+        finally:
+            if staged is not None and not committed:
+                staged.discard()
+            seconds = time.perf_counter() - t0
+            record.update(frames=frames, seconds=round(seconds, 3),
+                          frames_per_second=round(frames / seconds, 3) if seconds > 0 else None,
+                          written=committed)
+            if report is not None:
+                report.videos.append(record)
     if frames == 0:
         raise InferenceError(f"{source}: no frame could be read")
     return record
+
+
+def check_video(path: Path, target: Path, frames: int) -> None:
+    """Raise :class:`OutputError` naming ``target`` unless the video at ``path`` opens in OpenCV, holds
+    ``frames`` frames and its last frame decodes (a full disk leaves a container without its index)."""
+    import cv2
+
+    with native_stderr_silenced():  # FFmpeg prints its own complaint ("moov atom not found") on fd 2
+        cap = cv2.VideoCapture(str(path))
+    try:
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else -1
+        if count != frames:
+            found = "does not open" if count < 0 else f"holds {count}"
+            raise OutputError(target, f"could not be written: {frames} frames were written, the file read back "
+                              f"{found} (disk full or a file-size limit?)")
+        with native_stderr_silenced():
+            cap.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
+            last = cap.read()[0]
+        if not last:
+            raise OutputError(target, "could not be written: its last frame does not decode (disk full?)")
+    finally:
+        cap.release()
 
 
 # ---------------------------------------------------------------------------------------------- command line
