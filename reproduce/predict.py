@@ -11,7 +11,9 @@ Examples (from the repository root)::
 
 For each image ``NAME.ext`` it writes ``<out>/NAME.png``, a palette ("P" mode) PNG whose pixel
 values are the class indices and whose palette shows them in colour (``--palette``), and
-``<out>/NAME_overlay.jpg`` (or ``.png``), the image blended with the coloured mask. Inference is
+``<out>/NAME_overlay.jpg`` (or ``.png``), the image blended with the coloured mask, both upright as photo
+viewers show the image (EXIF orientation applied; ``--ignore-exif`` keeps the stored pixels; 16-bit and
+[0, 1] float images are scaled to 0..255, other ranges refused: :func:`reproduce.datasets.read_image`). Inference is
 :mod:`reproduce.inference`'s (same preprocessing, protocol, scales and flips as the evaluation);
 ``--crf`` adds the DeepLab v2 dense CRF (:mod:`reproduce.crf`). The forward runs on
 :class:`reproduce.inference.Segmenter` (folded BatchNorm, channels_last, the precision ``auto``
@@ -21,7 +23,9 @@ A video file (any format OpenCV reads) or ``--camera N`` gives ``<out>/NAME_over
 source's frame rate and size (and with ``--frame-masks`` ``<out>/NAME/frame_NNNNNN.png``); Ctrl-C
 stops cleanly and keeps a playable video of the frames done so far.
 
-Nothing is written over an input: an output path that resolves to an input file, or ``--out``
+Every output is written to a unique temporary name, read back (a decode of each image, the frame count
+of a video) and only then renamed into place: a full disk is exit 1 naming the file, never a truncated
+file under its name. Nothing is written over an input: an output path that resolves to an input file, or ``--out``
 naming an input folder, is an error. ``--on-error skip`` skips (and counts) unreadable images
 instead of stopping at the first one. Exit codes: 0, 1 (bad input), 2 (usage), 130 (Ctrl-C).
 """
@@ -226,12 +230,15 @@ def predict_files(
     engine: Segmenter | None = None,
     precision: str = "auto",
     report: PredictReport | None = None,
+    exif: bool = True,
 ) -> list[tuple[Path, Path]]:
     """Segment still ``images``; return the ``(mask, overlay)`` paths written, in input order.
 
     ``on_error="skip"`` skips an image that cannot be decoded and records it in ``report.skipped``;
     ``"error"`` stops at it with a one-line :class:`InferenceError` naming it (what was written before
-    stays: every file is written atomically). Decoding the next image and writing the previous outputs
+    stays: every file is written atomically). Images are decoded by
+    :func:`reproduce.datasets.read_image` (EXIF orientation applied unless ``exif=False``, 16-bit and float
+    images scaled), so masks and overlays match the photo as viewers show it. Decoding the next image and writing the previous outputs
     run in background threads while the network runs.
     """
     from reproduce.datasets import DatasetError, read_image
@@ -260,7 +267,7 @@ def predict_files(
 
     def read(path: Path) -> np.ndarray | DatasetError:
         try:
-            return read_image(path)
+            return read_image(path, exif=exif)
         except DatasetError as e:
             return e
 
@@ -470,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crf-workers", type=int, default=None,
                         help="CRF worker processes beside the forward (default: one per core, fewer when one "
                              "image's CRF memory would not fit; 0: in this process)")
+    parser.add_argument("--ignore-exif", action="store_true",
+                        help="use the pixels as stored: do not turn photos upright by their EXIF orientation (by "
+                             "default masks and overlays match the photo as viewers show it)")
     parser.add_argument("--on-error", choices=("error", "skip"), default="error",
                         help="an unreadable image: stop with an error naming it (default) or skip and count it")
     parser.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
@@ -531,7 +541,8 @@ def run(args: argparse.Namespace, report: PredictReport) -> None:
     if images:
         predict_files(images, out=args.out, config=config, palette_name=args.palette, crf=args.crf,
                       crf_workers=args.crf_workers, overlay_format=args.overlay_format, alpha=args.alpha,
-                      progress=not args.quiet, on_error=args.on_error, engine=engine, report=report)
+                      progress=not args.quiet, on_error=args.on_error, engine=engine, report=report,
+                      exif=not args.ignore_exif)
     videos: list[Path | int] = [p for p in sources if is_video(p)]
     if args.camera is not None:
         videos.append(args.camera)
