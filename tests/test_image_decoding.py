@@ -112,10 +112,29 @@ def test_a_dataset_image_turned_by_exif_with_an_unturned_label_is_a_size_mismatc
     Image.fromarray(_stored()).save(image, exif=_exif(6))
     Image.fromarray(np.zeros((20, 30), np.uint8), mode="L").save(label)
     ds = SegmentationDataset([SampleRef("a", image, label)], split="x", num_classes=2)
-    with pytest.raises(DatasetError, match=r"a\.png: label size 30x20 \(WxH\) != image size 20x30 of a\.jpg"):
+    with pytest.raises(DatasetError, match=r"a\.png: label size 30x20 \(WxH\) != image size 20x30 of a\.jpg "
+                       r"\(the image is turned upright by its EXIF orientation") as e:
         ds.load(0)
+    assert "\n" not in str(e.value)
     Image.fromarray(np.zeros((30, 20), np.uint8), mode="L").save(label)  # drawn on the upright photo
     assert ds.load(0)[0].shape == (30, 20, 3)
+
+
+def test_benchmark_readers_keep_the_stored_pixels_their_labels_were_drawn_on(tmp_path) -> None:
+    """VOC, SBD, COCO-Stuff and DeepFashion2 labels (and the published numbers) are on the stored pixels."""
+    from reproduce.datasets import CocoStuff10k, CocoStuff164k, DeepFashion2, SBDSegmentation, VOCSegmentation
+    from reproduce.datasets.folder import FolderSegmentation
+
+    assert not any(c.exif for c in (VOCSegmentation, SBDSegmentation, CocoStuff10k, CocoStuff164k, DeepFashion2))
+    assert FolderSegmentation.exif and SegmentationDataset.exif
+    image, label = tmp_path / "a.jpg", tmp_path / "a.png"
+    Image.fromarray(_stored()).save(image, exif=_exif(6))
+    Image.fromarray(np.zeros((20, 30), np.uint8), mode="L").save(label)
+
+    class Stored(SegmentationDataset):
+        exif = False
+
+    assert Stored([SampleRef("a", image, label)], split="x", num_classes=2).load(0)[0].shape == (20, 30, 3)
 
 
 def test_predict_masks_match_the_upright_photo(tmp_path) -> None:

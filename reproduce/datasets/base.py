@@ -118,6 +118,8 @@ def read_image(path: str | os.PathLike, *, exif: bool = True) -> np.ndarray:
       Orientation values outside 1..8 are ignored, as viewers ignore them; an EXIF block that cannot be
       applied is an error naming the way out (``--ignore-exif``). Label files are index masks, never rotated
       (:func:`read_index_png`): a rotated image whose label was not is refused as an image/label size mismatch.
+      Datasets choose per reader (``SegmentationDataset.exif``): your own folders apply it, the benchmark
+      readers (VOC, SBD, COCO-Stuff, DeepFashion2) keep the stored pixels their labels were drawn on.
     - 16-bit images (PIL modes ``I;16*``, and 32-bit ``I`` whose values all lie in 0..65535, which is how
       Pillow opens 16-bit PGM/PPM) are scaled to 0..255 by dividing by 257 (rounded: 65535 -> 255), never
       clipped; larger or negative integers are refused. 16-bit RGB(A) PNGs are decoded by Pillow to 8 bits.
@@ -267,6 +269,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """Base reader: a list of :class:`SampleRef` plus label decoding; see the module docstring."""
 
     name: ClassVar[str] = "segmentation"
+    # Whether images are turned upright by their EXIF orientation before they meet their labels. True for
+    # your own data (annotation tools such as labelme, CVAT and Label Studio draw on the photo as viewers
+    # show it); the benchmark readers set False: their labels, and the published numbers, are on the
+    # stored pixels (MATLAB imread, Caffe's OpenCV 2.4 and TensorFlow's decode_jpeg ignore EXIF).
+    exif: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -321,13 +328,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
         """Read sample ``index`` strictly (raises :class:`DatasetError`), without ``transform``."""
         ref = self.refs[index]
-        image = read_image(ref.image)
+        image = read_image(ref.image, exif=self.exif)
         label = check_label(self.read_label(ref), ref.label, self.num_classes, self.ignore_index)
         if image.shape[:2] != label.shape:
+            turned = self.exif and image.shape[1::-1] == label.shape and label.shape[0] != label.shape[1]
             raise DatasetError(
                 ref.label,
                 f"label size {label.shape[1]}x{label.shape[0]} (WxH) != image size "
-                f"{image.shape[1]}x{image.shape[0]} of {ref.image.name}",
+                f"{image.shape[1]}x{image.shape[0]} of {ref.image.name}"
+                + (" (the image is turned upright by its EXIF orientation; the label fits its stored pixels: "
+                   "draw the label on the upright photo, or remove the orientation tag)" if turned else ""),
             )
         orig_size = tuple(label.shape)
         image, label = self.postprocess(image, label)
