@@ -215,7 +215,11 @@ def generated_file_command(argv: list[str] | None, *, prog: str, description: st
             print(f"error: {path} is stale: regenerate it with {command}", file=sys.stderr)
             return 1
         return 0
-    write_text_atomic(path, text)
+    try:
+        write_text_atomic(path, text)
+    except DeeplabError as exc:  # converters.io's OutputError: a full disk, a read-only folder
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0
 
@@ -225,8 +229,8 @@ def sync_readme_command(readme: Path, sync: Callable[..., bool], *, check: bool,
     one ``error:`` line for an unreadable file, missing markers, or (``--check``) stale blocks (``stale``)."""
     try:
         current = sync(readme, check=check)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, DeeplabError) as exc:  # DeeplabError: converters.io's OutputError (a full disk)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 1
     if check and not current:
         print(f"error: {readme}: {stale}", file=sys.stderr)
