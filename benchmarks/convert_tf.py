@@ -320,13 +320,13 @@ def format_stream_table(record: dict[str, Any]) -> str:
 
 def write_stream_report(record: dict[str, Any], out_dir: Path) -> None:
     """``convert_tf_stream.json`` (strict JSON) and the table in ``README.md`` under ``out_dir``."""
-    from converters.io import write_atomic
+    from converters.io import write_text_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record, indent=2, allow_nan=False) + "\n"
-    write_atomic(out_dir / "convert_tf_stream.json", lambda p: p.write_text(text, encoding="utf-8"))
+    write_text_atomic(out_dir / "convert_tf_stream.json", text)
     table = format_stream_table(record)
-    write_atomic(out_dir / "stream_table.md", lambda p: p.write_text(table + "\n", encoding="utf-8"))
+    write_text_atomic(out_dir / "stream_table.md", table + "\n")
 
 
 # ---- workloads (run in the child) -------------------------------------------------------------------------------

@@ -461,7 +461,7 @@ def _run_cli(args: Any) -> None:
 
     from benchmarks._common import environment
     from converters.errors import UsageError
-    from converters.io import write_atomic
+    from converters.io import write_text_atomic
 
     modes = tuple(m for m in args.decode.split(",") if m)
     if any(m not in DECODE_MODES for m in modes) or not modes:
@@ -481,14 +481,14 @@ def _run_cli(args: Any) -> None:
     record = {"suite": "eval-pipeline", "schema": 1, "command": command, "environment": env, "pipeline": record}
     args.out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record, indent=2, allow_nan=False) + "\n"
-    write_atomic(args.out / "eval-pipeline.json", lambda p: p.write_text(text, encoding="utf-8"))
+    write_text_atomic(args.out / "eval-pipeline.json", text)
     p = record["pipeline"]
     md = (f"# Evaluation pipeline benchmark\n\nCommand: `{command}`\n\n"
           f"CPU: {env['cpu_model']} [{env.get('cpu_isa', '?')}] ({env['cpus_usable']} usable cores), torch {env['torch']}, "
           f"{env['torch_threads']} threads; load average (1, 5, 15 min) at start {p['loadavg_at_start']}, "
           f"at end {p['loadavg_at_end']}; {env['created_utc']}, commit {(env.get('git') or {}).get('commit')}\n\n"
           + format_pipeline(p))
-    write_atomic(args.out / "README.md", lambda q: q.write_text(md, encoding="utf-8"))
+    write_text_atomic(args.out / "README.md", md)
     print(format_pipeline(p))
     print(f"wrote {args.out / 'eval-pipeline.json'} and {args.out / 'README.md'}")
 

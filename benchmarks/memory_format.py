@@ -101,7 +101,7 @@ def _run_cli(args: Any) -> None:
     from tqdm import tqdm
 
     from converters.errors import UsageError
-    from converters.io import write_atomic
+    from converters.io import write_text_atomic
     from reference_models import list_models
 
     known = list_models()
@@ -133,12 +133,12 @@ def _run_cli(args: Any) -> None:
     record = {"suite": "memory-format", "schema": 1, "command": command, "environment": env, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record, indent=2, allow_nan=False) + "\n"
-    write_atomic(args.out / "memory-format.json", lambda p: p.write_text(text, encoding="utf-8"))
+    write_text_atomic(args.out / "memory-format.json", text)
     md = (f"# Engine memory format: channels_last against NCHW\n\nCommand: `{command}`\n\n"
           f"Device: {env['device_name']} ({env['cpus_usable']} usable cores), torch {env['torch']}, "
           f"{env['torch_threads']} threads; load average at start {env['loadavg_at_start']}; {env['created_utc']}, "
           f"commit {(env.get('git') or {}).get('commit')}\n\n" + format_table(rows))
-    write_atomic(args.out / "README.md", lambda q: q.write_text(md, encoding="utf-8"))
+    write_text_atomic(args.out / "README.md", md)
     print(format_table(rows))
     print(f"wrote {args.out / 'memory-format.json'} and {args.out / 'README.md'}")
     if any("error" in r for r in rows):

@@ -36,7 +36,7 @@ import torch
 
 from converters.cli import run_main
 from converters.errors import DeeplabError, UsageError
-from converters.io import write_json_atomic
+from converters.io import write_json_atomic, write_text_atomic
 
 MODEL = "deeplabv2_resnet101_msc"
 
@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"{args.part}"
     write_json_atomic(args.out / f"{name}.json", record)
-    (args.out / f"{name}.md").write_text(markdown(record), encoding="utf-8")
+    write_text_atomic(args.out / f"{name}.md", markdown(record))
     print(f"wrote {args.out / (name + '.json')}")
 
 

@@ -843,7 +843,7 @@ def reproduction_section(groups) -> str:
 
 def render(paths: list[Path], out: Path, title: str | None = None) -> Path:
     """Write ``out/README.md`` and the PNGs from ``paths``; return the Markdown path."""
-    from converters.io import write_atomic
+    from converters.io import write_text_atomic
 
     groups = load_inputs(paths)
     out.mkdir(parents=True, exist_ok=True)
@@ -858,7 +858,7 @@ def render(paths: list[Path], out: Path, title: str | None = None) -> Path:
     if plots:
         text += "\n## Plots\n\n" + "\n\n".join(f"![{p}]({p})" for p in plots) + "\n"
     md = out / "README.md"
-    write_atomic(md, lambda p: p.write_text(text, encoding="utf-8"))
+    write_text_atomic(md, text)
     return md
 
 

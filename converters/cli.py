@@ -17,8 +17,10 @@ written in the parser, never sliced from a module docstring (``python -OO`` stri
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,8 @@ from converters.io import (
     provenance_path,
     save_state_dict,
     sha256_file,
-    write_atomic,
     write_json_atomic,
+    write_text_atomic,
 )
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -99,6 +101,24 @@ def program_name(module: str) -> str:
     ``python -m <module>``."""
     invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     return invoked if invoked.startswith("deeplab-") else f"python -m {module}"
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null while a native library talks there: TensorFlow's C++ start-up lines
+    (oneDNN notice, "Could not find cuda drivers", "failed call to cuInit") are written before its log level
+    applies; FFmpeg (through OpenCV) prints "moov atom not found" when a video is read back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 # --------------------------------------------------------------------------- shared flags
@@ -195,7 +215,11 @@ def generated_file_command(argv: list[str] | None, *, prog: str, description: st
             print(f"error: {path} is stale: regenerate it with {command}", file=sys.stderr)
             return 1
         return 0
-    write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+    try:
+        write_text_atomic(path, text)
+    except DeeplabError as exc:  # converters.io's OutputError: a full disk, a read-only folder
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0
 
@@ -205,8 +229,8 @@ def sync_readme_command(readme: Path, sync: Callable[..., bool], *, check: bool,
     one ``error:`` line for an unreadable file, missing markers, or (``--check``) stale blocks (``stale``)."""
     try:
         current = sync(readme, check=check)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, DeeplabError) as exc:  # DeeplabError: converters.io's OutputError (a full disk)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 1
     if check and not current:
         print(f"error: {readme}: {stale}", file=sys.stderr)

@@ -34,3 +34,13 @@ class ConversionError(DeeplabError):
         if layer:
             where += f": layer '{layer}'"
         super().__init__(f"{where}: {problem}")
+
+
+class OutputError(DeeplabError):
+    """An output that could not be written or did not read back as written (full disk, a file-size limit, a
+    writer that failed silently): names the final file, under which nothing was put."""
+
+    def __init__(self, path: str | PathLike, problem: str) -> None:
+        self.path = str(path)
+        self.problem = " ".join(str(problem).split())
+        super().__init__(f"{self.path}: {self.problem}")

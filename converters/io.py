@@ -1,8 +1,13 @@
-"""Writing outputs safely: atomic files, checksums, state dicts and provenance.
+"""Writing outputs safely: atomic, verified files, checksums, state dicts and provenance.
 
-Nothing a converter writes is ever half-written: data goes to a temporary file
-in the destination folder, is flushed to disk, and is renamed over the target
-only when complete (``os.replace`` is atomic on POSIX and Windows).
+Nothing a command writes is ever half-written: data goes to a uniquely named temporary file in the
+destination folder, is read back (its size; a decode of images; the structure of weights files), flushed
+to disk, and is renamed over the target only when complete (``os.replace`` is atomic on POSIX and
+Windows). A failure (a full disk, a file-size limit, a writer that reports nothing, such as Pillow's
+JPEG encoder on a short write) is one :class:`converters.errors.OutputError` naming the final file,
+with the temporary removed. Every writer in the project goes through :class:`StagedFile` /
+:func:`atomic_path` (or a helper built on them: :func:`write_text_atomic`, :func:`write_json_atomic`,
+:func:`save_state_dict`, :func:`save_torch`, :func:`save_image`).
 """
 
 from __future__ import annotations
@@ -16,33 +21,92 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from converters.errors import OutputError
+
 WEIGHT_SUFFIXES = (".pth", ".safetensors")
 
 
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+class StagedFile:
+    """A uniquely named temporary file beside ``target`` that becomes ``target`` only once verified.
 
-    On any exception (including KeyboardInterrupt) the temporary file is removed
-    and ``target`` is left untouched.
+    The name is ``.<target name>.<random><suffix>`` (unique per writer, so two runs writing the same output
+    never share a temporary; ``suffix`` keeps an extension a writer insists on, e.g. OpenCV's video
+    container). :meth:`commit` checks the bytes (non-empty, or exactly ``size``; then ``check(path)``, e.g.
+    a decode), fsyncs and renames; any failure removes the temporary and raises :class:`OutputError` naming
+    ``target``, so nothing is ever left under the final name that was not read back. Use :func:`atomic_path`
+    unless the file must outlive one ``with`` block (a video kept after Ctrl-C).
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs get what the umask gives
-    finally:
-        os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
-    except BaseException:
+
+    def __init__(self, target: str | os.PathLike, *, suffix: str = ".tmp") -> None:
+        self.target = Path(target)
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=suffix, dir=self.target.parent)
+        except OSError as exc:
+            raise write_failure(self.target, None, exc) from None
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs get what the umask gives
+        finally:
+            os.close(fd)
+        self.path = Path(tmp)
+
+    def commit(self, *, size: int | None = None, check: Callable[[Path], None] | None = None) -> Path:
+        """Verify the temporary (``size`` bytes if given, else non-empty; then ``check``), fsync it and rename it
+        onto ``target``. Raises :class:`OutputError` (the temporary removed) when anything is off."""
+        try:
+            actual = self.path.stat().st_size
+            if size is not None and actual != size:
+                raise OutputError(self.target, f"could not be written: {actual} of {size} bytes reached the disk "
+                                  "(disk full or a file-size limit?)")
+            if size is None and actual == 0:
+                raise OutputError(self.target, "could not be written: the writer left an empty file (disk full?)")
+            if check is not None:
+                check(self.path)
+            with open(self.path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.path, self.target)
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError):
+                raise write_failure(self.target, self.path, exc) from None
+            raise
+        return self.target
+
+    def discard(self) -> None:
+        """Remove the temporary (nothing is written under ``target``)."""
         with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+            self.path.unlink()
+
+
+def write_failure(target: Path, tmp: Path | None, exc: BaseException) -> OutputError:
+    """The one-line :class:`OutputError` for ``exc`` raised while writing ``target`` through ``tmp``."""
+    filename = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and exc.strerror and filename in (None, str(tmp), str(target)):
+        reason = exc.strerror  # e.g. "File too large": the path is the temporary's, the message names target
+    else:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return OutputError(target, f"could not be written ({reason})")
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, *, suffix: str = ".tmp", size: int | None = None,
+                check: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a unique temporary path beside ``target``; verify it and rename it onto ``target`` on success
+    (see :class:`StagedFile`: non-empty or exactly ``size`` bytes, then ``check(path)``).
+
+    On any exception (including KeyboardInterrupt) the temporary file is removed and ``target`` is left
+    untouched; an ``OSError`` (full disk, file-size limit, permissions) becomes one :class:`OutputError`
+    naming ``target``.
+    """
+    staged = StagedFile(target, suffix=suffix)
+    try:
+        yield staged.path
+    except BaseException as exc:
+        staged.discard()
+        if isinstance(exc, OSError):
+            raise write_failure(staged.target, staged.path, exc) from None
         raise
+    staged.commit(size=size, check=check)
 
 
 def current_umask() -> int:
@@ -52,17 +116,23 @@ def current_umask() -> int:
     return mask
 
 
-def write_atomic(target: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
-    """Call ``writer(tmp_path)`` and atomically move the result to ``target``."""
-    with atomic_path(target) as tmp:
+def write_atomic(target: str | os.PathLike, writer: Callable[[Path], None], *, size: int | None = None,
+                 check: Callable[[Path], None] | None = None) -> Path:
+    """Call ``writer(tmp_path)``, verify the result (:func:`atomic_path`) and atomically move it to ``target``."""
+    with atomic_path(target, size=size, check=check) as tmp:
         writer(tmp)
     return Path(target)
 
 
-def write_json_atomic(target: str | os.PathLike, record: Mapping[str, Any]) -> Path:
-    """Write ``record`` as indented JSON, atomically."""
-    text = json.dumps(record, indent=2, sort_keys=False) + "\n"
-    return write_atomic(target, lambda p: p.write_text(text, encoding="utf-8"))
+def write_text_atomic(target: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` as UTF-8, atomically, checking that every byte reached the disk."""
+    data = text.encode("utf-8")
+    return write_atomic(target, lambda p: p.write_bytes(data), size=len(data))
+
+
+def write_json_atomic(target: str | os.PathLike, record: Mapping[str, Any], **dumps: Any) -> Path:
+    """Write ``record`` as indented JSON (``json.dumps`` keywords as ``dumps``), atomically and checked."""
+    return write_text_atomic(target, json.dumps(record, **{"indent": 2, "sort_keys": False, **dumps}) + "\n")
 
 
 def splice_marked(path: str | os.PathLike, blocks: Mapping[tuple[str, str], str], *, check: bool = False) -> bool:
@@ -80,7 +150,7 @@ def splice_marked(path: str | os.PathLike, blocks: Mapping[tuple[str, str], str]
     if new == text:
         return True
     if not check:
-        write_atomic(path, lambda p: p.write_text(new, encoding="utf-8"))
+        write_text_atomic(path, new)
     return False
 
 
@@ -94,22 +164,97 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def save_state_dict(state_dict: Mapping[str, Any], target: str | os.PathLike) -> Path:
-    """Save a plain ``{name: tensor}`` dict as ``.pth`` or ``.safetensors``, atomically.
+    """Save a plain ``{name: tensor}`` dict as ``.pth`` or ``.safetensors``, atomically and checked.
 
     ``.pth`` files load with ``torch.load(path, weights_only=True)``;
     ``.safetensors`` with ``safetensors.torch.load_file``.
     """
-    import torch
-
     target = Path(target)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     if target.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
-        return write_atomic(target, lambda p: save_file(tensors, str(p)))
+        def write(p: Path) -> None:
+            try:
+                save_file(tensors, str(p))
+            except SafetensorError as exc:  # its I/O errors (e.g. "File too large") are not OSErrors
+                raise OSError(f"safetensors: {exc}") from None
+
+        return write_atomic(target, write, check=check_safetensors_file)
     if target.suffix == ".pth":
-        return write_atomic(target, lambda p: torch.save(tensors, p))
+        return save_torch(tensors, target)
     raise ValueError(f"{target}: output must end in one of {', '.join(WEIGHT_SUFFIXES)}")
+
+
+def save_torch(obj: Any, target: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` at ``target``, atomically and checked (a complete zip archive). ``torch.save``
+    reports a failed write as a ``RuntimeError`` ("PytorchStreamWriter failed writing ..."): one
+    :class:`OutputError` naming ``target`` instead."""
+    import torch
+
+    def write(p: Path) -> None:
+        try:
+            torch.save(obj, p)
+        except RuntimeError as exc:
+            raise OSError(f"torch.save: {' '.join(str(exc).split())[:200]}") from None
+
+    return write_atomic(target, write, check=check_pth_file)
+
+
+def check_pth_file(path: Path) -> None:
+    """A ``torch.save`` zip is complete: its central directory (written last) reads and holds a ``data.pkl``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise OSError(f"the written archive does not read back ({exc})") from None
+    if not any(n.endswith("data.pkl") for n in names):
+        raise OSError("the written archive holds no data.pkl")
+
+
+def check_safetensors_file(path: Path) -> None:
+    """A ``.safetensors`` file is complete: 8-byte header length, JSON header, data up to the last offset."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise OSError(f"the written header does not read back ({size} bytes)")
+        try:
+            header = json.loads(fh.read(n))
+        except ValueError as exc:
+            raise OSError(f"the written header does not read back ({exc})") from None
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    if 8 + n + max(ends, default=0) != size:
+        raise OSError(f"{size} bytes on disk, the header declares {8 + n + max(ends, default=0)}")
+
+
+def save_image(target: str | os.PathLike, image: Any, format: str, **params: Any) -> Path:
+    """Encode the PIL ``image`` as ``format`` at ``target``, atomically, and decode it back before naming it:
+    the same size and mode, and (lossless formats) the same pixels. Pillow's JPEG encoder ignores a short
+    write (a full disk gives a truncated file and no error); the decode is what catches it."""
+    import numpy as np
+    from PIL import Image
+
+    lossless = format.upper() in ("PNG", "BMP", "TIFF", "PPM")
+
+    def check(p: Path) -> None:
+        try:
+            with Image.open(p) as back:
+                back.load()
+                same = back.size == image.size and back.mode == image.mode
+                if same and lossless:
+                    same = np.array_equal(np.asarray(back), np.asarray(image))
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is not what was meant
+            raise OutputError(target, f"could not be written: it does not decode back ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}; disk full?)") from None
+        if not same:
+            raise OutputError(target, "could not be written: it decodes to another image than was written")
+
+    return write_atomic(target, lambda p: image.save(p, format=format, **params), check=check)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:

@@ -27,15 +27,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from converters.cli import native_stderr_silenced
 from converters.errors import ConversionError, DeeplabError
 from converters.io import check_outputs_spare_inputs
 
@@ -197,30 +196,39 @@ def keras_provenance_path(weights: str | os.PathLike) -> Path:
 
 
 def save_keras(model: keras.Model, target: str | os.PathLike) -> Path:
-    """Write ``model``'s weights (``.weights.h5``) or the whole model (``.keras``) atomically.
+    """Write ``model``'s weights (``.weights.h5``) or the whole model (``.keras``) atomically and checked
+    (:mod:`converters.io`: the temporary keeps the suffix Keras insists on, and is read back before it is
+    renamed over ``target``)."""
+    from converters.io import atomic_path
 
-    Keras insists on the suffix, so the temporary file is ``<tmpdir beside target>/<name>``;
-    it is renamed over ``target`` only once complete.
-    """
     target = Path(target)
     suffix = keras_suffix(target)
     if suffix is None:
         raise ValueError(f"{target}: output must end in one of {', '.join(KERAS_SUFFIXES)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        tmp = tmp_dir / f"model{suffix}"
+    with atomic_path(target, suffix=suffix, check=check_keras_file) as tmp:
         if suffix == ".weights.h5":
             model.save_weights(tmp)
         else:
             model.save(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp_dir)
     return target
+
+
+def check_keras_file(path: Path) -> None:
+    """The written file reads back: an HDF5 file that opens (HDF5 checks its end-of-file address), or a
+    ``.keras`` zip whose central directory reads."""
+    if path.name.endswith(".keras"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                zf.namelist()
+        except (zipfile.BadZipFile, ValueError) as exc:
+            raise OSError(f"the written archive does not read back ({exc})") from None
+        return
+    import h5py
+
+    with h5py.File(path, "r"):
+        pass
 
 
 # --------------------------------------------------------------------------- the Keras command lines
@@ -258,23 +266,6 @@ def run_keras_command(args: argparse.Namespace, *, out: Path,
     return write_keras(convert(args), out, quiet=args.quiet)
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null: TensorFlow's C++ start-up lines (oneDNN notice, "Could not find
-    cuda drivers", "failed call to cuInit") are written before its log level applies."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def import_tensorflow() -> tuple[Any, Any]:
     """``(tensorflow, keras)``, imported quietly; a one-line :class:`DeeplabError` when not installed.
 
@@ -290,7 +281,7 @@ def import_tensorflow() -> tuple[Any, Any]:
                                "installed): pip install '.[tf]' (or: pip install 'deeplab-repro[tf]')")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1") and "tensorflow" not in sys.modules
-    with _native_stderr_silenced() if quiet else contextlib.nullcontext():
+    with native_stderr_silenced() if quiet else contextlib.nullcontext():
         import keras
         import tensorflow as tf
 

@@ -43,7 +43,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from converters.io import WEIGHT_SUFFIXES, atomic_path
+from converters.io import WEIGHT_SUFFIXES, atomic_path, check_pth_file, check_safetensors_file
 
 __all__ = ["TensorSpec", "return_freed_buffers_to_the_os", "write_state_dict_streamed"]
 
@@ -372,7 +372,8 @@ def write_state_dict_streamed(
     if target.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(f"{target}: output must end in one of {', '.join(WEIGHT_SUFFIXES)}")
     specs = list(specs)
-    with atomic_path(target) as tmp:
+    check = check_pth_file if target.suffix == ".pth" else check_safetensors_file
+    with atomic_path(target, check=check) as tmp:
         with open(tmp, "wb") as fh:
             if target.suffix == ".pth":
                 writer: _StreamWriter = _PthWriter(fh, specs, archive=target.stem or "archive")

@@ -179,7 +179,7 @@ def make_tf_checkpoint(release: str, prefix: Path, seed: int = 0) -> Path:
 
 # ---------------------------------------------------------------------------------------- report
 def report(out: Path, result_dirs: list[Path], title: str) -> Path:
-    from converters.io import write_atomic
+    from converters.io import write_text_atomic
 
     parts = [f"# {title}", ""]
     for d in result_dirs:
@@ -189,7 +189,7 @@ def report(out: Path, result_dirs: list[Path], title: str) -> Path:
         text = md.read_text(encoding="utf-8").replace("\n# ", "\n## ")
         parts += ["#" + text if text.startswith("# ") else text, ""]
     body = "\n".join(parts)
-    return write_atomic(out, lambda p: p.write_text(body, encoding="utf-8"))
+    return write_text_atomic(out, body)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -559,13 +559,13 @@ def write_results(out: Path, result: dict[str, Any], table: str) -> tuple[Path, 
     """Write ``result.json`` (strict JSON: undefined scores are ``null``) and ``result.md`` atomically into ``out``."""
     import json
 
-    from converters.io import write_atomic
+    from converters.io import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     text_json = json.dumps(strict_json(result), indent=2, allow_nan=False) + "\n"
-    json_path = write_atomic(out / "result.json", lambda p: p.write_text(text_json, encoding="utf-8"))
+    json_path = write_text_atomic(out / "result.json", text_json)
     text = _markdown(result, table)
-    md_path = write_atomic(out / "result.md", lambda p: p.write_text(text, encoding="utf-8"))
+    md_path = write_text_atomic(out / "result.md", text)
     return json_path, md_path
 
 

@@ -11,7 +11,9 @@ Examples (from the repository root)::
 
 For each image ``NAME.ext`` it writes ``<out>/NAME.png``, a palette ("P" mode) PNG whose pixel
 values are the class indices and whose palette shows them in colour (``--palette``), and
-``<out>/NAME_overlay.jpg`` (or ``.png``), the image blended with the coloured mask. Inference is
+``<out>/NAME_overlay.jpg`` (or ``.png``), the image blended with the coloured mask, both upright as photo
+viewers show the image (EXIF orientation applied; ``--ignore-exif`` keeps the stored pixels; 16-bit and
+[0, 1] float images are scaled to 0..255, other ranges refused: :func:`reproduce.datasets.read_image`). Inference is
 :mod:`reproduce.inference`'s (same preprocessing, protocol, scales and flips as the evaluation);
 ``--crf`` adds the DeepLab v2 dense CRF (:mod:`reproduce.crf`). The forward runs on
 :class:`reproduce.inference.Segmenter` (folded BatchNorm, channels_last, the precision ``auto``
@@ -21,7 +23,9 @@ A video file (any format OpenCV reads) or ``--camera N`` gives ``<out>/NAME_over
 source's frame rate and size (and with ``--frame-masks`` ``<out>/NAME/frame_NNNNNN.png``); Ctrl-C
 stops cleanly and keeps a playable video of the frames done so far.
 
-Nothing is written over an input: an output path that resolves to an input file, or ``--out``
+Every output is written to a unique temporary name, read back (a decode of each image, the frame count
+of a video) and only then renamed into place: a full disk is exit 1 naming the file, never a truncated
+file under its name. Nothing is written over an input: an output path that resolves to an input file, or ``--out``
 naming an input folder, is an error. ``--on-error skip`` skips (and counts) unreadable images
 instead of stopping at the first one. Exit codes: 0, 1 (bad input), 2 (usage), 130 (Ctrl-C).
 """
@@ -29,7 +33,6 @@ instead of stopping at the first one. Exit codes: 0, 1 (bad input), 2 (usage), 1
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -40,7 +43,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from converters.cli import program_name, run_main
+from converters.cli import native_stderr_silenced, program_name, run_main
+from converters.errors import OutputError
+from converters.io import StagedFile
 from reproduce.inference import (
     MEMORY_FORMAT_HELP,
     MEMORY_FORMATS,
@@ -117,12 +122,13 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def save_mask(path: Path, label: np.ndarray, colours: np.ndarray) -> Path:
-    """Write an index mask as a palette PNG (pixel value = class index), atomically."""
-    from converters.io import write_atomic
+    """Write an index mask as a palette PNG (pixel value = class index), atomically, decoded back before it
+    is named (:func:`converters.io.save_image`)."""
+    from converters.io import save_image
 
     im = Image.fromarray(label.astype(np.uint8), mode="L").convert("P")
     im.putpalette(colours.reshape(-1).tolist())
-    return write_atomic(path, lambda p: im.save(p, format="PNG"))
+    return save_image(path, im, "PNG")
 
 
 def overlay(image_rgb: np.ndarray, label: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -196,12 +202,12 @@ class _Writer:
 
 def _write_image_outputs(path: Path, out: Path, image: np.ndarray, label: np.ndarray, colours: np.ndarray,
                          overlay_format: str, alpha: float) -> tuple[Path, Path]:
-    from converters.io import write_atomic
+    from converters.io import save_image
 
     mask_path = save_mask(out / f"{path.stem}.png", label, colours)
     blend = Image.fromarray(overlay(image, label, colours, alpha))
     fmt = "JPEG" if overlay_format == "jpg" else "PNG"
-    ov_path = write_atomic(out / f"{path.stem}_overlay.{overlay_format}", lambda p: blend.save(p, format=fmt))
+    ov_path = save_image(out / f"{path.stem}_overlay.{overlay_format}", blend, fmt)
     return mask_path, ov_path
 
 
@@ -225,12 +231,15 @@ def predict_files(
     engine: Segmenter | None = None,
     precision: str = "auto",
     report: PredictReport | None = None,
+    exif: bool = True,
 ) -> list[tuple[Path, Path]]:
     """Segment still ``images``; return the ``(mask, overlay)`` paths written, in input order.
 
     ``on_error="skip"`` skips an image that cannot be decoded and records it in ``report.skipped``;
     ``"error"`` stops at it with a one-line :class:`InferenceError` naming it (what was written before
-    stays: every file is written atomically). Decoding the next image and writing the previous outputs
+    stays: every file is written atomically). Images are decoded by
+    :func:`reproduce.datasets.read_image` (EXIF orientation applied unless ``exif=False``, 16-bit and float
+    images scaled), so masks and overlays match the photo as viewers show it. Decoding the next image and writing the previous outputs
     run in background threads while the network runs.
     """
     from reproduce.datasets import DatasetError, read_image
@@ -259,7 +268,7 @@ def predict_files(
 
     def read(path: Path) -> np.ndarray | DatasetError:
         try:
-            return read_image(path)
+            return read_image(path, exif=exif)
         except DatasetError as e:
             return e
 
@@ -344,7 +353,7 @@ def predict_video(
     masks_dir = out / name
     if frame_masks:
         masks_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{name}_overlay.partial.{video_format}"
+    staged = None  # the video's unique temporary (OpenCV picks the container from its suffix)
     writer = None
     frames, t0 = 0, time.perf_counter()
     bar = None
@@ -354,6 +363,7 @@ def predict_video(
         bar = tqdm(total=total or None, desc=f"video {name}", unit="frame")
     background = _Writer()
     record: dict = {"source": str(source), "output": str(target), "fps": fps}
+    keep = False  # rename the video into place: on success and after Ctrl-C, never after another failure
     try:
         while max_frames is None or frames < max_frames:
             ok, bgr = cap.read()
@@ -362,7 +372,9 @@ def predict_video(
             rgb = np.ascontiguousarray(bgr[:, :, ::-1])
             if writer is None:
                 h, w = rgb.shape[:2]
-                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*_FOURCC[video_format]), fps, (w, h))
+                staged = StagedFile(target, suffix=f".tmp.{video_format}")
+                writer = cv2.VideoWriter(str(staged.path), cv2.VideoWriter_fourcc(*_FOURCC[video_format]), fps,
+                                         (w, h))
                 if not writer.isOpened():
                     raise InferenceError(f"{target}: OpenCV cannot write {video_format} video here")
                 record["size"] = [w, h]
@@ -373,7 +385,9 @@ def predict_video(
             frames += 1
             if bar is not None:
                 bar.update(1)
+        keep = True
     except KeyboardInterrupt:
+        keep = True
         record["interrupted"] = True
         if report is not None:
             report.interrupted = True
@@ -382,22 +396,49 @@ def predict_video(
         cap.release()
         if bar is not None:
             bar.close()
-        background.close()
-        if writer is not None:
-            writer.release()  # finalizes the container (also after Ctrl-C)
-            if frames:
-                os.replace(tmp, target)
-            else:
-                tmp.unlink(missing_ok=True)
-        seconds = time.perf_counter() - t0
-        record.update(frames=frames, seconds=round(seconds, 3),
-                      frames_per_second=round(frames / seconds, 3) if seconds > 0 else None,
-                      written=frames > 0)
-        if report is not None:
-            report.videos.append(record)
+        committed = False
+        try:
+            background.close()
+            if writer is not None:
+                writer.release()  # finalizes the container (also after Ctrl-C)
+            if staged is not None and keep and frames:
+                # cv2.VideoWriter reports no failed write: read the count and the last frame back
+                staged.commit(check=lambda p: check_video(p, target, frames))
+                committed = True
+        finally:
+            if staged is not None and not committed:
+                staged.discard()
+            seconds = time.perf_counter() - t0
+            record.update(frames=frames, seconds=round(seconds, 3),
+                          frames_per_second=round(frames / seconds, 3) if seconds > 0 else None,
+                          written=committed)
+            if report is not None:
+                report.videos.append(record)
     if frames == 0:
         raise InferenceError(f"{source}: no frame could be read")
     return record
+
+
+def check_video(path: Path, target: Path, frames: int) -> None:
+    """Raise :class:`OutputError` naming ``target`` unless the video at ``path`` opens in OpenCV, holds
+    ``frames`` frames and its last frame decodes (a full disk leaves a container without its index)."""
+    import cv2
+
+    with native_stderr_silenced():  # FFmpeg prints its own complaint ("moov atom not found") on fd 2
+        cap = cv2.VideoCapture(str(path))
+    try:
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else -1
+        if count != frames:
+            found = "does not open" if count < 0 else f"holds {count}"
+            raise OutputError(target, f"could not be written: {frames} frames were written, the file read back "
+                              f"{found} (disk full or a file-size limit?)")
+        with native_stderr_silenced():
+            cap.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
+            last = cap.read()[0]
+        if not last:
+            raise OutputError(target, "could not be written: its last frame does not decode (disk full?)")
+    finally:
+        cap.release()
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -437,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crf-workers", type=int, default=None,
                         help="CRF worker processes beside the forward (default: one per core, fewer when one "
                              "image's CRF memory would not fit; 0: in this process)")
+    parser.add_argument("--ignore-exif", action="store_true",
+                        help="use the pixels as stored: do not turn photos upright by their EXIF orientation (by "
+                             "default masks and overlays match the photo as viewers show it)")
     parser.add_argument("--on-error", choices=("error", "skip"), default="error",
                         help="an unreadable image: stop with an error naming it (default) or skip and count it")
     parser.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
@@ -499,7 +543,8 @@ def run(args: argparse.Namespace, report: PredictReport) -> None:
     if images:
         predict_files(images, out=args.out, config=config, palette_name=args.palette, crf=args.crf,
                       crf_workers=args.crf_workers, overlay_format=args.overlay_format, alpha=args.alpha,
-                      progress=not args.quiet, on_error=args.on_error, engine=engine, report=report)
+                      progress=not args.quiet, on_error=args.on_error, engine=engine, report=report,
+                      exif=not args.ignore_exif)
     videos: list[Path | int] = [p for p in sources if is_video(p)]
     if args.camera is not None:
         videos.append(args.camera)

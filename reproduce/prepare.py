@@ -26,7 +26,7 @@ from PIL import Image
 
 from converters.cli import program_name, run_main
 from converters.errors import DeeplabError, ReportedError
-from converters.io import atomic_path
+from converters.io import save_image, write_text_atomic
 
 from .datasets.base import _PIL_ERRORS, DatasetError, check_label, read_index_png, read_split_file
 from .datasets.deepfashion2 import SPLIT_ALIASES, load_annotation, rasterize_annotation
@@ -83,17 +83,15 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _write_png(target: Path, label: np.ndarray) -> None:
-    """Write an index mask as a grayscale PNG, atomically (temp file in the same folder, then rename)."""
-    with atomic_path(target) as tmp:
-        Image.fromarray(label, mode="L").save(tmp, format="PNG")
+    """Write an index mask as a grayscale PNG, atomically and decoded back (``converters.io.save_image``)."""
+    save_image(target, Image.fromarray(label, mode="L"), "PNG")
 
 
 def _write_text_if_changed(target: Path, text: str) -> bool:
     """Atomically write ``text`` unless ``target`` already holds exactly it; return whether it wrote."""
     if target.is_file() and target.read_text(encoding="utf-8") == text:
         return False
-    with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    write_text_atomic(target, text)
     return True
 
 

@@ -43,7 +43,7 @@ from reproduce.training.config import (
     release_format,
     release_source,
     smoke_config,
-    to_dict,
+    write_run_config,
 )
 
 __all__ = ["OfficialRecipe", "find_recipes", "main"]
@@ -282,7 +282,7 @@ def evaluate_variants(variants: Sequence[Any], ev: EvalCfg, *, weights: Path, mo
 
 
 def write_report(out: Path, title: str, result_dirs: Sequence[Path], extra: Sequence[str] = ()) -> Path:
-    from converters.io import write_atomic
+    from converters.io import write_text_atomic
 
     parts = [f"# {title}", ""]
     if extra:
@@ -294,7 +294,7 @@ def write_report(out: Path, title: str, result_dirs: Sequence[Path], extra: Sequ
         text = md.read_text(encoding="utf-8").replace("\n# ", "\n## ")
         parts += ["#" + text if text.startswith("# ") else text, ""]
     body = "\n".join(parts)
-    path = write_atomic(out / "report.md", lambda p: p.write_text(body, encoding="utf-8"))
+    path = write_text_atomic(out / "report.md", body)
     print(body)
     return path
 
@@ -387,7 +387,7 @@ def run_train_recipe(cfg: Config, args: argparse.Namespace) -> int:
     if args.gpus > 1:
         out.mkdir(parents=True, exist_ok=True)
         resolved = out / "recipe_config.yaml"
-        resolved.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+        write_run_config(resolved, cfg)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.gpus),
                "-m", "reproduce.train", "--config", str(resolved), "--out", str(run)]
         code = subprocess.call(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(

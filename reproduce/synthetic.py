@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from converters.io import save_image, write_text_atomic
+
 from .palette import voc_palette, voc_palette_flat
 
 __all__ = [
@@ -76,28 +78,24 @@ def image_from_label(rng: np.random.Generator, label: np.ndarray, noise: int = 2
 
 
 def save_jpeg(path: Path, image: np.ndarray) -> None:
-    """Write an RGB uint8 array as a JPEG (quality 95), creating parent folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image, mode="RGB").save(path, format="JPEG", quality=95)
+    """Write an RGB uint8 array as a JPEG (quality 95), creating parent folders (atomically, decoded back)."""
+    save_image(path, Image.fromarray(image, mode="RGB"), "JPEG", quality=95)
 
 
 def save_palette_png(path: Path, label: np.ndarray) -> None:
     """Write an index mask as a palette ("P") PNG with the VOC colour map, as VOC's SegmentationClass."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     im = Image.fromarray(label.astype(np.uint8), mode="L").convert("P")
     im.putpalette(voc_palette_flat())
-    im.save(path, format="PNG")
+    save_image(path, im, "PNG")
 
 
 def save_gray_png(path: Path, label: np.ndarray) -> None:
     """Write an index mask as a grayscale ("L") PNG, as SegmentationClassAug and stuffthingmaps."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(label.astype(np.uint8), mode="L").save(path, format="PNG")
+    save_image(path, Image.fromarray(label.astype(np.uint8), mode="L"), "PNG")
 
 
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{ln}\n" for ln in lines), encoding="utf-8")
+    write_text_atomic(path, "".join(f"{ln}\n" for ln in lines))
 
 
 # ---------------------------------------------------------------------------------------- VOC / SBD
@@ -292,8 +290,7 @@ def write_deepfashion2(
                 }
             image = image_from_label(rng, np.zeros((h, w), dtype=np.uint8), noise=60)
             save_jpeg(base / split / "image" / f"{name}.jpg", image)
-            (base / split / "annos").mkdir(parents=True, exist_ok=True)
-            (base / split / "annos" / f"{name}.json").write_text(json.dumps(anno), encoding="utf-8")
+            write_text_atomic(base / split / "annos" / f"{name}.json", json.dumps(anno))
     return base
 
 
@@ -331,8 +328,7 @@ def write_folder(
         elif label_format == "gray":
             save_gray_png(path, label)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(voc_palette()[label], mode="RGB").save(path, format="PNG")
+            save_image(path, Image.fromarray(voc_palette()[label], mode="RGB"), "PNG")
     _write_lines(base / "classes.txt", classes)
     if splits is None:
         splits = {"train": range(max(n - 2, 0)), "val": range(max(n - 2, 0), n)}

@@ -2,7 +2,8 @@
 
 Formats (``FORMATS``): ``caffemodel``, ``tf_index`` and ``tf_data`` (a V2 checkpoint's two files),
 ``tf_v1`` (a V1 TensorSlice checkpoint file),
-``palette_png``, ``mat`` (SBD / COCO-Stuff 10k labels) and ``deepfashion2_json``. Each has a small
+``palette_png``, ``mat`` (SBD / COCO-Stuff 10k labels), ``deepfashion2_json`` and ``image`` (the shared
+image decoder on EXIF-oriented JPEGs, 16-bit PNGs, float TIFFs, palette, LA and CMYK files). Each has a small
 valid seed written here (no TensorFlow needed: the checkpoints are written by :func:`write_v2_checkpoint`
 and :func:`write_v1_checkpoint`, which the tests check against our reader and, when installed, TensorFlow's), a reader call that
 must either accept the file or raise the project's error (``ConversionError`` / ``DatasetError``),
@@ -1168,6 +1169,175 @@ def _archive_read(case: Path) -> object:
 FORMATS["tar"] = Format("tar", _archive_seed, _tar_mutate, _archive_read)
 FORMATS["zip"] = Format("zip", _archive_seed, _zip_mutate, _archive_read)
 OUR_ERRORS["tar"] = OUR_ERRORS["zip"] = _unpack_error
+
+
+# --------------------------------------------------------------------------- images (issue 26: EXIF, depths, modes)
+# The shared image decoder (reproduce.datasets.read_image: predict, evaluation, training) on JPEGs with EXIF
+# orientations, 8/16-bit PNGs, float TIFFs, palette, LA and CMYK files; mutators for the EXIF block (orientation
+# values out of range, broken IFD counts, offsets, types, loops), bit depths and modes (values out of range
+# included), declared sizes, truncation and bytes.
+_IMAGE_SEEDS = ("exif.jpg", "rgb8.png", "gray16.png", "float.tif", "palette.png", "la.png", "cmyk.jpg")
+
+
+def _image_exif(orientation: int) -> object:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "fuzz camera"  # Make
+    exif[0x0132] = "2026:12:07 12:00:00"  # DateTime
+    exif[0x8769] = {0x9003: "2026:12:07 12:00:00", 0xA002: 32, 0xA003: 24}  # an Exif sub-IFD
+    return exif
+
+
+def _image_seed(folder: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(folder / "exif.jpg", quality=90, exif=_image_exif(6))
+    Image.fromarray(rgb).save(folder / "rgb8.png", exif=_image_exif(3))
+    Image.fromarray(rng.integers(0, 65536, (24, 32), dtype=np.uint16)).save(folder / "gray16.png")
+    Image.fromarray(rng.random((24, 32), dtype=np.float32)).save(folder / "float.tif")
+    pal = Image.fromarray(rng.integers(0, 16, (24, 32), dtype=np.uint8), mode="P")
+    pal.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tolist())
+    pal.save(folder / "palette.png", transparency=3)
+    Image.fromarray(rng.integers(0, 256, (24, 32, 2), dtype=np.uint8), mode="LA").save(folder / "la.png")
+    Image.fromarray(rng.integers(0, 256, (24, 32, 4), dtype=np.uint8), mode="CMYK").save(folder / "cmyk.jpg")
+
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start of payload, payload length) of a JPEG's segments up to the scan."""
+    out, pos = [], 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, n = data[pos + 1], int.from_bytes(data[pos + 2 : pos + 4], "big")
+        out.append((marker, pos + 4, n - 2))
+        if marker == 0xDA:
+            break
+        pos += 2 + n
+    return out
+
+
+def _image_broken_exif(r: random.Random, data: bytearray) -> bytearray:
+    """Surgery inside the JPEG's APP1 Exif block, its length kept: IFD counts, entry types, offsets, loops."""
+    app1 = next(((s, n) for m, s, n in _jpeg_segments(bytes(data)) if m == 0xE1 and data[s : s + 6] == b"Exif\0\0"),
+                None)
+    if app1 is None:
+        return _bitflips(r, data)
+    start, n = app1[0] + 6, app1[1] - 6  # the TIFF header: byte order, 42, first IFD offset
+    tiff = data[start : start + n]
+    little = tiff[:2] == b"II"
+    order = "little" if little else "big"
+    ifd = int.from_bytes(tiff[4:8], order)
+    kind = r.randrange(6)
+    if kind == 0 and ifd + 2 <= len(tiff):  # entry count: none, many, all
+        tiff[ifd : ifd + 2] = r.choice([0, 1, 0x7FFF, 0xFFFF]).to_bytes(2, order)
+    elif kind == 1 and ifd + 14 <= len(tiff):  # one entry's type, count or value/offset
+        e = ifd + 2 + 12 * r.randrange(max(1, int.from_bytes(tiff[ifd : ifd + 2], order)))
+        if e + 12 <= len(tiff):
+            part = r.choice([(2, 4, [0, 13, 14, 0xFFFF, 7]), (4, 8, [0, 1, 2**31 - 1, 2**32 - 1]),
+                             (8, 12, [0, 8, len(tiff), 2**31, 2**32 - 1])])
+            tiff[e + part[0] : e + part[1]] = r.choice(part[2]).to_bytes(part[1] - part[0], order)
+    elif kind == 2:  # the first IFD (or the next-IFD link) points at itself, past the end, or at the header
+        tiff[4:8] = r.choice([0, 2, 8, len(tiff) + 100, 2**32 - 1]).to_bytes(4, order)
+    elif kind == 3:  # byte order or magic broken
+        tiff[0:4] = r.choice([b"MM\x00\x2a", b"II\x2a\x00", b"IM\x2a\x00", b"II\x2b\x00", b"\x00" * 4])
+    elif kind == 4:  # the orientation entry's value: every 16-bit value can appear
+        tag = (0x0112).to_bytes(2, order)
+        at = tiff.find(tag)
+        if at >= 0 and at + 12 <= len(tiff):
+            tiff[at + 8 : at + 10] = r.choice([0, 1, 5, 8, 9, 255, 0x8000, 0xFFFF]).to_bytes(2, order)
+    else:
+        tiff = bytearray(mutate_bytes(r, bytes(tiff)).ljust(n, b"\x00")[:n])
+    data[start : start + n] = tiff
+    return data
+
+
+def _image_sized(r: random.Random, data: bytearray, name: str) -> bytearray:
+    """Declared width/height changed: PNG IHDR (valid CRC) or the JPEG frame header."""
+    size = r.choice([0, 1, 7, 65535, 100000, 2**31 - 1, 2**32 - 1])
+    if name.endswith(".png"):
+        chunks = _png_chunks(bytes(data))
+        t, d = chunks[0]
+        d = bytearray(d)
+        at = r.choice([0, 4])
+        d[at : at + 4] = min(size, 2**32 - 1).to_bytes(4, "big")
+        chunks[0] = (t, bytes(d))
+        return bytearray(_png_join(chunks))
+    sof = next(((s, n) for m, s, n in _jpeg_segments(bytes(data)) if m in (0xC0, 0xC1, 0xC2)), None)
+    if sof is not None:
+        at = sof[0] + r.choice([1, 3])  # height, width (16-bit each)
+        data[at : at + 2] = min(size, 65535).to_bytes(2, "big")
+    return data
+
+
+_IMAGE_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "I;16B", "F", "LAB", "HSV")
+
+
+def _image_mode_file(r: random.Random, case: Path) -> None:
+    """A fresh image of a random mode and size, values in and out of the sensible range, in a format that takes it."""
+    from PIL import Image
+
+    mode = r.choice(_IMAGE_MODES)
+    h, w = r.choice([1, 2, 17]), r.choice([1, 3, 31])
+    rng = np.random.default_rng(r.randrange(2**32))
+    if mode == "F":
+        values = r.choice([rng.random((h, w)), rng.normal(0, 100, (h, w)), np.full((h, w), np.nan),
+                           np.full((h, w), np.inf), np.full((h, w), 1.0 + 1e-6)])
+        im = Image.fromarray(values.astype(np.float32), mode="F")
+    elif mode == "I":
+        low, high = r.choice([(0, 256), (0, 65536), (-(2**31), 2**31 - 1), (65536, 2**31 - 1)])
+        im = Image.fromarray(rng.integers(low, high, (h, w), dtype=np.int64).astype(np.int32), mode="I")
+    elif mode.startswith("I;16"):
+        im = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16)).convert(mode) if mode != "I;16" else \
+            Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+    else:
+        im = Image.new(mode, (w, h))
+        im.frombytes(rng.integers(0, 256, len(im.tobytes()), dtype=np.uint8).tobytes())
+    formats = {"PNG": ".png", "TIFF": ".tif", "JPEG": ".jpg", "BMP": ".bmp", "PPM": ".ppm", "WEBP": ".webp"}
+    fmt = r.choice(sorted(formats))
+    extra = {"exif": _image_exif(r.choice([1, 6, 8, 0, 9]))} if fmt in ("PNG", "JPEG", "WEBP") else {}
+    for name in (fmt, "TIFF"):  # TIFF takes most modes; a mode no writer takes falls back to bytes below
+        try:
+            im.save(case / f"m{formats[name]}", format=name, **(extra if name == fmt else {}))
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            for p in case.iterdir():
+                p.unlink()
+    (case / "m.png").write_bytes(im.convert("RGB").tobytes()[:64] or b"\x00")
+
+
+def _image_mutate(r: random.Random, seed: Path, case: Path) -> None:
+    kind = r.randrange(6)
+    if kind == 0:
+        _image_mode_file(r, case)
+        return
+    name = r.choice(_IMAGE_SEEDS)
+    data = bytearray((seed / name).read_bytes())
+    if kind == 1:
+        data = _image_broken_exif(r, bytearray((seed / "exif.jpg").read_bytes()))
+        name = "exif.jpg"
+    elif kind == 2:
+        data = _image_sized(r, data, name)
+    elif kind == 3:
+        data = data[: r.randrange(len(data))]
+    else:
+        data = bytearray(mutate_bytes(r, bytes(data)))
+    (case / name).write_bytes(bytes(data))
+
+
+def _image_read(case: Path) -> object:
+    from reproduce.datasets.base import read_image
+
+    path = next(p for p in case.iterdir() if p.is_file())
+    image = read_image(path)
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, (image.dtype, image.shape)
+    return image.shape
+
+
+FORMATS["image"] = Format("image", _image_seed, _image_mutate, _image_read)
+OUR_ERRORS["image"] = _dataset_error
+# --------------------------------------------------------------------------- end of the image block
 
 
 # --------------------------------------------------------------------------- running cases

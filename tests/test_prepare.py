@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from converters.io import atomic_path
 from reproduce import prepare, synthetic
 from reproduce.datasets import DeepFashion2, VOCSegmentation, read_index_png, read_sbd_mat
 
@@ -76,7 +77,7 @@ def test_voc_aug_resumes_after_interruption(tmp_path: Path, monkeypatch: pytest.
     def write_then_die(target: Path, label: np.ndarray) -> None:
         if calls["n"] == 5:
             # Die half-way through a file: the temp file exists, the target must not appear.
-            with prepare.atomic_path(target) as tmp:
+            with atomic_path(target) as tmp:
                 tmp.write_bytes(b"partial")
                 raise KeyboardInterrupt
         calls["n"] += 1

@@ -253,10 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             if stored.get("variables") != record["variables"]:
                 stale.append(name)
             continue
-        from converters.io import write_atomic
+        from converters.io import write_text_atomic
 
         text = dumps(record)
-        write_atomic(path, lambda p, text=text: p.write_text(text, encoding="utf-8"))
+        write_text_atomic(path, text)
         print(f"wrote {path.relative_to(REPO)} ({record['num_variables']} variables, {record['num_values']:,} values)")
     if stale:
         print(f"stale manifests: {', '.join(stale)}", file=sys.stderr)

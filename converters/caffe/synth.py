@@ -23,7 +23,7 @@ import numpy as np
 
 from converters.caffe import topology
 from converters.caffe.passes import canonical_name
-from converters.io import atomic_path
+from converters.io import atomic_path, write_text_atomic
 
 BN_SCALE_FACTOR = 999.982  # what 20k iterations of Caffe's moving average leave in blob 2
 
@@ -191,10 +191,7 @@ def write_prototxt(net: Any, path: str | os.PathLike) -> Path:
     from google.protobuf import text_format
 
     text = text_format.MessageToString(net)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return path
+    return write_text_atomic(path, text)
 
 
 def official_caffemodel(arch: str, path: str | os.PathLike, *, num_classes: int, exp: str = "voc12",

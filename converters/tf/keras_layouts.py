@@ -128,12 +128,12 @@ def write_weights_h5(out: str | Path, layout: KerasLayout, output_stride: int, s
     import h5py
 
     from converters.io import atomic_path
-    from converters.keras_writer import to_keras
+    from converters.keras_writer import check_keras_file, to_keras
 
     check_plan(layout, {spec.key: tuple(spec.shape) for spec in specs})
     weightless = layout.weightless_at(output_stride)
     written = 0
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(out, check=check_keras_file) as tmp, h5py.File(tmp, "w") as f:
         f.create_group("vars").attrs["name"] = layout.model_name
         for path, name, variables in layout.groups:
             group = f.create_group(path).create_group("vars")

@@ -3,7 +3,8 @@
 Sample contract (every reader, every index)::
 
     image, label, meta = dataset[i]
-    image  np.ndarray uint8, shape (H, W, 3), RGB channel order, values 0..255, untouched pixels
+    image  np.ndarray uint8, shape (H, W, 3), RGB channel order, values 0..255, as viewers show the
+           file (EXIF orientation applied, 16-bit and [0, 1] float scaled: :func:`read_image`)
     label  np.ndarray uint8, shape (H, W), class indices in [0, num_classes) or ignore_index (255)
     meta   dict: "id" (str), "image_path" (str), "label_path" (str), "dataset" (str), "split" (str),
            "orig_size" ((H, W) of the files before any optional warp)
@@ -108,20 +109,79 @@ def check_png_chunks(path: str | os.PathLike) -> None:
         raise DatasetError(path, f"cannot read file ({e.strerror or e})") from None
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to ``(H, W, 3)`` uint8 RGB; grayscale/CMYK/palette images are converted.
+def read_image(path: str | os.PathLike, *, exif: bool = True) -> np.ndarray:
+    """Decode an image file to ``(H, W, 3)`` uint8 RGB, as a photo viewer shows it: the one image decoder of
+    predict, evaluation and the training datasets. Raises a one-line :class:`DatasetError` naming the file.
 
-    COCO contains grayscale JPEGs, hence the conversion rather than a channel-count check.
+    - EXIF orientation (values 2..8) is applied as photo viewers do (``PIL.ImageOps.exif_transpose``), so a
+      portrait phone photo is upright; ``exif=False`` keeps the pixels as stored (``predict --ignore-exif``).
+      Orientation values outside 1..8 are ignored, as viewers ignore them; an EXIF block that cannot be
+      applied is an error naming the way out (``--ignore-exif``). Label files are index masks, never rotated
+      (:func:`read_index_png`): a rotated image whose label was not is refused as an image/label size mismatch.
+      Datasets choose per reader (``SegmentationDataset.exif``): your own folders apply it, the benchmark
+      readers (VOC, SBD, COCO-Stuff, DeepFashion2) keep the stored pixels their labels were drawn on.
+    - 16-bit images (PIL modes ``I;16*``, and 32-bit ``I`` whose values all lie in 0..65535, which is how
+      Pillow opens 16-bit PGM/PPM) are scaled to 0..255 by dividing by 257 (rounded: 65535 -> 255), never
+      clipped; larger or negative integers are refused. 16-bit RGB(A) PNGs are decoded by Pillow to 8 bits.
+    - Float images (mode ``F``, e.g. TIFF) are scaled by 255 when every value lies in [0, 1]; any other range
+      (or NaN) is refused rather than guessed.
+    - Palette (with or without transparency), ``LA``/``PA``/``RGBA`` (the alpha channel is dropped, the
+      stored colours kept), ``CMYK``, ``YCbCr`` and bilevel images are converted by Pillow; COCO holds
+      grayscale JPEGs, hence conversion rather than a channel-count check.
+
+    Pillow's decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) applies: a huge declared size is an error.
     """
     check_png_chunks(path)
     try:
         with Image.open(path) as im:
             im.load()  # force full decode so truncated files fail here, not later
-            return np.array(im.convert("RGB"))  # a writable copy: torch warns on read-only arrays
+            if exif:
+                im = _upright(im, path)
+            return _to_rgb8(im, path)
+    except DatasetError:
+        raise
     except FileNotFoundError:
         raise DatasetError(path, "image file not found") from None
     except _PIL_ERRORS as e:
         raise DatasetError(path, f"cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def _upright(im: Image.Image, path: str | os.PathLike) -> Image.Image:
+    """``im`` turned as its EXIF orientation says (``PIL.ImageOps.exif_transpose``); unchanged without one."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(im)
+    except _PIL_ERRORS as e:
+        raise DatasetError(path, f"cannot apply its EXIF orientation ({type(e).__name__}: {e}); "
+                           "--ignore-exif reads the pixels as stored") from None
+
+
+def _to_rgb8(im: Image.Image, path: str | os.PathLike) -> np.ndarray:
+    """``im`` as a writable ``(H, W, 3)`` uint8 RGB array: 16-bit divided by 257, [0, 1] floats times 255
+    (see :func:`read_image`); ranges that have no defined meaning in 0..255 are refused in one line."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.array(im)  # a writable copy: torch warns on read-only arrays
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(im)
+        if values.ndim != 2:
+            raise DatasetError(path, f"unsupported {mode} image of shape {values.shape}")
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if mode == "F":
+            if not (np.isfinite(values).all() and lo >= 0.0 and hi <= 1.0):
+                raise DatasetError(path, f"float image with values in [{lo:g}, {hi:g}]: only [0, 1] is scaled to "
+                                   "0..255; save it as an 8-bit image")
+            gray = np.rint(values.astype(np.float32) * np.float32(255.0))
+        else:
+            if lo < 0 or hi > 65535:
+                raise DatasetError(path, f"{mode} integer image with values in [{lo:g}, {hi:g}]: only 8- and "
+                                   "16-bit images (0..65535) are read; save it as an 8- or 16-bit image")
+            gray = (values.astype(np.int32) + 128) // 257  # round(v / 257): 16-bit to 8-bit, 65535 -> 255
+        return np.repeat(gray.astype(np.uint8)[:, :, None], 3, axis=2)
+    if mode in ("P", "PA") or "A" in mode or "a" in mode:
+        im = im.convert("RGBA")  # palette transparency and alpha: keep the stored colours, drop the alpha
+    return np.array(im.convert("RGB"))
 
 
 def read_index_png(path: str | os.PathLike) -> np.ndarray:
@@ -209,6 +269,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """Base reader: a list of :class:`SampleRef` plus label decoding; see the module docstring."""
 
     name: ClassVar[str] = "segmentation"
+    # Whether images are turned upright by their EXIF orientation before they meet their labels. True for
+    # your own data (annotation tools such as labelme, CVAT and Label Studio draw on the photo as viewers
+    # show it); the benchmark readers set False: their labels, and the published numbers, are on the
+    # stored pixels (MATLAB imread, Caffe's OpenCV 2.4 and TensorFlow's decode_jpeg ignore EXIF).
+    exif: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -263,13 +328,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
         """Read sample ``index`` strictly (raises :class:`DatasetError`), without ``transform``."""
         ref = self.refs[index]
-        image = read_image(ref.image)
+        image = read_image(ref.image, exif=self.exif)
         label = check_label(self.read_label(ref), ref.label, self.num_classes, self.ignore_index)
         if image.shape[:2] != label.shape:
+            turned = self.exif and image.shape[1::-1] == label.shape and label.shape[0] != label.shape[1]
             raise DatasetError(
                 ref.label,
                 f"label size {label.shape[1]}x{label.shape[0]} (WxH) != image size "
-                f"{image.shape[1]}x{image.shape[0]} of {ref.image.name}",
+                f"{image.shape[1]}x{image.shape[0]} of {ref.image.name}"
+                + (" (the image is turned upright by its EXIF orientation; the label fits its stored pixels: "
+                   "draw the label on the upright photo, or remove the orientation tag)" if turned else ""),
             )
         orig_size = tuple(label.shape)
         image, label = self.postprocess(image, label)

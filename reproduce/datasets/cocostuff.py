@@ -69,6 +69,7 @@ class CocoStuff10k(SegmentationDataset):
     """
 
     name = "cocostuff10k"
+    exif = False  # labels on the stored pixels (SegmentationDataset.exif)
 
     def __init__(
         self,
@@ -116,6 +117,7 @@ class CocoStuff164k(SegmentationDataset):
     """
 
     name = "cocostuff164k"
+    exif = False  # labels on the stored pixels (SegmentationDataset.exif)
     ALIASES = {"train": "train2017", "val": "val2017"}
 
     def __init__(

@@ -125,6 +125,7 @@ class DeepFashion2(SegmentationDataset):
     """DeepFashion2 ``train`` or ``validation`` ("val" accepted) with masks from ``prepare deepfashion2``."""
 
     name = "deepfashion2"
+    exif = False  # labels on the stored pixels (SegmentationDataset.exif)
 
     def __init__(
         self,

@@ -84,6 +84,7 @@ class VOCSegmentation(SegmentationDataset):
     """
 
     name = "voc12"
+    exif = False  # labels on the stored pixels (SegmentationDataset.exif)
 
     def __init__(
         self,
@@ -134,6 +135,7 @@ class SBDSegmentation(SegmentationDataset):
     """Semantic Boundaries Dataset class labels (``cls/*.mat``), split ``train`` (8,498) or ``val`` (2,857)."""
 
     name = "sbd"
+    exif = False  # labels on the stored pixels (SegmentationDataset.exif)
 
     def __init__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from .config import (
     load_config,
     release_format,
     release_source,
+    run_config_matches,
     smoke_config,
     to_dict,
     weights_hint,
@@ -173,6 +175,22 @@ def write_smoke_inputs(cfg: Config, smoke_dir: Path) -> None:
                 raise ConfigError(str(e)) from None
 
 
+def check_config_kept(config_path: Path, run_dir: Path, cfg: Config) -> None:
+    """Refuse (one line) a run that would write over the user's ``--config``: when it is the run folder's own
+    ``config.yaml`` (``train --config RUN/config.yaml --out RUN``, the way to resume), the run saves its
+    resolved config there. A file that already says the same is left byte for byte
+    (:func:`reproduce.training.config.write_run_config`); one that the command line changes is refused."""
+    saved = run_dir / "config.yaml"
+    try:
+        same_file = saved.is_file() and os.path.samefile(saved, config_path)
+    except OSError:
+        return
+    if same_file and not run_config_matches(saved, cfg):
+        raise ConfigError(f"{config_path}: is the run's own config.yaml in --out {run_dir}, and this command changes "
+                          "what it says (flags, --set or base:); the run would write over it. Pass a copy as "
+                          "--config, or drop the changes")
+
+
 def run(args: argparse.Namespace) -> None:
     """Do what the parsed command line says (raises ConfigError for bad input)."""
     try:
@@ -193,6 +211,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"ok: data and weights for {cfg.name} are in place")
             return
         out = args.out or Path("runs") / cfg.name
+        check_config_kept(args.config, out, cfg)
         if args.framework == "keras":
             from .keras_loop import train_keras
 

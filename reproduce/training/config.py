@@ -507,6 +507,25 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+
+def run_config_matches(path: str | os.PathLike, cfg: Config) -> bool:
+    """Whether the YAML file at ``path`` already holds ``cfg`` as a run reads its saved config back."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return isinstance(data, Mapping) and to_dict(parse_config(data)) == to_dict(cfg)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError):
+        return False
+
+
+def write_run_config(path: str | os.PathLike, cfg: Config) -> None:
+    """Save ``cfg`` as the run's ``config.yaml`` (atomically, checked), unless the file already holds it: a
+    file that says the same is left byte for byte (it may be the user's own ``--config``, comments and all)."""
+    from converters.io import write_text_atomic
+
+    if Path(path).is_file() and run_config_matches(path, cfg):
+        return
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
 # ============================================================================ releases and smoke
 def find_release(name: str) -> Any:
     """The record of release ``name`` in converters/releases.py, or None."""

@@ -58,7 +58,16 @@ from torch import nn
 from converters.io import write_atomic
 
 from ..schedule import param_groups, poly_lr
-from .config import Config, ConfigError, changed_keys, init_weights_path, parse_config, to_dict, weights_hint
+from .config import (
+    Config,
+    ConfigError,
+    changed_keys,
+    init_weights_path,
+    parse_config,
+    to_dict,
+    weights_hint,
+    write_run_config,
+)
 from .data import build_loader, build_preprocessing, build_train_dataset, iteration_batches
 from .init_weights import build_model, load_init_weights
 
@@ -468,8 +477,7 @@ def train_keras(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, 
         if diff:
             raise ConfigError(f"{run_dir} holds a run of a different config ({'; '.join(diff[:6])}); use another "
                               "--out or delete the folder")
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    write_atomic(saved_cfg_path, lambda p: p.write_text(text, encoding="utf-8"))
+    write_run_config(saved_cfg_path, cfg)
 
     # Same seeds as the PyTorch loop (the head init of load_init_weights uses them), plus TF's.
     keras.utils.set_random_seed(seed)

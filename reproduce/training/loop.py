@@ -41,13 +41,22 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from converters.io import provenance_path, save_state_dict, sha256_file, write_atomic, write_json_atomic
+from converters.io import provenance_path, save_state_dict, sha256_file, write_json_atomic
 
 from .. import checkpoint as ck
 from ..checkpoint import CheckpointError, CheckpointMismatch, rng_state, save_checkpoint, set_rng_state
 from ..losses import SegmentationLoss
 from ..schedule import build_optimizer, poly_lr, set_lr
-from .config import Config, ConfigError, changed_keys, init_weights_path, parse_config, to_dict, weights_hint
+from .config import (
+    Config,
+    ConfigError,
+    changed_keys,
+    init_weights_path,
+    parse_config,
+    to_dict,
+    weights_hint,
+    write_run_config,
+)
 from .data import build_loader, build_preprocessing, build_train_dataset, iteration_batches
 from .distributed import Dist, EveryRankError, convert_sync_bn, unwrap
 from .init_weights import build_model, load_init_weights, set_train_mode
@@ -303,8 +312,7 @@ def _train(cfg: Config, run_dir: str | os.PathLike) -> Path:
             raise ConfigError(f"{run_dir} holds a run of a different config ({'; '.join(diff[:6])}); use another "
                               "--out or delete the folder")
     if d.main:
-        text = yaml.safe_dump(to_dict(cfg), sort_keys=False)  # the newest runtime settings, same computation
-        write_atomic(saved_cfg_path, lambda p: p.write_text(text, encoding="utf-8"))
+        write_run_config(saved_cfg_path, cfg)  # the newest runtime settings, same computation
 
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
