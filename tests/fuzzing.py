@@ -278,7 +278,7 @@ def _caffe_seed(folder: Path) -> None:
 _CAFFE_TYPES = ["Convolution", "BatchNorm", "Scale", "InnerProduct", "ReLU", "Deconvolution", "", "Eltwise"]
 
 
-def _caffe_structured(r: random.Random, data: bytes) -> bytes:
+def _caffe_structured(r: random.Random, data: bytes, *, last: bool = True) -> bytes:
     from converters.caffe.reader import caffe_pb
 
     net = caffe_pb().NetParameter.FromString(data)
@@ -313,6 +313,14 @@ def _caffe_structured(r: random.Random, data: bytes) -> bytes:
         blob = r.choice(list(lp.blobs))
         if len(blob.data):
             blob.data[r.randrange(len(blob.data))] = r.choice([float("nan"), float("inf"), -0.0, 3e38])
+    elif kind == 6 and lp.blobs and r.random() < 0.3:  # emptied, with a zero axis beside huge ones
+        blob = r.choice(list(lp.blobs))
+        del blob.data[:]
+        del blob.double_data[:]
+        del blob.shape.dim[:]
+        dims = [0] + [r.choice([1, 3, 2**31, 2**40, 2**62, 2**63 - 1]) for _ in range(r.randint(1, 4))]
+        r.shuffle(dims)
+        blob.shape.dim.extend(dims)
     elif kind == 6:  # renamed: MSC copy markers, clashes
         lp.name = r.choice(["conv1_res075", "conv1", "bn_conv1", "scale_x", "fc1_voc12_c0", "a.b", ""])
     else:  # an extra blob of a random shape
@@ -321,15 +329,26 @@ def _caffe_structured(r: random.Random, data: bytes) -> bytes:
         blob.shape.dim.extend(dims)
         blob.data.extend([1.0] * int(np.prod(dims)) if r.random() < 0.8 else [1.0])
     out = net.SerializeToString()
-    if r.random() < 0.2:  # a name that is not UTF-8 (the API refuses to set one)
+    if last and r.random() < 0.2:  # a name that is not UTF-8 (the API refuses to set one; the file no longer parses)
         out = out.replace(lp.name.encode() or b"conv1", b"\xff\xfe" + (lp.name.encode() or b"x")[2:], 1)
     return out
+
+
+def _structured_rounds(r: random.Random) -> int:
+    """How many structured mutations one case stacks: mostly one, sometimes two or three (an emptied
+    blob or tensor whose shape is then changed reaches checks no single change does)."""
+    return 1 if r.random() < 0.7 else r.randint(2, 3)
 
 
 def _caffe_mutate(r: random.Random, seed: Path, case: Path) -> None:
     src = r.choice(sorted(seed.glob("*.caffemodel")))
     data = src.read_bytes()
-    data = _caffe_structured(r, data) if r.random() < 0.4 else mutate_bytes(r, data)
+    if r.random() < 0.4:
+        rounds = _structured_rounds(r)
+        for i in range(rounds):
+            data = _caffe_structured(r, data, last=i == rounds - 1)
+    else:
+        data = mutate_bytes(r, data)
     (case / "m.caffemodel").write_bytes(data)
 
 
@@ -393,6 +412,14 @@ def _tf_index_structured(r: random.Random, index: bytes) -> bytes:
                     ext.length = r.choice([0, 1, 2, -3, 2**40])
         elif choice == 7:
             e.shape.unknown_rank = True
+        elif choice == 8 and r.random() < 0.5:  # no bytes: a zero dimension beside huge ones, size 0, its CRC
+            del e.shape.dim[:]
+            dims = [0] + [r.choice([1, 3, 2**31, 2**40, 2**62]) for _ in range(r.randint(1, 4))]
+            r.shuffle(dims)
+            for d in dims:
+                e.shape.dim.add(size=d)
+            e.size, e.crc32c = 0, _mask_crc(0)
+            e.dtype = r.choice([e.dtype, e.dtype, 7, 14, 19])
         else:
             key = r.choice([b"\x00" + key, key + b"\xff", b"\xff\xfe", b"\x00\x01\x00\x01", key[:1]])
         value = e.SerializeToString()
@@ -404,7 +431,11 @@ def _tf_index_structured(r: random.Random, index: bytes) -> bytes:
 
 def _tf_index_mutate(r: random.Random, seed: Path, case: Path) -> None:
     index = (seed / "model.ckpt.index").read_bytes()
-    index = _tf_index_structured(r, index) if r.random() < 0.6 else mutate_bytes(r, index)
+    if r.random() < 0.6:
+        for _ in range(_structured_rounds(r)):
+            index = _tf_index_structured(r, index)
+    else:
+        index = mutate_bytes(r, index)
     (case / "model.ckpt.index").write_bytes(index)
     (case / "model.ckpt.data-00000-of-00001").write_bytes((seed / "model.ckpt.data-00000-of-00001").read_bytes())
 
@@ -424,7 +455,11 @@ def _tf_v1_structured(r: random.Random, data: bytes) -> bytes:
     msg = cls.FromString(value)
     if key == b"":
         meta = r.choice(list(msg.meta.tensor))
-        choice = r.randrange(5)
+        choice = r.randrange(6)
+        if choice == 5:  # an empty tensor: a zero dimension beside huge ones, its record without values
+            dims = [0] + [r.choice([1, 3, 2**31, 2**40, 2**62]) for _ in range(r.randint(1, 4))]
+            r.shuffle(dims)
+            return _tf_v1_emptied(entries, meta.name, dims)
         if choice == 0:
             meta.type = r.choice([0, 2, 3, 7, 8, 14, 19, 20, 100])
         elif choice == 1:
@@ -456,9 +491,45 @@ def _tf_v1_structured(r: random.Random, data: bytes) -> bytes:
     return sstable(entries)
 
 
+def _tf_v1_emptied(entries: list[tuple[bytes, bytes]], name: str, dims: list[int]) -> bytes:
+    """The V1 file of ``entries`` with tensor ``name`` declared of shape ``dims`` (its one full-extent
+    slice re-keyed) and its record holding no values."""
+    from converters.proto import load_messages
+    from converters.tf.reader import _ordered_encode
+
+    cls = load_messages("tensor_bundle")["tensorflow.SavedTensorSlices"]
+    full = tuple((0, -1) for _ in dims)
+    out = []
+    for key, value in entries:
+        msg = cls.FromString(value)
+        if key == b"":
+            meta = next(t for t in msg.meta.tensor if t.name == name)
+            del meta.shape.dim[:]
+            del meta.slice[:]
+            for d in dims:
+                meta.shape.dim.add(size=d)
+            slice_ = meta.slice.add()
+            for _ in dims:
+                slice_.extent.add()
+        elif msg.data.name == name:
+            key = _ordered_encode(name, full)
+            dtype = msg.data.data.dtype
+            msg = cls()
+            msg.data.name = name
+            for _ in dims:
+                msg.data.slice.extent.add()
+            msg.data.data.dtype = dtype
+        out.append((key, msg.SerializeToString()))
+    return sstable(sorted(out))
+
+
 def _tf_v1_mutate(r: random.Random, seed: Path, case: Path) -> None:
     data = (seed / "model.ckpt").read_bytes()
-    data = _tf_v1_structured(r, data) if r.random() < 0.5 else mutate_bytes(r, data)
+    if r.random() < 0.5:
+        for _ in range(_structured_rounds(r)):
+            data = _tf_v1_structured(r, data)
+    else:
+        data = mutate_bytes(r, data)
     (case / "model.ckpt").write_bytes(data)
 
 
