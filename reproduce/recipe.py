@@ -45,6 +45,7 @@ from reproduce.training.config import (
     smoke_config,
     to_dict,
 )
+from reproduce.yamlfile import YAMLFileError, load_yaml
 
 __all__ = ["OfficialRecipe", "find_recipes", "main"]
 
@@ -73,8 +74,10 @@ class OfficialRecipe:
 
 def _load_official(path: Path) -> OfficialRecipe:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
+        data = load_yaml(path)
+    except YAMLFileError as e:
+        raise RecipeError(str(e)) from None
+    except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"{path}: cannot read the recipe ({' '.join(str(e).split())})") from None
     try:
         rec = _build(OfficialRecipe, {"name": path.stem, **(data or {})}, "")
@@ -96,7 +99,7 @@ def find_recipes() -> dict[str, Path]:
     """Recipe name -> its file (train configs with a ``recipe:`` block, then official recipes)."""
     out: dict[str, Path] = {}
     for path in sorted(CONFIGS_DIR.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path) or {}
         if isinstance(data.get("recipe"), dict) and data["recipe"].get("name"):
             out[data["recipe"]["name"]] = path
     for path in sorted(OFFICIAL_DIR.glob("*.yaml")):

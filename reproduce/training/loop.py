@@ -46,6 +46,7 @@ from converters.io import provenance_path, save_state_dict, sha256_file, write_a
 from ..checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..losses import SegmentationLoss
 from ..schedule import build_optimizer, poly_lr, set_lr
+from ..yamlfile import load_yaml
 from .config import Config, ConfigError, changed_keys, init_weights_path, parse_config, to_dict, weights_hint
 from .data import build_loader, build_preprocessing, build_train_dataset, iteration_batches
 from .distributed import Dist, convert_sync_bn, unwrap
@@ -238,8 +239,8 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
     saved_cfg_path = run_dir / "config.yaml"
     if saved_cfg_path.is_file():
         try:
-            saved = parse_config(yaml.safe_load(saved_cfg_path.read_text(encoding="utf-8")) or {})
-        except (ConfigError, yaml.YAMLError) as e:
+            saved = parse_config(load_yaml(saved_cfg_path) or {})
+        except (ConfigError, yaml.YAMLError, OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{saved_cfg_path}: the run's saved config does not validate ({e}); use another --out "
                               "or delete the folder") from None
         diff = changed_keys(saved, cfg)
