@@ -2,10 +2,11 @@
 
 Formats (``FORMATS``): ``caffemodel``, ``tf_index`` and ``tf_data`` (a V2 checkpoint's two files),
 ``tf_v1`` (a V1 TensorSlice checkpoint file),
-``palette_png``, ``mat`` (SBD / COCO-Stuff 10k labels) and ``deepfashion2_json``. Each has a small
+``palette_png``, ``mat`` (SBD / COCO-Stuff 10k labels), ``deepfashion2_json`` and ``config`` (a training
+config YAML: alias bombs, deep nesting, tags, odd and non-finite values, bases, duplicate keys). Each has a small
 valid seed written here (no TensorFlow needed: the checkpoints are written by :func:`write_v2_checkpoint`
 and :func:`write_v1_checkpoint`, which the tests check against our reader and, when installed, TensorFlow's), a reader call that
-must either accept the file or raise the project's error (``ConversionError`` / ``DatasetError``),
+must either accept the file or raise the project's error (``ConversionError`` / ``DatasetError`` / ``ConfigError``),
 and mutators: generic byte ones (bit flips, byte insertions and deletions, truncations, random runs,
 huge varints, duplicated ranges) plus structured ones per format (swapped and reshaped blobs, changed
 layer types, wrong dtypes / shapes / offsets / sizes / shard counts in the TF index, chunk surgery
@@ -727,6 +728,125 @@ def _json_read(case: Path) -> object:
     return int(rasterize_annotation(load_annotation(path), 32, 48, path=path).sum())
 
 
+# ------------------------------------------------------------------------ training config (YAML) [config helper]
+# Seeds: the tiny shapes config as written (comments, flow maps) and a full resolved VOC config (every section),
+# each beside a base file it may be pointed at. Mutators work on the YAML text: a random key or value is
+# replaced by a YAML snippet (aliases, anchors, tags, odd scalars), and some whole-file surgery (duplicate
+# keys, bases, bytes). The reader is the config loader with validation, then what a run does with the result.
+_CONFIG_SEEDS = ("deeplabv3plus_tiny-shapes-64.yaml", "deeplabv3_resnet101-os16-vocaug-513-30k.yaml")
+
+
+def _laughs(levels: int, width: int = 10) -> str:
+    """A flow-style "billion laughs": ``width ** levels`` strings from a few hundred bytes."""
+    parts = ["l0: &l0 [" + ", ".join(["lol"] * width) + "]"]
+    parts += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "{" + ", ".join(parts) + "}"
+
+
+_CONFIG_SNIPPETS: list[Callable[[random.Random], str]] = [
+    lambda r: _laughs(r.randint(4, 12), r.choice([2, 10, 16])),                   # alias bomb
+    lambda r: "[" * (n := r.choice([30, 70, 500, 5000])) + "1" + "]" * n,          # deep nesting
+    lambda r: "{a: " * (n := r.choice([30, 70, 500])) + "1" + "}" * n,
+    lambda r: "&x [1, 2]",                                                         # a lone anchor
+    lambda r: "[*x]",                                                              # an undefined alias
+    lambda r: r.choice(["four", "'4'", "[]", "{}", "null", "true", "no", "~", "''", "[1, two]", "{a: 1}"]),
+    lambda r: r.choice([".nan", ".NaN", ".inf", "-.inf", "1e999", "-1e999", "1.0e+400", "0x7fffffffffffffffff"]),
+    lambda r: r.choice(["0", "-1", "-2147483648", "0.0", "-0.0", "-1e-300", "[0, 0]", "[-1]", "[64, 64, 64]"]),
+    lambda r: r.choice(["2147483648", "9223372036854775808", str(2**200), "1" * r.choice([100, 4300, 5000]),
+                        "1e308", "123456789012345678901234567890.5"]),
+    lambda r: r.choice(["!!python/object/apply:os.system ['echo pwned']", "!!python/name:os.system",
+                        "!!python/object:argparse.Namespace {}", "!!binary aGVsbG8=", "!!binary '%%%'",
+                        "!!timestamp 2001-12-14", "!!timestamp 2001-99-99", "!!set {a, b}", "!!omap [a: 1]",
+                        "!!int abc", "!!float abc", "!!bool maybe", "!!str [1]", "!!map [1]", "!!null x",
+                        "!custom 1", "!!merge x"]),
+    lambda r: "'" + r.choice(["x", "\u00e9", "\u202e", "(", "[a-", ".*" * 50, "\\x00"]) * r.choice([1, 10, 10_000]) + "'",
+    lambda r: "{<<: {a: 1}, b: 2}" if r.random() < 0.5 else "{<<: [1, 2]}",
+    lambda r: "[" + ", ".join(str(r.choice([0, 1, -1, 0.5, 1e9])) for _ in range(r.randint(0, 8))) + "]",
+]
+
+
+def _config_seed(folder: Path) -> None:
+    import yaml
+
+    from reproduce.training.config import CONFIGS_DIR, load_config, to_dict
+
+    (folder / "tiny.yaml").write_text((CONFIGS_DIR / _CONFIG_SEEDS[0]).read_text(encoding="utf-8"), encoding="utf-8")
+    full = to_dict(load_config(CONFIGS_DIR / _CONFIG_SEEDS[1]))
+    (folder / "full.yaml").write_text(yaml.safe_dump(full, sort_keys=False), encoding="utf-8")
+
+
+def _config_lines(text: str) -> list[int]:
+    """Indices of the lines holding a ``key: value`` or a ``- item`` (what a mutation may replace)."""
+    return [i for i, line in enumerate(text.splitlines()) if ":" in line.split("#")[0] or line.lstrip().startswith("- ")]
+
+
+def _config_structured(r: random.Random, text: str) -> str:
+    if not _config_lines(text):  # emptied or cut by an earlier round
+        text += "\nname: x\n"
+    lines = text.splitlines()
+    kind = r.randrange(8)
+    if kind <= 3:  # a value replaced by a snippet (most mutations)
+        i = r.choice(_config_lines(text))
+        line = lines[i].split(" #")[0]
+        head = line[: line.index(":") + 1] if ":" in line else line[: len(line) - len(line.lstrip()) + 2]
+        lines[i] = f"{head} {r.choice(_CONFIG_SNIPPETS)(r)}"
+    elif kind == 4:  # an unknown or repeated key at some level
+        i = r.choice(_config_lines(text))
+        indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+        key = r.choice(["flipp", "base_lrr", "name", "model", "solver", "seed", "1", "null", "'a b'", "_delete_",
+                        lines[i].strip().split(":")[0]])
+        lines.insert(i + r.randint(0, 1), f"{indent}{key}: {r.choice(_CONFIG_SNIPPETS)(r)}")
+    elif kind == 5:  # a base: itself, the other seed, missing, a bomb, a folder, a non-string
+        target = r.choice(["config.yaml", "other.yaml", "missing.yaml", "bomb.yaml", ".", "[a]", "1", "''",
+                           "../config.yaml", '"other.yaml\\0"', "other.yaml/x", "'" + "a/" * 3000 + "'"])
+        lines.insert(0, f"base: {target}")
+    elif kind == 6:  # the file cut, doubled or emptied
+        cut = r.randrange(len(lines) + 1)
+        lines = r.choice([lines[:cut], lines + lines, [], ["---", *lines, "---", *lines], [lines[0]] * 5000])
+    else:  # a whole section replaced
+        section = r.choice(["model", "solver", "augment", "preprocessing", "data", "init", "eval", "loss"])
+        lines = [ln for ln in lines if not ln.startswith(section + ":")] + [f"{section}: {r.choice(_CONFIG_SNIPPETS)(r)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _config_mutate(r: random.Random, seed: Path, case: Path) -> None:
+    seeds = sorted(seed.glob("*.yaml"))
+    text = r.choice(seeds).read_text(encoding="utf-8")
+    if r.random() < 0.75:
+        for _ in range(_structured_rounds(r)):
+            text = _config_structured(r, text)
+        data = text.encode("utf-8", errors="surrogatepass")
+    else:
+        data = mutate_bytes(r, text.encode("utf-8"))
+    (case / "config.yaml").write_bytes(data)
+    (case / "other.yaml").write_text(r.choice(seeds).read_text(encoding="utf-8"), encoding="utf-8")
+    (case / "bomb.yaml").write_text(f"model: {{kwargs: {_laughs(9)}}}\n", encoding="utf-8")
+
+
+def _config_read(case: Path) -> object:
+    import json
+
+    import yaml
+
+    from reproduce.training.config import fingerprint, load_config, to_dict
+
+    cfg = load_config(case / "config.yaml")
+    # what a run does next with an accepted config: dump it beside the run, compare fingerprints
+    yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return len(json.dumps(fingerprint(cfg), default=str))
+
+
+def _config_error():
+    from reproduce.training.config import ConfigError
+
+    return ConfigError
+
+
+CONFIG_FORMATS: dict[str, Format] = {"config": Format("config", _config_seed, _config_mutate, _config_read)}
+CONFIG_ERRORS = {"config": _config_error}
+# ------------------------------------------------------------------------ end of the config block
+
+
 FORMATS: dict[str, Format] = {
     "caffemodel": Format("caffemodel", _caffe_seed, _caffe_mutate, _caffe_read),
     "tf_index": Format("tf_index", _tf_seed, _tf_index_mutate, _tf_read),
@@ -739,6 +859,8 @@ FORMATS: dict[str, Format] = {
 OUR_ERRORS = {"caffemodel": _conversion_error, "tf_index": _conversion_error, "tf_data": _conversion_error,
               "tf_v1": _conversion_error,
               "palette_png": _dataset_error, "mat": _dataset_error, "deepfashion2_json": _dataset_error}
+FORMATS.update(CONFIG_FORMATS)
+OUR_ERRORS.update(CONFIG_ERRORS)
 
 
 # --------------------------------------------------------------------------- running cases
@@ -788,6 +910,7 @@ def worker(plan: list[tuple[str, int, int]], seed: int, workdir: Path) -> None:
     import reproduce.datasets.cocostuff  # noqa: F401
     import reproduce.datasets.deepfashion2  # noqa: F401
     import reproduce.datasets.voc  # noqa: F401
+    import reproduce.training.config  # noqa: F401
     from reproduce.datasets import matfile
 
     matfile.read_label("sbd", next((workdir / "seeds" / "mat").glob("sbd_*.mat")))  # start the helper now

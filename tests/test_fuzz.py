@@ -157,3 +157,18 @@ def test_corrupt_snappy_blocks(block: bytes) -> None:
 
     with pytest.raises(_Corrupt):
         _snappy_decompress(block)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("name: a\x0eb\n", r"not valid YAML \(unacceptable character #x000e"),  # PyYAML refuses it before parsing
+    ('base: "other.yaml\\0"\n', r"base must be a file name"),  # a NUL in a path: os.path raises ValueError
+    ("base: ''\n", r"base must be a file name"),
+])
+def test_config_reader_found(tmp_path: Path, text: str, match: str) -> None:
+    from reproduce.training.config import ConfigError, load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^{path}: {match}") as exc:
+        load_config(path)
+    assert "\n" not in str(exc.value)
