@@ -453,6 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = argv[0]
         recipe = load_recipe(name)
         args = build_parser(name, recipe, prog=prog).parse_args(argv[1:])
+        for flag in ("workers", "crf_workers"):  # checked now, not after the conversion and training steps
+            if (getattr(args, flag, None) or 0) < 0:
+                raise RecipeError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
         if isinstance(recipe, OfficialRecipe):
             return run_official_recipe(recipe, args)
         return run_train_recipe(recipe, args)

@@ -269,3 +269,15 @@ def test_compare_to_values_go_through_the_bounded_loader(spec, match):
 
     with pytest.raises(InferenceError, match=rf"^--compare-to value .*{match}"):
         resolve_rows([spec])
+
+
+@pytest.mark.parametrize("recipe,flag", [("voc_v3plus", "--workers"), ("voc_v3plus", "--crf-workers"),
+                                         ("voc_v2", "--workers")])
+def test_recipe_negative_workers_are_one_line_before_any_step(tmp_path, recipe, flag):
+    from reproduce.recipe import main
+    from tests.inprocess import run_main
+
+    proc = run_main(main, [recipe, flag, "-1", "--data-root", tmp_path / "data", "--out", tmp_path / "out"])
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [f"error: {flag} must be >= 0, got -1"]
+    assert not (tmp_path / "out").exists()
