@@ -288,6 +288,7 @@ def run(args: argparse.Namespace) -> Path:
     except ImportError as e:
         raise DeeplabError(f"{e.name} is not installed; pip install -e .[onnx]") from None
     from converters.io import provenance_path
+    from converters.provenance import read_provenance
     from reproduce.inference import InferenceError, load_model
 
     out: Path = args.out
@@ -304,10 +305,7 @@ def run(args: argparse.Namespace) -> Path:
     record = None
     prov = provenance_path(args.weights)
     if prov.is_file() and prov != args.weights:
-        try:
-            record = json.loads(prov.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConversionError(prov, f"cannot read provenance JSON ({e})") from None
+        record = read_provenance(prov)
     output_stride = args.output_stride or _output_stride_from(record)
     try:
         try:

@@ -269,6 +269,21 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def refused_pickle_message(path: str | os.PathLike, exc: BaseException, hint: str) -> str | None:
+    """The one-line message for weights that :func:`load_state_dict` refused because they are a pickle of
+    Python objects (``torch.load(weights_only=True)`` failing), or None for any other failure.
+
+    torch's own message advises ``weights_only=False``, i.e. running whatever the file holds: never repeated
+    here. ``hint`` says what to do instead (a command that converts, a safetensors file).
+    """
+    import pickle
+
+    if not (isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc)):
+        return None
+    return (f"{path}: a pickle of Python objects, not a plain tensor state dict; it cannot be loaded safely "
+            f"(unpickling runs code) and is never unpickled here; {hint}")
+
+
 def provenance_path(weights: str | os.PathLike) -> Path:
     """The sidecar JSON beside PyTorch weights: ``model.pth`` -> ``model.json``.
 

@@ -409,9 +409,12 @@ _ROW_ID = re.compile(r"^(?P<table>[\w.-]+)\[(?P<index>\d+)\]$")
 
 
 def _parse_value(text: str) -> Any:
-    import yaml
+    from reproduce.yamlfile import YAMLFileError, parse_yaml
 
-    return yaml.safe_load(text)
+    try:
+        return parse_yaml(text, f"--compare-to value {text!r}")
+    except YAMLFileError as e:
+        raise InferenceError(str(e)) from None
 
 
 def resolve_rows(specs: Sequence[str]) -> list[Any]:

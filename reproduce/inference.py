@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
 import threading
@@ -241,7 +240,9 @@ def load_model(
     ``output_stride`` is passed to v3/v3+ builders (the weights do not fix it). Raises
     :class:`InferenceError` with a one-line message for every user mistake.
     """
-    from converters.io import load_state_dict, provenance_path
+    from converters.errors import ConversionError
+    from converters.io import load_state_dict, provenance_path, refused_pickle_message
+    from converters.provenance import read_provenance
     from reference_models import build_model, list_models
 
     weights = Path(weights)
@@ -251,9 +252,9 @@ def load_model(
     prov = provenance_path(weights)
     if prov.is_file() and prov != weights:
         try:
-            record = json.loads(prov.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise InferenceError(f"{prov}: cannot read provenance JSON ({e})") from None
+            record = read_provenance(prov)
+        except ConversionError as e:
+            raise InferenceError(str(e)) from None
     name = name or (record or {}).get("architecture")
     if not name:
         raise InferenceError(f"{weights}: no provenance JSON beside the weights; pass --model NAME")
@@ -263,10 +264,9 @@ def load_model(
     try:
         state = load_state_dict(weights)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing line
-        if "weights_only" in str(e) or isinstance(e, __import__("pickle").UnpicklingError):
-            # torch's own advice here is to unpickle the file: never repeated, never done
-            raise InferenceError(f"{weights}: not a plain tensor state dict (it holds pickled objects, which are "
-                                 f"never unpickled here); {_TORCH_COMMANDS}") from None
+        refused = refused_pickle_message(weights, e, _TORCH_COMMANDS)
+        if refused:
+            raise InferenceError(refused) from None
         lines = str(e).splitlines() or [""]
         raise InferenceError(f"{weights}: cannot load weights ({type(e).__name__}: {lines[0]})") from None
     if num_classes is None:

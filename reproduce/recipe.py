@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from converters.cli import program_name
 from converters.errors import DeeplabError
 from reproduce.training.config import (
@@ -45,6 +43,7 @@ from reproduce.training.config import (
     smoke_config,
     write_run_config,
 )
+from reproduce.yamlfile import YAMLFileError, load_yaml
 
 __all__ = ["OfficialRecipe", "find_recipes", "main"]
 
@@ -73,8 +72,10 @@ class OfficialRecipe:
 
 def _load_official(path: Path) -> OfficialRecipe:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
+        data = load_yaml(path)
+    except YAMLFileError as e:
+        raise RecipeError(str(e)) from None
+    except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"{path}: cannot read the recipe ({' '.join(str(e).split())})") from None
     try:
         rec = _build(OfficialRecipe, {"name": path.stem, **(data or {})}, "")
@@ -96,7 +97,7 @@ def find_recipes() -> dict[str, Path]:
     """Recipe name -> its file (train configs with a ``recipe:`` block, then official recipes)."""
     out: dict[str, Path] = {}
     for path in sorted(CONFIGS_DIR.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path) or {}
         if isinstance(data.get("recipe"), dict) and data["recipe"].get("name"):
             out[data["recipe"]["name"]] = path
     for path in sorted(OFFICIAL_DIR.glob("*.yaml")):
@@ -469,6 +470,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = argv[0]
         recipe = load_recipe(name)
         args = build_parser(name, recipe, prog=prog).parse_args(argv[1:])
+        for flag in ("workers", "crf_workers"):  # checked now, not after the conversion and training steps
+            if (getattr(args, flag, None) or 0) < 0:
+                raise RecipeError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
         if isinstance(recipe, OfficialRecipe):
             return run_official_recipe(recipe, args)
         return run_train_recipe(recipe, args)

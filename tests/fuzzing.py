@@ -4,9 +4,13 @@ Formats (``FORMATS``): ``caffemodel``, ``tf_index`` and ``tf_data`` (a V2 checkp
 ``tf_v1`` (a V1 TensorSlice checkpoint file),
 ``palette_png``, ``mat`` (SBD / COCO-Stuff 10k labels), ``deepfashion2_json`` and ``image`` (the shared
 image decoder on EXIF-oriented JPEGs, 16-bit PNGs, float TIFFs, palette, LA and CMYK files). Each has a small
+
+
+``palette_png``, ``mat`` (SBD / COCO-Stuff 10k labels), ``deepfashion2_json`` and ``config`` (a training
+config YAML: alias bombs, deep nesting, tags, odd and non-finite values, bases, duplicate keys). Each has a small
 valid seed written here (no TensorFlow needed: the checkpoints are written by :func:`write_v2_checkpoint`
 and :func:`write_v1_checkpoint`, which the tests check against our reader and, when installed, TensorFlow's), a reader call that
-must either accept the file or raise the project's error (``ConversionError`` / ``DatasetError``),
+must either accept the file or raise the project's error (``ConversionError`` / ``DatasetError`` / ``ConfigError``),
 and mutators: generic byte ones (bit flips, byte insertions and deletions, truncations, random runs,
 huge varints, duplicated ranges) plus structured ones per format (swapped and reshaped blobs, changed
 layer types, wrong dtypes / shapes / offsets / sizes / shard counts in the TF index, chunk surgery
@@ -279,7 +283,7 @@ def _caffe_seed(folder: Path) -> None:
 _CAFFE_TYPES = ["Convolution", "BatchNorm", "Scale", "InnerProduct", "ReLU", "Deconvolution", "", "Eltwise"]
 
 
-def _caffe_structured(r: random.Random, data: bytes) -> bytes:
+def _caffe_structured(r: random.Random, data: bytes, *, last: bool = True) -> bytes:
     from converters.caffe.reader import caffe_pb
 
     net = caffe_pb().NetParameter.FromString(data)
@@ -314,6 +318,14 @@ def _caffe_structured(r: random.Random, data: bytes) -> bytes:
         blob = r.choice(list(lp.blobs))
         if len(blob.data):
             blob.data[r.randrange(len(blob.data))] = r.choice([float("nan"), float("inf"), -0.0, 3e38])
+    elif kind == 6 and lp.blobs and r.random() < 0.3:  # emptied, with a zero axis beside huge ones
+        blob = r.choice(list(lp.blobs))
+        del blob.data[:]
+        del blob.double_data[:]
+        del blob.shape.dim[:]
+        dims = [0] + [r.choice([1, 3, 2**31, 2**40, 2**62, 2**63 - 1]) for _ in range(r.randint(1, 4))]
+        r.shuffle(dims)
+        blob.shape.dim.extend(dims)
     elif kind == 6:  # renamed: MSC copy markers, clashes
         lp.name = r.choice(["conv1_res075", "conv1", "bn_conv1", "scale_x", "fc1_voc12_c0", "a.b", ""])
     else:  # an extra blob of a random shape
@@ -322,15 +334,26 @@ def _caffe_structured(r: random.Random, data: bytes) -> bytes:
         blob.shape.dim.extend(dims)
         blob.data.extend([1.0] * int(np.prod(dims)) if r.random() < 0.8 else [1.0])
     out = net.SerializeToString()
-    if r.random() < 0.2:  # a name that is not UTF-8 (the API refuses to set one)
+    if last and r.random() < 0.2:  # a name that is not UTF-8 (the API refuses to set one; the file no longer parses)
         out = out.replace(lp.name.encode() or b"conv1", b"\xff\xfe" + (lp.name.encode() or b"x")[2:], 1)
     return out
+
+
+def _structured_rounds(r: random.Random) -> int:
+    """How many structured mutations one case stacks: mostly one, sometimes two or three (an emptied
+    blob or tensor whose shape is then changed reaches checks no single change does)."""
+    return 1 if r.random() < 0.7 else r.randint(2, 3)
 
 
 def _caffe_mutate(r: random.Random, seed: Path, case: Path) -> None:
     src = r.choice(sorted(seed.glob("*.caffemodel")))
     data = src.read_bytes()
-    data = _caffe_structured(r, data) if r.random() < 0.4 else mutate_bytes(r, data)
+    if r.random() < 0.4:
+        rounds = _structured_rounds(r)
+        for i in range(rounds):
+            data = _caffe_structured(r, data, last=i == rounds - 1)
+    else:
+        data = mutate_bytes(r, data)
     (case / "m.caffemodel").write_bytes(data)
 
 
@@ -394,6 +417,14 @@ def _tf_index_structured(r: random.Random, index: bytes) -> bytes:
                     ext.length = r.choice([0, 1, 2, -3, 2**40])
         elif choice == 7:
             e.shape.unknown_rank = True
+        elif choice == 8 and r.random() < 0.5:  # no bytes: a zero dimension beside huge ones, size 0, its CRC
+            del e.shape.dim[:]
+            dims = [0] + [r.choice([1, 3, 2**31, 2**40, 2**62]) for _ in range(r.randint(1, 4))]
+            r.shuffle(dims)
+            for d in dims:
+                e.shape.dim.add(size=d)
+            e.size, e.crc32c = 0, _mask_crc(0)
+            e.dtype = r.choice([e.dtype, e.dtype, 7, 14, 19])
         else:
             key = r.choice([b"\x00" + key, key + b"\xff", b"\xff\xfe", b"\x00\x01\x00\x01", key[:1]])
         value = e.SerializeToString()
@@ -405,7 +436,11 @@ def _tf_index_structured(r: random.Random, index: bytes) -> bytes:
 
 def _tf_index_mutate(r: random.Random, seed: Path, case: Path) -> None:
     index = (seed / "model.ckpt.index").read_bytes()
-    index = _tf_index_structured(r, index) if r.random() < 0.6 else mutate_bytes(r, index)
+    if r.random() < 0.6:
+        for _ in range(_structured_rounds(r)):
+            index = _tf_index_structured(r, index)
+    else:
+        index = mutate_bytes(r, index)
     (case / "model.ckpt.index").write_bytes(index)
     (case / "model.ckpt.data-00000-of-00001").write_bytes((seed / "model.ckpt.data-00000-of-00001").read_bytes())
 
@@ -425,7 +460,11 @@ def _tf_v1_structured(r: random.Random, data: bytes) -> bytes:
     msg = cls.FromString(value)
     if key == b"":
         meta = r.choice(list(msg.meta.tensor))
-        choice = r.randrange(5)
+        choice = r.randrange(6)
+        if choice == 5:  # an empty tensor: a zero dimension beside huge ones, its record without values
+            dims = [0] + [r.choice([1, 3, 2**31, 2**40, 2**62]) for _ in range(r.randint(1, 4))]
+            r.shuffle(dims)
+            return _tf_v1_emptied(entries, meta.name, dims)
         if choice == 0:
             meta.type = r.choice([0, 2, 3, 7, 8, 14, 19, 20, 100])
         elif choice == 1:
@@ -457,9 +496,45 @@ def _tf_v1_structured(r: random.Random, data: bytes) -> bytes:
     return sstable(entries)
 
 
+def _tf_v1_emptied(entries: list[tuple[bytes, bytes]], name: str, dims: list[int]) -> bytes:
+    """The V1 file of ``entries`` with tensor ``name`` declared of shape ``dims`` (its one full-extent
+    slice re-keyed) and its record holding no values."""
+    from converters.proto import load_messages
+    from converters.tf.reader import _ordered_encode
+
+    cls = load_messages("tensor_bundle")["tensorflow.SavedTensorSlices"]
+    full = tuple((0, -1) for _ in dims)
+    out = []
+    for key, value in entries:
+        msg = cls.FromString(value)
+        if key == b"":
+            meta = next(t for t in msg.meta.tensor if t.name == name)
+            del meta.shape.dim[:]
+            del meta.slice[:]
+            for d in dims:
+                meta.shape.dim.add(size=d)
+            slice_ = meta.slice.add()
+            for _ in dims:
+                slice_.extent.add()
+        elif msg.data.name == name:
+            key = _ordered_encode(name, full)
+            dtype = msg.data.data.dtype
+            msg = cls()
+            msg.data.name = name
+            for _ in dims:
+                msg.data.slice.extent.add()
+            msg.data.data.dtype = dtype
+        out.append((key, msg.SerializeToString()))
+    return sstable(sorted(out))
+
+
 def _tf_v1_mutate(r: random.Random, seed: Path, case: Path) -> None:
     data = (seed / "model.ckpt").read_bytes()
-    data = _tf_v1_structured(r, data) if r.random() < 0.5 else mutate_bytes(r, data)
+    if r.random() < 0.5:
+        for _ in range(_structured_rounds(r)):
+            data = _tf_v1_structured(r, data)
+    else:
+        data = mutate_bytes(r, data)
     (case / "model.ckpt").write_bytes(data)
 
 
@@ -657,6 +732,125 @@ def _json_read(case: Path) -> object:
     return int(rasterize_annotation(load_annotation(path), 32, 48, path=path).sum())
 
 
+# ------------------------------------------------------------------------ training config (YAML) [config helper]
+# Seeds: the tiny shapes config as written (comments, flow maps) and a full resolved VOC config (every section),
+# each beside a base file it may be pointed at. Mutators work on the YAML text: a random key or value is
+# replaced by a YAML snippet (aliases, anchors, tags, odd scalars), and some whole-file surgery (duplicate
+# keys, bases, bytes). The reader is the config loader with validation, then what a run does with the result.
+_CONFIG_SEEDS = ("deeplabv3plus_tiny-shapes-64.yaml", "deeplabv3_resnet101-os16-vocaug-513-30k.yaml")
+
+
+def _laughs(levels: int, width: int = 10) -> str:
+    """A flow-style "billion laughs": ``width ** levels`` strings from a few hundred bytes."""
+    parts = ["l0: &l0 [" + ", ".join(["lol"] * width) + "]"]
+    parts += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "{" + ", ".join(parts) + "}"
+
+
+_CONFIG_SNIPPETS: list[Callable[[random.Random], str]] = [
+    lambda r: _laughs(r.randint(4, 12), r.choice([2, 10, 16])),                   # alias bomb
+    lambda r: "[" * (n := r.choice([30, 70, 500, 5000])) + "1" + "]" * n,          # deep nesting
+    lambda r: "{a: " * (n := r.choice([30, 70, 500])) + "1" + "}" * n,
+    lambda r: "&x [1, 2]",                                                         # a lone anchor
+    lambda r: "[*x]",                                                              # an undefined alias
+    lambda r: r.choice(["four", "'4'", "[]", "{}", "null", "true", "no", "~", "''", "[1, two]", "{a: 1}"]),
+    lambda r: r.choice([".nan", ".NaN", ".inf", "-.inf", "1e999", "-1e999", "1.0e+400", "0x7fffffffffffffffff"]),
+    lambda r: r.choice(["0", "-1", "-2147483648", "0.0", "-0.0", "-1e-300", "[0, 0]", "[-1]", "[64, 64, 64]"]),
+    lambda r: r.choice(["2147483648", "9223372036854775808", str(2**200), "1" * r.choice([100, 4300, 5000]),
+                        "1e308", "123456789012345678901234567890.5"]),
+    lambda r: r.choice(["!!python/object/apply:os.system ['echo pwned']", "!!python/name:os.system",
+                        "!!python/object:argparse.Namespace {}", "!!binary aGVsbG8=", "!!binary '%%%'",
+                        "!!timestamp 2001-12-14", "!!timestamp 2001-99-99", "!!set {a, b}", "!!omap [a: 1]",
+                        "!!int abc", "!!float abc", "!!bool maybe", "!!str [1]", "!!map [1]", "!!null x",
+                        "!custom 1", "!!merge x"]),
+    lambda r: "'" + r.choice(["x", "\u00e9", "\u202e", "(", "[a-", ".*" * 50, "\\x00"]) * r.choice([1, 10, 10_000]) + "'",
+    lambda r: "{<<: {a: 1}, b: 2}" if r.random() < 0.5 else "{<<: [1, 2]}",
+    lambda r: "[" + ", ".join(str(r.choice([0, 1, -1, 0.5, 1e9])) for _ in range(r.randint(0, 8))) + "]",
+]
+
+
+def _config_seed(folder: Path) -> None:
+    import yaml
+
+    from reproduce.training.config import CONFIGS_DIR, load_config, to_dict
+
+    (folder / "tiny.yaml").write_text((CONFIGS_DIR / _CONFIG_SEEDS[0]).read_text(encoding="utf-8"), encoding="utf-8")
+    full = to_dict(load_config(CONFIGS_DIR / _CONFIG_SEEDS[1]))
+    (folder / "full.yaml").write_text(yaml.safe_dump(full, sort_keys=False), encoding="utf-8")
+
+
+def _config_lines(text: str) -> list[int]:
+    """Indices of the lines holding a ``key: value`` or a ``- item`` (what a mutation may replace)."""
+    return [i for i, line in enumerate(text.splitlines()) if ":" in line.split("#")[0] or line.lstrip().startswith("- ")]
+
+
+def _config_structured(r: random.Random, text: str) -> str:
+    if not _config_lines(text):  # emptied or cut by an earlier round
+        text += "\nname: x\n"
+    lines = text.splitlines()
+    kind = r.randrange(8)
+    if kind <= 3:  # a value replaced by a snippet (most mutations)
+        i = r.choice(_config_lines(text))
+        line = lines[i].split(" #")[0]
+        head = line[: line.index(":") + 1] if ":" in line else line[: len(line) - len(line.lstrip()) + 2]
+        lines[i] = f"{head} {r.choice(_CONFIG_SNIPPETS)(r)}"
+    elif kind == 4:  # an unknown or repeated key at some level
+        i = r.choice(_config_lines(text))
+        indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+        key = r.choice(["flipp", "base_lrr", "name", "model", "solver", "seed", "1", "null", "'a b'", "_delete_",
+                        lines[i].strip().split(":")[0]])
+        lines.insert(i + r.randint(0, 1), f"{indent}{key}: {r.choice(_CONFIG_SNIPPETS)(r)}")
+    elif kind == 5:  # a base: itself, the other seed, missing, a bomb, a folder, a non-string
+        target = r.choice(["config.yaml", "other.yaml", "missing.yaml", "bomb.yaml", ".", "[a]", "1", "''",
+                           "../config.yaml", '"other.yaml\\0"', "other.yaml/x", "'" + "a/" * 3000 + "'"])
+        lines.insert(0, f"base: {target}")
+    elif kind == 6:  # the file cut, doubled or emptied
+        cut = r.randrange(len(lines) + 1)
+        lines = r.choice([lines[:cut], lines + lines, [], ["---", *lines, "---", *lines], [lines[0]] * 5000])
+    else:  # a whole section replaced
+        section = r.choice(["model", "solver", "augment", "preprocessing", "data", "init", "eval", "loss"])
+        lines = [ln for ln in lines if not ln.startswith(section + ":")] + [f"{section}: {r.choice(_CONFIG_SNIPPETS)(r)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _config_mutate(r: random.Random, seed: Path, case: Path) -> None:
+    seeds = sorted(seed.glob("*.yaml"))
+    text = r.choice(seeds).read_text(encoding="utf-8")
+    if r.random() < 0.75:
+        for _ in range(_structured_rounds(r)):
+            text = _config_structured(r, text)
+        data = text.encode("utf-8", errors="surrogatepass")
+    else:
+        data = mutate_bytes(r, text.encode("utf-8"))
+    (case / "config.yaml").write_bytes(data)
+    (case / "other.yaml").write_text(r.choice(seeds).read_text(encoding="utf-8"), encoding="utf-8")
+    (case / "bomb.yaml").write_text(f"model: {{kwargs: {_laughs(9)}}}\n", encoding="utf-8")
+
+
+def _config_read(case: Path) -> object:
+    import json
+
+    import yaml
+
+    from reproduce.training.config import fingerprint, load_config, to_dict
+
+    cfg = load_config(case / "config.yaml")
+    # what a run does next with an accepted config: dump it beside the run, compare fingerprints
+    yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return len(json.dumps(fingerprint(cfg), default=str))
+
+
+def _config_error():
+    from reproduce.training.config import ConfigError
+
+    return ConfigError
+
+
+CONFIG_FORMATS: dict[str, Format] = {"config": Format("config", _config_seed, _config_mutate, _config_read)}
+CONFIG_ERRORS = {"config": _config_error}
+# ------------------------------------------------------------------------ end of the config block
+
+
 FORMATS: dict[str, Format] = {
     "caffemodel": Format("caffemodel", _caffe_seed, _caffe_mutate, _caffe_read),
     "tf_index": Format("tf_index", _tf_seed, _tf_index_mutate, _tf_read),
@@ -669,6 +863,8 @@ FORMATS: dict[str, Format] = {
 OUR_ERRORS = {"caffemodel": _conversion_error, "tf_index": _conversion_error, "tf_data": _conversion_error,
               "tf_v1": _conversion_error,
               "palette_png": _dataset_error, "mat": _dataset_error, "deepfashion2_json": _dataset_error}
+FORMATS.update(CONFIG_FORMATS)
+OUR_ERRORS.update(CONFIG_ERRORS)
 
 
 # --------------------------------------------------------------------------- run checkpoints and latest.json (resume)
@@ -1387,6 +1583,7 @@ def worker(plan: list[tuple[str, int, int]], seed: int, workdir: Path) -> None:
     import reproduce.datasets.cocostuff  # noqa: F401
     import reproduce.datasets.deepfashion2  # noqa: F401
     import reproduce.datasets.voc  # noqa: F401
+    import reproduce.training.config  # noqa: F401
     import reproduce.training.loop  # noqa: F401 - the resume formats' reader
     from reproduce.datasets import matfile
 

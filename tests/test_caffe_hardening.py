@@ -66,6 +66,31 @@ def test_declared_blob_shapes_are_checked_before_reshaping(tmp_path, dims, match
     assert _raises(path, match).layer == "conv1"
 
 
+@pytest.mark.parametrize("dims", [[0, 2**62], [0, 2**40, 2**40], [2**31, 0], [0, 3, 2**31]])
+def test_empty_blob_with_a_huge_declared_axis(tmp_path, dims):
+    """Zero values "match" a shape with a zero axis, but numpy cannot shape even those (found by the fuzzer)."""
+    pb = caffe_pb()
+    blob = pb.BlobProto()
+    blob.shape.dim.extend(dims)
+    lp = pb.LayerParameter(name="conv1", type="Convolution")
+    path = tmp_path / "m.caffemodel"
+    path.write_bytes(_layer_record(lp, [blob.SerializeToString()]))
+    assert _raises(path, "beyond Caffe's limit of 2147483647 values per blob").layer == "conv1"
+
+
+def test_empty_blob_with_a_huge_axis_is_one_line_from_caffe2torch(tmp_path, capsys):
+    pb = caffe_pb()
+    blob = pb.BlobProto()
+    blob.shape.dim.extend([0, 2**62])
+    path = tmp_path / "m.caffemodel"
+    path.write_bytes(_layer_record(pb.LayerParameter(name="conv1", type="Convolution"), [blob.SerializeToString()]))
+    out = tmp_path / "out.pth"
+    assert caffe2torch.main(["--caffemodel", str(path), "--arch", "deeplabv2_resnet101", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(path) in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_swapped_convolution_blobs(tmp_path):
     net = _small_net()
     net.layer[0].convolution_param.bias_term = True

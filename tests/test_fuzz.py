@@ -92,6 +92,60 @@ def test_declared_sizes_checked_before_allocating(tmp_path: Path, name, change, 
     assert "\n" not in str(exc.value)
 
 
+def _empty_with_dims(dims: list[int], dtype: int | None = None):
+    """A BundleEntryProto change: no bytes (size 0, the CRC of nothing), a shape of ``dims``."""
+    def change(e) -> None:
+        del e.shape.dim[:]
+        for d in dims:
+            e.shape.dim.add(size=d)
+        e.size, e.crc32c = 0, fuzzing._mask_crc(0)
+        if dtype is not None:
+            e.dtype = dtype
+    return change
+
+
+@pytest.mark.parametrize("dims,dtype", [
+    ([0, 2**62], None),  # numpy: "array is too big"
+    ([0, 2**61, 8], None),
+    ([3, 2**62, 0, 2**40, 2**31], None),  # numpy: "cannot reshape array of size 0" (the product wraps)
+    ([2**31, 2**31, 2**31, 2**31, 0], 14),  # bfloat16
+    ([0, 2**62], 7),  # strings
+])
+def test_empty_tensor_with_huge_dimensions(tmp_path: Path, dims, dtype) -> None:
+    """A tensor with a zero dimension holds no bytes whatever its other dimensions declare; the shape
+    itself must still be one an array can take (the fuzzer found numpy's ValueError escaping read())."""
+    prefix = fuzzing.write_v2_checkpoint(tmp_path / "model.ckpt", fuzzing.seed_tensors())
+    _rewrite_entry(prefix, b"a/biases", _empty_with_dims(dims, dtype))
+    with pytest.raises(ConversionError, match=r"model\.ckpt\.index: tensor 'a/biases' declares the shape .* more than "
+                       r"576460752303423488 elements") as exc:
+        with open_checkpoint(prefix) as ckpt:
+            for n in ckpt.names():
+                ckpt.read(n)
+    assert "\n" not in str(exc.value)
+
+
+def test_string_tensor_declaring_fewer_bytes_than_strings(tmp_path: Path) -> None:
+    prefix = fuzzing.write_v2_checkpoint(tmp_path / "model.ckpt", fuzzing.seed_tensors())
+    _rewrite_entry(prefix, b"a/biases", lambda e: (setattr(e, "dtype", 7), e.shape.dim[0].__setattr__("size", 2**40)))
+    with pytest.raises(ConversionError, match=r"'a/biases': the index declares 32 bytes, too few for the "
+                       r"1099511627776 strings"):
+        open_checkpoint(prefix)
+
+
+@pytest.mark.parametrize("dims", [[0, 2**62], [2**40, 0, 3, 2**40]])
+def test_v1_empty_tensor_with_huge_dimensions(tmp_path: Path, dims) -> None:
+    """The same in a V1 file: the table of contents declares ``dims`` and the record holds no values."""
+    from converters.tf.reader import _table_entries
+
+    path = fuzzing.write_v1_checkpoint(tmp_path / "v1.ckpt", fuzzing.seed_tensors())
+    path.write_bytes(fuzzing._tf_v1_emptied(list(_table_entries(path.read_bytes())), "a/biases", dims))
+    with pytest.raises(ConversionError, match=r"v1\.ckpt: tensor 'a/biases' declares the shape .* more than") as exc:
+        with open_checkpoint(path) as ckpt:
+            for n in ckpt.names():
+                ckpt.read(n)
+    assert "\n" not in str(exc.value)
+
+
 @pytest.mark.parametrize("block", [
     bytes([13, 0x0C]) + b"abcd" + bytes([0x11]),  # a copy whose offset byte is missing
     bytes([13, 0xF4]) + b"ab",  # a long literal whose length bytes are missing
@@ -103,3 +157,18 @@ def test_corrupt_snappy_blocks(block: bytes) -> None:
 
     with pytest.raises(_Corrupt):
         _snappy_decompress(block)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("name: a\x0eb\n", r"not valid YAML \(unacceptable character #x000e"),  # PyYAML refuses it before parsing
+    ('base: "other.yaml\\0"\n', r"base must be a file name"),  # a NUL in a path: os.path raises ValueError
+    ("base: ''\n", r"base must be a file name"),
+])
+def test_config_reader_found(tmp_path: Path, text: str, match: str) -> None:
+    from reproduce.training.config import ConfigError, load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^{path}: {match}") as exc:
+        load_config(path)
+    assert "\n" not in str(exc.value)

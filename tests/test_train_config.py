@@ -121,3 +121,163 @@ def test_eval_limit_below_one_is_refused_when_the_config_is_read(limit):
     with pytest.raises(C.ConfigError, match=rf"eval_limit must be >= 1 .*got {limit}"):
         C.apply_overrides(cfg, [f"eval_limit={limit}"])
     assert C.apply_overrides(cfg, ["eval_limit=5"]).eval_limit == 5
+
+
+# ------------------------------------------------------------------------------ bad values: one line naming file and key
+@pytest.mark.parametrize("section,key,value,match", [
+    ("model", "num_classes", "four", r"config key model\.num_classes: expected an integer, got 'four'"),
+    ("model", "num_classes", 0, r"config key model\.num_classes: must be >= 1"),
+    ("solver", "base_lr", float("nan"), r"config key solver\.base_lr: expected a finite number, got nan"),
+    ("solver", "base_lr", float("inf"), r"config key solver\.base_lr: expected a finite number, got inf"),
+    ("solver", "base_lr", 0, r"config key solver\.base_lr: must be > 0"),
+    ("augment", "crop_size", 0, r"config key augment\.crop_size: must be >= 1"),
+    ("augment", "crop_size", [64, 0], r"config key augment\.crop_size\[1\]: must be >= 1"),
+    ("augment", "crop_size", [64, 64, 64], r"config key augment\.crop_size: expected one size or \[height, width\]"),
+    ("augment", "scales", [1.0, -0.5], r"config key augment\.scales\[1\]: must be > 0"),
+    (None, "workers", -1, r"config key workers: must be >= 0"),
+    (None, "seed", -1, r"config key seed: must be >= 0"),
+    ("preprocessing", "std", [127.5, 0, 127.5], r"config key preprocessing\.std\[1\]: must be > 0"),
+    ("init", "drop", ["fc8("], r"config key init\.drop\[0\]: 'fc8\(' is not a regular expression"),
+])
+def test_bad_values_are_one_line_naming_the_file_and_the_key(tmp_path, section, key, value, match):
+    cfg = tiny_config("v3")
+    (cfg.setdefault(section, {}) if section else cfg)[key] = value
+    path = write_config(tmp_path, cfg)
+    with pytest.raises(C.ConfigError, match=rf"^{path}: {match}") as exc:
+        C.load_config(path)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("workers=-1", r"config key workers: must be >= 0 and <= 1024, got -1"),
+    ("model.num_classes=four", r"config key model\.num_classes: expected an integer, got 'four'"),
+    ("solver.base_lr=.nan", r"config key solver\.base_lr: expected a finite number, got nan"),
+    ("augment.crop_size=0", r"config key augment\.crop_size: must be >= 1"),
+    ("solver.base_lr=[", r"--set solver\.base_lr: not valid YAML"),
+])
+def test_bad_overrides_name_the_config_file(tmp_path, override, match):
+    path = write_config(tmp_path, tiny_config("v3"))
+    cfg = C.load_config(path)
+    with pytest.raises(C.ConfigError, match=match) as exc:
+        C.apply_overrides(cfg, [override])
+    if "--set" not in match:
+        assert str(exc.value).startswith(f"{path}: ")
+    assert C.config_source(C.apply_overrides(cfg, ["workers=2"])) == str(path)
+
+
+@pytest.mark.parametrize("flag", [["--workers", "-1"], ["--set", "augment.crop_size=0"], ["--iterations", "0"]])
+def test_train_cli_bad_values_are_one_line(tmp_path, flag):
+    from reproduce.training.cli import main
+    from tests.inprocess import run_main
+
+    path = write_config(tmp_path, tiny_config("v3"))
+    proc = run_main(main, ["--config", path, "--out", tmp_path / "run", *flag])
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------ the bounded YAML loader
+def _bomb(levels: int = 9) -> str:
+    """Billion laughs: 10**levels strings from a few hundred bytes."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    return "\n".join(lines)
+
+
+def test_alias_bomb_in_model_kwargs_is_refused_at_once(tmp_path):
+    import time
+
+    cfg = tiny_config("v3")
+    del cfg["model"]
+    path = tmp_path / "bomb.yaml"
+    bomb = "\n".join("      " + line for line in _bomb().splitlines())
+    path.write_text(yaml.safe_dump(cfg) + "model:\n  name: deeplabv3_tiny\n  num_classes: 4\n  kwargs:\n"
+                    "    output_stride: 8\n    laughs:\n" + bomb + "\n")
+    t0 = time.monotonic()
+    with pytest.raises(C.ConfigError, match=rf"^{path}: refused YAML: expands to more than 100000 values") as exc:
+        C.load_config(path)
+    assert time.monotonic() - t0 < 5 and "\n" not in str(exc.value)
+    small = yaml.safe_dump(cfg) + "model:\n  name: deeplabv3_tiny\n  num_classes: 4\n  kwargs:\n    laughs:\n" + \
+        "\n".join("      " + line for line in _bomb(3).splitlines()) + "\n"
+    path.write_text(small)
+    assert len(C.load_config(path).model.kwargs["laughs"]["a3"]) == 10
+
+
+@pytest.mark.parametrize("text,match", [
+    ("a: " + "[" * 200 + "]" * 200, "nests deeper than 64 levels"),
+    ("- " * 100 + "x", "nests deeper than 64 levels"),
+    ("a: &x [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n"
+     "b: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[*x]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", "after alias expansion"),
+    ("a: &a [*a]", "an alias refers to its own ancestor"),
+    ("solver: {base_lr: 1}\nsolver: {base_lr: 2}", r"duplicate key 'solver' \(line 2\)"),
+    ("a: !!python/object/apply:os.system [echo hi]", "not valid YAML"),
+    ("a: !!int abc", "not valid YAML"),
+    ("a: [1, 2", "not valid YAML"),
+])
+def test_bounded_yaml_loader_refuses_in_one_line(tmp_path, text, match):
+    from reproduce.yamlfile import YAMLFileError, load_yaml
+
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    with pytest.raises(YAMLFileError, match=rf"^{path}: .*{match}") as exc:
+        load_yaml(path)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(C.ConfigError, match=match):
+        C.load_config(path)
+
+
+def test_bounded_yaml_loader_reads_every_shipped_yaml_as_safe_load_does():
+    from reproduce.yamlfile import load_yaml
+
+    files = sorted((REPO / "reproduce").rglob("*.yaml"))
+    assert len(files) > 5
+    for path in files:
+        assert load_yaml(path) == yaml.safe_load(path.read_text(encoding="utf-8")), path
+    # merge keys and shared anchors within the bounds still load
+    from reproduce.yamlfile import parse_yaml
+
+    assert parse_yaml("a: &x {b: 1}\nc: {<<: *x, d: 2}", "t") == {"a": {"b": 1}, "c": {"b": 1, "d": 2}}
+
+
+def test_oversized_yaml_file_is_refused_before_parsing(tmp_path):
+    from reproduce.yamlfile import MAX_BYTES, YAMLFileError, load_yaml
+
+    path = tmp_path / "big.yaml"
+    path.write_text("a: 1\n" + "#" * MAX_BYTES)
+    with pytest.raises(YAMLFileError, match=rf"^{path}: refused YAML: larger than 256 KiB"):
+        load_yaml(path)
+
+
+def test_every_yaml_reader_uses_the_bounded_loader():
+    """No yaml.safe_load / yaml.load left in the package or tools (one loader, bounded, everywhere)."""
+    import re
+
+    offenders = [str(p.relative_to(REPO)) for d in ("reproduce", "converters", "reference_models", "tools")
+                 for p in (REPO / d).rglob("*.py") if p.name != "yamlfile.py"
+                 and re.search(r"yaml\.(safe_)?load\b|yaml\.(full_|unsafe_)load", p.read_text(encoding="utf-8"))]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("spec,match", [("deeplabv2:x=[", "not valid YAML"),
+                                        ("deeplabv2:x=&a [*a]", "an alias refers to its own ancestor")])
+def test_compare_to_values_go_through_the_bounded_loader(spec, match):
+    from reproduce.evaluate import resolve_rows
+    from reproduce.inference import InferenceError
+
+    with pytest.raises(InferenceError, match=rf"^--compare-to value .*{match}"):
+        resolve_rows([spec])
+
+
+@pytest.mark.parametrize("recipe,flag", [("voc_v3plus", "--workers"), ("voc_v3plus", "--crf-workers"),
+                                         ("voc_v2", "--workers")])
+def test_recipe_negative_workers_are_one_line_before_any_step(tmp_path, recipe, flag):
+    from reproduce.recipe import main
+    from tests.inprocess import run_main
+
+    proc = run_main(main, [recipe, flag, "-1", "--data-root", tmp_path / "data", "--out", tmp_path / "out"])
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [f"error: {flag} must be >= 0, got -1"]
+    assert not (tmp_path / "out").exists()

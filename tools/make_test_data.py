@@ -69,7 +69,7 @@ def render(table: dict[str, Any]) -> str:
 
 
 def published_numbers(facts_yaml: Path) -> str:
-    import yaml
+    from reproduce.yamlfile import load_yaml
 
     def numbers(node: object) -> list[float]:
         if isinstance(node, dict):
@@ -78,7 +78,7 @@ def published_numbers(facts_yaml: Path) -> str:
             return [x for v in node for x in numbers(v)]
         return [float(node)] if isinstance(node, float) else []
 
-    facts = yaml.safe_load(facts_yaml.read_text(encoding="utf-8"))
+    facts = load_yaml(facts_yaml)
     values = sorted({x for x in numbers(facts) if 20.0 < x <= 100.0})  # not scales such as 0.5
     return json.dumps({"source": f"every number 20 < x <= 100 of facts/{facts_yaml.name} (tools/make_test_data.py)",
                        "numbers": values}) + "\n"

@@ -28,6 +28,7 @@ _LAYER_FIELD = 100  # NetParameter.layer (LayerParameter)
 _V1_LAYER_FIELD = 2  # NetParameter.layers (V1LayerParameter)
 _MAX_RECORD = 1 << 31  # protobuf's own 2 GiB message limit
 MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes: a blob shape with more axes is not something Caffe wrote
+MAX_BLOB_COUNT = 2**31 - 1  # Caffe's INT_MAX bound on a blob's axes and their product
 
 
 def caffe_pb() -> Any:
@@ -87,8 +88,9 @@ def blob_to_array(blob: Any, *, path: str | os.PathLike, layer: str, index: int)
 
     Uses ``shape.dim`` when present, else the legacy num/channels/height/width
     (kept 4-D, as Caffe does). ``double_data`` is used when ``data`` is empty.
-    The declared shape is checked (at most 32 axes, no negative sizes, its
-    element count equal to the values stored) before anything is reshaped.
+    The declared shape is checked (at most 32 axes, no negative sizes, its element
+    count equal to the values stored, at most ``MAX_BLOB_COUNT`` values even when an
+    axis is 0) before anything is reshaped.
     """
     if blob.HasField("shape"):
         shape = tuple(int(d) for d in blob.shape.dim)
@@ -106,6 +108,12 @@ def blob_to_array(blob: Any, *, path: str | os.PathLike, layer: str, index: int)
             path, f"blob {index} holds {stored} values but its shape {_shape_text(shape)} needs {expected}",
             layer=layer,
         )
+    # Caffe's Blob::Reshape keeps every axis and the count of the non-empty axes within INT_MAX. An empty blob
+    # with a zero axis passes the count check above whatever its other axes, and numpy refuses to shape
+    # even zero values that way ("array is too big").
+    if math.prod(d for d in shape if d) > MAX_BLOB_COUNT:
+        raise ConversionError(path, f"blob {index} declares the shape {_shape_text(shape)}, beyond Caffe's limit of "
+                              f"{MAX_BLOB_COUNT} values per blob", layer=layer)
     if len(blob.data):
         values = np.array(blob.data, dtype=np.float32)
     elif len(blob.double_data):

@@ -90,6 +90,7 @@ _TRAILER_SIZE = 5  # compression type byte + masked crc32c
 _NO_COMPRESSION, _SNAPPY = 0, 1
 _MAX_SHARDS = 99_999  # shard files are named -SSSSS-of-NNNNN: five digits
 _MAX_RANK = 254  # TensorShape's limit
+_MAX_ELEMENTS = 2**59  # numpy's limit (2**63 bytes) for the widest element (complex128, 16 bytes)
 _MAX_SNAPPY_RATIO = 32  # a Snappy copy op expands 3 bytes to at most 64: a longer declared output is corrupt
 
 # TensorFlow DataType enum value -> numpy dtype of the stored bytes (little-endian).
@@ -513,6 +514,21 @@ def _proto_extents(slice_proto) -> Extents:
     return tuple((e.start, e.length) if e.HasField("length") else (0, -1) for e in slice_proto.extent)
 
 
+def _check_shape(name: str, shape: tuple[int, ...]) -> None:
+    """Raise :class:`_Corrupt` for a declared shape no array can take: an unknown (negative) dimension,
+    more than :data:`_MAX_RANK` of them, or more than :data:`_MAX_ELEMENTS` elements, counting only the
+    non-zero dimensions (a tensor with a zero dimension holds no bytes, so its size check passes
+    whatever the others declare, yet numpy refuses to shape even an empty array that way)."""
+    if any(d < 0 for d in shape):
+        raise _Corrupt(f"tensor {name!r} has an unknown shape")
+    if len(shape) > _MAX_RANK:
+        raise _Corrupt(f"tensor {name!r} declares {len(shape)} dimensions (at most {_MAX_RANK})")
+    if prod(d for d in shape if d) > _MAX_ELEMENTS:
+        text = str(list(shape))
+        raise _Corrupt(f"tensor {name!r} declares the shape {text if len(text) <= 80 else text[:76] + '...]'}, "
+                       f"more than {_MAX_ELEMENTS} elements")
+
+
 # --------------------------------------------------------------------------- reader
 @dataclass(frozen=True)
 class _Entry:
@@ -611,10 +627,9 @@ class TFCheckpoint:
                     crc=proto.crc32c,
                     slices=tuple(_proto_extents(s) for s in proto.slices),
                 )
-                if any(d < 0 for d in entry.shape) or proto.shape.unknown_rank:
+                if proto.shape.unknown_rank:
                     raise _Corrupt(f"tensor {shown!r} has an unknown shape")
-                if len(entry.shape) > _MAX_RANK:
-                    raise _Corrupt(f"tensor {shown!r} declares {len(entry.shape)} dimensions (at most {_MAX_RANK})")
+                _check_shape(shown, entry.shape)
                 if entry.offset < 0 or entry.size < 0 or entry.shard < 0:
                     raise _Corrupt(f"tensor {shown!r} declares a negative offset, size or shard")
                 itemsize = _NUMPY_DTYPES[entry.dtype].itemsize if entry.dtype in _NUMPY_DTYPES else None
@@ -623,6 +638,10 @@ class TFCheckpoint:
                     raise _Corrupt(f"tensor {shown!r}: the index declares {entry.size} bytes, its shape "
                                    f"{list(entry.shape)[:8]} of {_NUMPY_DTYPES[entry.dtype]} needs "
                                    f"{prod(entry.shape) * itemsize}")
+                if entry.dtype == _DT_STRING and not entry.slices and entry.size < prod(entry.shape):
+                    # each string takes at least its one-byte length: checked before a count of them is read
+                    raise _Corrupt(f"tensor {shown!r}: the index declares {entry.size} bytes, too few for the "
+                                   f"{prod(entry.shape)} strings of its shape {list(entry.shape)[:8]}")
                 # Partition keys start with OrderedCode's encoding of 0, a NUL byte.
                 entries[_decode_slice_key(key) if key[:1] == b"\x00" else key.decode("utf-8")] = entry
         except (_Corrupt, UnicodeDecodeError) as exc:
@@ -665,8 +684,9 @@ class TFCheckpoint:
         """Register one ``SavedSliceMeta`` of file ``number``: the tensor and each slice's record."""
         name = tensor.name
         shape = tuple(d.size for d in tensor.shape.dim)
-        if any(d < 0 for d in shape) or tensor.shape.unknown_rank:
+        if tensor.shape.unknown_rank:
             raise _Corrupt(f"tensor {name!r} has an unknown shape")
+        _check_shape(name, shape)
         extents = [_proto_extents(s) for s in tensor.slice]
         known = self._entries.get(name)
         if known is not None and (known.shape != shape or known.dtype != tensor.type):

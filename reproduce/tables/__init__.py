@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from converters.io import splice_marked
+from reproduce.yamlfile import load_yaml
 
 __all__ = [
     "METRICS",
@@ -120,8 +119,7 @@ def _parse_table(name: str, spec: Mapping[str, Any], where: Path) -> PublishedTa
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str) -> dict[str, PublishedTable]:
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    data = load_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of table name -> table")
     return {name: _parse_table(name, spec, Path(path)) for name, spec in data.items()}

@@ -17,7 +17,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -28,10 +30,11 @@ from typing import Any, Literal
 import yaml
 
 from converters.errors import DeeplabError
+from reproduce.yamlfile import YAMLFileError, load_yaml, parse_yaml
 
 __all__ = [
     "ConfigError", "Config", "load_config", "parse_config", "apply_overrides", "to_dict", "fingerprint",
-    "changed_keys", "find_release", "init_weights_path", "smoke_config", "CONFIGS_DIR",
+    "changed_keys", "config_source", "find_release", "init_weights_path", "smoke_config", "CONFIGS_DIR",
 ]
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -252,6 +255,15 @@ def _unknown(dotted: str, known: Sequence[str], prefix: str) -> ConfigError:
     return ConfigError(f"unknown config key {dotted}{hint}")
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error names the value, a mutated file can make it huge."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond Python's digit limit for str()
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -274,45 +286,51 @@ def _coerce(tp: Any, value: Any, dotted: str) -> Any:
                 errors.append(e)
         if len(errors) == 1:
             raise errors[0]
-        raise ConfigError(f"config key {dotted}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
+        raise ConfigError(f"config key {dotted}: {_shown(value)} is not a {' or '.join(_type_name(a) for a in args)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"config key {dotted}: {value!r} is not one of {', '.join(map(str, choices))}")
+            raise ConfigError(f"config key {dotted}: {_shown(value)} is not one of {', '.join(map(str, choices))}")
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {dotted}: expected a list, got {value!r}")
+            raise ConfigError(f"config key {dotted}: expected a list, got {_shown(value)}")
         (item,) = typing.get_args(tp)
         return [_coerce(item, v, f"{dotted}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"config key {dotted}: expected a mapping, got {value!r}")
+            raise ConfigError(f"config key {dotted}: expected a mapping, got {_shown(value)}")
         return dict(value)
     if is_dataclass(tp):
         return _build(tp, value, dotted + ".")
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config key {dotted}: expected true or false, got {value!r}")
+            raise ConfigError(f"config key {dotted}: expected true or false, got {_shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {dotted}: expected an integer, got {value!r}")
+            raise ConfigError(f"config key {dotted}: expected an integer, got {_shown(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {dotted}: expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"config key {dotted}: expected a number, got {_shown(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        if not math.isfinite(number):  # no rate, size or statistic of a config is NaN or infinite
+            raise ConfigError(f"config key {dotted}: expected a finite number, got {_shown(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config key {dotted}: expected a string, got {value!r}")
+            raise ConfigError(f"config key {dotted}: expected a string, got {_shown(value)}")
         return value
     raise TypeError(f"schema type {tp} of {dotted} is not supported")
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, Mapping):
-        raise ConfigError(f"config key {prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"config key {prefix.rstrip('.') or 'config'}: expected a mapping, got {_shown(data)}")
     hints = _hints(cls)
     known = [f.name for f in fields(cls)]
     for key in data:
@@ -352,13 +370,108 @@ def _check(cfg: Config, where: str | None) -> None:
     if (cfg.augment.scales is None) == (cfg.augment.scale_range is None):
         fail("give exactly one of augment.scales (a list) or augment.scale_range ([low, high])")
     if cfg.init.release is not None and find_release(cfg.init.release) is None:
-        fail(f"init.release {cfg.init.release!r} is not in converters/releases.py")
+        fail(f"init.release {_shown(cfg.init.release)} is not in converters/releases.py")
     if cfg.eval_every < 0:
         fail("eval_every must be >= 0")
     if not cfg.dist_timeout > 0:
         fail(f"dist_timeout must be > 0 seconds, got {cfg.dist_timeout}")
     if cfg.eval_limit is not None and cfg.eval_limit < 1:
         fail(f"eval_limit must be >= 1 (or null for the whole split), got {cfg.eval_limit}")
+    for key, bounds in _RANGES.items():
+        for dotted, value in _values(cfg, key):
+            problem = bounds.problem(value) if isinstance(value, (int, float)) else None
+            if problem:
+                fail(f"config key {dotted}: {problem}, got {_shown(value)}")
+    crop = cfg.augment.crop_size
+    if isinstance(crop, list) and len(crop) != 2:
+        fail(f"config key augment.crop_size: expected one size or [height, width], got {_shown(crop)}")
+    sr = cfg.augment.scale_range
+    if sr is not None and (len(sr) != 2 or sr[0] > sr[1]):
+        fail(f"config key augment.scale_range: expected [low, high] with low <= high, got {_shown(sr)}")
+    for key in _REGEXES:
+        for dotted, value in _values(cfg, key):
+            try:
+                re.compile(value)
+            except (re.error, RecursionError, OverflowError) as e:
+                fail(f"config key {dotted}: {_shown(value)} is not a regular expression ({e})")
+
+
+@dataclass(frozen=True)
+class _Range:
+    """Inclusive bounds of a number (``above``: strictly greater than ``low``)."""
+
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+
+    def problem(self, value: float) -> str | None:
+        if self.low is not None and (value <= self.low if self.above else value < self.low):
+            return f"must be {'>' if self.above else '>='} {self.low}" + (
+                f" and <= {self.high}" if self.high is not None else "")
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high}"
+        return None
+
+
+_SIZE = _Range(1, 16384)  # pixels of a crop or an image side
+_POSITIVE = _Range(0, above=True)
+_NON_NEGATIVE = _Range(0)
+# The value ranges of the schema's numbers, by dotted key ("[]": every item of a list). The types are
+# checked when parsing; these are the values a run can use (a crop of 0, workers -1, a rate of 0, a
+# class count of 0 fail much later, or silently, if at all).
+_RANGES: dict[str, _Range] = {
+    "model.num_classes": _Range(1, 65536),
+    "init.head_init.weight_std": _NON_NEGATIVE,
+    "preprocessing.std[]": _POSITIVE,
+    "preprocessing.scale": _POSITIVE,
+    "augment.crop_size": _SIZE,
+    "augment.crop_size[]": _SIZE,
+    "augment.scales[]": _Range(0, 64, above=True),
+    "augment.scale_range[]": _Range(0, 64, above=True),
+    "bn.momentum": _Range(0, 1),
+    "solver.iterations": _Range(1, 10**9),
+    "solver.batch_size": _Range(1, 65536),
+    "solver.accum_steps": _Range(1, 65536),
+    "solver.base_lr": _POSITIVE,
+    "solver.lr_power": _NON_NEGATIVE,
+    "solver.momentum": _Range(0, 1),
+    "solver.weight_decay": _NON_NEGATIVE,
+    "solver.param_rules[].max_ndim": _NON_NEGATIVE,
+    "solver.param_rules[].lr_mult": _NON_NEGATIVE,
+    "solver.param_rules[].decay_mult": _NON_NEGATIVE,
+    "seed": _Range(0, 2**63 - 1),
+    "ignore_index": _Range(0, 65535),
+    "workers": _Range(0, 1024),
+    "log_every": _Range(1),
+    "checkpoint_every": _Range(1),
+    "keep_checkpoints": _Range(1),
+    "eval.crop_size": _SIZE,
+    "eval.variants[].output_stride": _Range(1, 64),
+    "eval.variants[].scales[]": _Range(0, 64, above=True),
+    "eval.variants[].smoke_limit": _Range(1),
+    "smoke.sizes[]": _SIZE,
+    "smoke.eval_crop": _SIZE,
+}
+_REGEXES = ["init.drop[]", "init.require[]", "init.head_init.match", "solver.param_rules[].match"]
+
+
+def _values(obj: Any, key: str) -> list[tuple[str, Any]]:
+    """``[(dotted key with indices, value), ...]`` at ``key`` of ``obj``: nothing below a None section;
+    ``name[]`` steps into every item of a list (and past anything else)."""
+    found = [("", obj)]
+    for part in key.split("."):
+        name = part.removesuffix("[]")
+        step = []
+        for dotted, node in found:
+            value = getattr(node, name, None)
+            where = f"{dotted}.{name}" if dotted else name
+            if part.endswith("[]"):
+                if isinstance(value, list):
+                    step += [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+            elif value is not None:
+                step.append((where, value))
+        found = step
+    return found
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -379,24 +492,28 @@ def _strip_delete(v: Any) -> Any:
 
 
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if path.resolve() in chain:
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise ConfigError(f"{path}: cannot read the config ({e})") from None
+    if resolved in chain:
         raise ConfigError(f"{path}: base configs form a cycle ({' -> '.join(p.name for p in (*chain, path))})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config not found (configs live in reproduce/configs/)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the config ({e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    except YAMLFileError as e:
+        raise ConfigError(str(e)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping")
     base = data.pop("base", None)
     if base is None:
         return _strip_delete(data)
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: base must be a file name, got {base!r}")
-    parent = _read_yaml(path.parent / base, (*chain, path.resolve()))
+    if not isinstance(base, str) or not base or "\x00" in base:
+        raise ConfigError(f"{path}: base must be a file name, got {_shown(base)}")
+    parent = _read_yaml(path.parent / base, (*chain, resolved))
     parent.pop("name", None)
     parent.pop("recipe", None)  # a recipe is one row: never inherited
     return _merge(parent, data)
@@ -407,7 +524,19 @@ def load_config(path: str | os.PathLike) -> Config:
     path = Path(path)
     data = _read_yaml(path)
     data.setdefault("name", path.stem)
-    return parse_config(data, where=str(path))
+    return _from_file(parse_config(data, where=str(path)), str(path))
+
+
+def _from_file(cfg: Config, where: str | None) -> Config:
+    """``cfg``, remembering the file it was read from: errors of later overrides name it too."""
+    if where is not None:
+        cfg._source = where  # not a field: no part of the config's values, its fingerprint or its YAML
+    return cfg
+
+
+def config_source(cfg: Any) -> str | None:
+    """The file ``cfg`` was read from (through :func:`load_config` and any overrides since), or None."""
+    return getattr(cfg, "_source", None)
 
 
 # ============================================================================ overrides
@@ -442,7 +571,9 @@ def apply_overrides(cfg: Config | Mapping[str, Any], overrides: Mapping[str, Any
     """A copy of ``cfg`` with ``key.path=value`` strings (values parsed as YAML) or a ``{path: value}`` map.
 
     Every path must be one the schema knows: ``solver.base_lrr=5`` fails, suggesting ``solver.base_lr``.
+    Errors name the file ``cfg`` was read from, when it was.
     """
+    where = config_source(cfg)
     data = to_dict(cfg) if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
     if isinstance(overrides, Mapping):
         items = list(overrides.items())
@@ -453,9 +584,9 @@ def apply_overrides(cfg: Config | Mapping[str, Any], overrides: Mapping[str, Any
                 raise ConfigError(f"--set expects key.path=value, got {item!r}")
             key, value = item.split("=", 1)
             try:
-                items.append((key.strip(), yaml.safe_load(value)))
-            except yaml.YAMLError:
-                raise ConfigError(f"--set {key.strip()}: {value!r} is not a YAML value") from None
+                items.append((key.strip(), parse_yaml(value, f"--set {key.strip()}")))
+            except YAMLFileError as e:
+                raise ConfigError(str(e)) from None
     for key, value in items:
         parts = key.split(".")
         if not all(parts):
@@ -467,7 +598,7 @@ def apply_overrides(cfg: Config | Mapping[str, Any], overrides: Mapping[str, Any
                 node[k] = {}
             node = node[k]
         node[parts[-1]] = value
-    return parse_config(data)
+    return _from_file(parse_config(data, where=where), where)
 
 
 def set_value(cfg: Config, dotted: str, value: Any) -> Config:
@@ -511,7 +642,7 @@ def changed_keys(old: Config, new: Config) -> list[str]:
 def run_config_matches(path: str | os.PathLike, cfg: Config) -> bool:
     """Whether the YAML file at ``path`` already holds ``cfg`` as a run reads its saved config back."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_yaml(path)
         return isinstance(data, Mapping) and to_dict(parse_config(data)) == to_dict(cfg)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError):
         return False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -13,12 +12,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from converters.io import load_state_dict, provenance_path, sha256_file
+from converters.errors import ConversionError
+from converters.io import load_state_dict, provenance_path, refused_pickle_message, sha256_file
+from converters.provenance import read_provenance
 from reference_models.preprocessing import Preprocessing
 
 from .config import Config, ConfigError, InitCfg, _build, parse_config
 
 __all__ = ["build_model", "load_init_weights", "set_train_mode"]
+
+PICKLE_HINT = ("use weights converted from an official release (converters/caffe2torch.py, converters/tf2torch.py), "
+               "a checkpoint of another DeepLab port imported with python -m converters.import_checkpoint, or the "
+               "tensors alone saved as .safetensors")
 
 
 def build_model(cfg: Config | Mapping[str, Any]) -> nn.Module:
@@ -72,7 +77,12 @@ def load_init_weights(model: nn.Module, init: InitCfg | Mapping[str, Any], prepr
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: init weights not found. {hint or init.how_to_get or 'convert the official release first (see README)'}")
-        state = load_state_dict(path)
+        try:
+            state = load_state_dict(path)
+        except Exception as e:  # noqa: BLE001 - any unloadable file is one line naming it
+            refused = refused_pickle_message(path, e, PICKLE_HINT)
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(refused or f"{path}: cannot load the init weights ({type(e).__name__}: {first})") from None
         dropped = [k for k in state if any(re.search(p, k) for p in init.drop)]
         for k in dropped:
             del state[k]
@@ -95,7 +105,10 @@ def load_init_weights(model: nn.Module, init: InitCfg | Mapping[str, Any], prepr
         model.load_state_dict(state, strict=False)
         prov = provenance_path(path)
         if prov.is_file():
-            info = json.loads(prov.read_text(encoding="utf-8"))
+            try:
+                info = read_provenance(prov)
+            except ConversionError as e:
+                raise ConfigError(str(e)) from None
             _check_preprocessing(info.get("preprocessing"), preprocessing, prov)
         record = {"weights": str(path), "sha256": sha256_file(path), "loaded": len(state), "dropped": len(dropped),
                   "fresh": missing}

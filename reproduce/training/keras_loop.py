@@ -55,9 +55,8 @@ import torch
 import yaml
 from torch import nn
 
-from converters.io import write_atomic
-
 from ..schedule import param_groups, poly_lr
+from ..yamlfile import load_yaml
 from .config import (
     Config,
     ConfigError,
@@ -470,8 +469,8 @@ def train_keras(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, 
     saved_cfg_path = run_dir / "config.yaml"
     if saved_cfg_path.is_file():
         try:
-            saved = parse_config(yaml.safe_load(saved_cfg_path.read_text(encoding="utf-8")) or {})
-        except (ConfigError, yaml.YAMLError) as e:
+            saved = parse_config(load_yaml(saved_cfg_path) or {})
+        except (ConfigError, yaml.YAMLError, OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{saved_cfg_path}: the run's saved config does not validate ({e})") from None
         diff = changed_keys(saved, cfg)
         if diff:

@@ -47,6 +47,7 @@ from .. import checkpoint as ck
 from ..checkpoint import CheckpointError, CheckpointMismatch, rng_state, save_checkpoint, set_rng_state
 from ..losses import SegmentationLoss
 from ..schedule import build_optimizer, poly_lr, set_lr
+from ..yamlfile import load_yaml
 from .config import (
     Config,
     ConfigError,
@@ -303,8 +304,8 @@ def _train(cfg: Config, run_dir: str | os.PathLike) -> Path:
     saved_cfg_path = run_dir / "config.yaml"
     if saved_cfg_path.is_file():
         try:
-            saved = parse_config(yaml.safe_load(saved_cfg_path.read_text(encoding="utf-8")) or {})
-        except (ConfigError, yaml.YAMLError) as e:
+            saved = parse_config(load_yaml(saved_cfg_path) or {})
+        except (ConfigError, yaml.YAMLError, OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{saved_cfg_path}: the run's saved config does not validate ({e}); use another --out "
                               "or delete the folder") from None
         diff = changed_keys(saved, cfg)
