@@ -103,7 +103,7 @@ def build_custom_parser(prog: str) -> argparse.ArgumentParser:
                    help="leave out the image/mask pairs with problems and train on the rest (default: stop)")
     p.add_argument("--check-only", action="store_true", help="stop after checking the data and writing the split")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto, cuda when available)")
-    p.add_argument("--workers", type=int, help="DataLoader workers (default: the recipe's)")
+    p.add_argument("--workers", type=int, help="DataLoader workers (default: the recipe's, at most one per core)")
     return p
 
 
@@ -216,12 +216,12 @@ def convert_release(rel: Any, models_dir: Path) -> Path:
 
 
 # ============================================================================ evaluation and report
-def evaluate_confusion(weights: Path, dataset: Any, device: str) -> np.ndarray:
+def evaluate_confusion(weights: Path, dataset: Any, device: str, output_stride: int | None = None) -> np.ndarray:
     """The (C, C) confusion matrix (rows: truth) of ``weights`` on ``dataset``: whole images, single scale."""
     from .evaluate import EvalOptions, evaluate
     from .inference import InferenceConfig, load_model, resolve_device
 
-    lm = load_model(None, weights, device=resolve_device(device))
+    lm = load_model(None, weights, output_stride=output_stride, device=resolve_device(device))
     out = evaluate(lm, dataset, EvalOptions(config=InferenceConfig(protocol="whole"), progress=False))
     return np.asarray(out["plain"].matrix)
 
@@ -342,6 +342,10 @@ def run_custom(argv: list[str], prog: str) -> int:
     iterations = args.iterations or s.iterations
     eval_every = args.eval_every or max(1, iterations // 10)
     weights_opt = _class_weights(args.class_weights, len(names))
+    if args.workers is None:
+        from .crf import usable_cores
+
+        args.workers = min(base.workers, usable_cores())
     loss_desc = (f"cross-entropy; class weights {args.class_weights}; top_k_percent_pixels {args.top_k_percent_pixels}"
                  f" (hard_example_mining_step {args.hard_example_mining_step}); focal gamma {args.focal_gamma}"
                  f"{'' if args.focal_alpha is None else f' alpha {args.focal_alpha}'}; label smoothing "
@@ -362,7 +366,7 @@ def run_custom(argv: list[str], prog: str) -> int:
         ("eval every", f"{eval_every} iterations (keeps best.pth by val mIoU)", "--eval-every"),
         ("loss", loss_desc, "--class-weights, --top-k-percent-pixels, --focal-gamma, --label-smoothing"),
         ("bad pairs", "left out" if args.skip_bad else "stop the run", "--skip-bad"),
-        ("device", args.device, "--device"), ("models dir", str(args.models_dir), "--models-dir"),
+        ("device", args.device, "--device"), ("workers", str(args.workers), "--workers"), ("models dir", str(args.models_dir), "--models-dir"),
     ]
     for key, value, flag in settings:
         print(f"   {key:<13} {value}   [{flag}]")
@@ -432,7 +436,7 @@ def run_custom(argv: list[str], prog: str) -> int:
     # ---- evaluate and report
     steps(f"evaluating {chosen.name} on val")
     ds = FolderSegmentation(data, "val", **cfg.eval.kwargs)
-    matrix = evaluate_confusion(chosen, ds, args.device)
+    matrix = evaluate_confusion(chosen, ds, args.device, cfg.model.kwargs.get("output_stride"))
     from .metrics import scores_from_matrix
 
     scores = scores_from_matrix(matrix)

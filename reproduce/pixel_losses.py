@@ -89,8 +89,9 @@ def mining_fraction(options: LossOptions, step: int) -> np.float32:
 
 
 def top_k_count(fraction: np.float32, num_pixels: int) -> int:
-    """``tf.to_int32(fraction * tf.to_float(num_pixels))``: float32 product, truncated."""
-    return int(np.float32(fraction) * np.float32(num_pixels))
+    """``tf.to_int32(fraction * tf.to_float(num_pixels))``: float32 product, truncated (at most ``num_pixels``:
+    above 2**24 pixels float32 may round up, where DeepLab-TF's ``top_k`` would fail)."""
+    return min(int(np.float32(fraction) * np.float32(num_pixels)), num_pixels)
 
 
 # ============================================================================ PyTorch
@@ -194,7 +195,7 @@ def pixel_losses_tf(tf: Any, logits: Any, labels: Any, *, ignore_index: int, opt
 def top_k_reduce_tf(tf: Any, losses: Any, fraction: Any) -> Any:
     """DeepLab-TF's mined loss of one forward pass; ``fraction`` a float32 tensor (:func:`mining_fraction`)."""
     flat = tf.reshape(losses, [-1])
-    k = tf.cast(fraction * tf.cast(tf.size(flat), tf.float32), tf.int32)
+    k = tf.minimum(tf.cast(fraction * tf.cast(tf.size(flat), tf.float32), tf.int32), tf.size(flat))
     top, _ = tf.nn.top_k(flat, k=k, sorted=False)
     present = tf.reduce_sum(tf.cast(tf.not_equal(top, 0.0), top.dtype))
     return tf.reduce_sum(top) / tf.maximum(present, 1.0)

@@ -292,3 +292,28 @@ def test_auto_weights_and_mining_lift_the_rare_class(tmp_path, capsys, tiny_weig
         iou[name] = json.loads((tmp_path / name / "eval" / "result.json").read_text())["iou"][RARE] or 0.0
     print(iou)
     assert iou["auto"] > iou["plain"] and iou["topk"] > iou["plain"], iou
+
+
+@pytest.mark.slow
+def test_command_converts_a_release_and_gives_it_a_new_head(tmp_path, capsys):
+    """--from a release name: its official-format file (random TF checkpoint) is converted in-process into
+    --models-dir, the 21-class head is replaced by a 3-class one, the v3 recipe's schedule trains it."""
+    pytest.importorskip("tensorflow")
+    from converters.io import load_state_dict
+    from converters.releases import RELEASES
+    from reproduce._smoke import make_tf_checkpoint
+
+    rel = RELEASES["deeplabv3_mnv2_pascal_train_aug_2018_01_29"]
+    make_tf_checkpoint(rel.name, rel.source_path(tmp_path / "models"))
+    data = write_imbalanced_folder(tmp_path / "data", 8)
+    code, out, err = _run(capsys, "--data", data, "--from", rel.name, "--models-dir", tmp_path / "models",
+                          "--iterations", 1, "--batch-size", 2, "--crop-size", 65, "--eval-every", 1,
+                          "--val-fraction", 0.25, "--out", tmp_path / "run", "--device", "cpu",
+                          "--set", "progress=false", "--set", "tensorboard=false")
+    assert code == 0, err
+    assert rel.converted_path(tmp_path / "models").is_file()
+    assert "schedule of   deeplabv3_resnet101-os16-vocaug-513-30k" in out
+    assert "deeplabv3_mobilenetv2 with a new 3-class head" in out
+    final = load_state_dict(tmp_path / "run" / "train" / "final.pth")
+    assert final["logits.semantic.weight"].shape[0] == 3
+    assert (tmp_path / "run" / "report.md").is_file()
