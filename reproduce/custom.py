@@ -73,6 +73,9 @@ def build_custom_parser(prog: str) -> argparse.ArgumentParser:
                    help="init weights: a release name (converters/releases.py, e.g. deeplabv3_pascal_train_aug_2018_"
                         "01_04) or a .pth with its provenance .json (converted, imported from a peer, or trained)")
     p.add_argument("--classes", type=Path, help="the class list (default: DATA/classes.txt)")
+    p.add_argument("--keep-head", action="store_true",
+                   help="keep the weights' classifier (same classes in the same order, e.g. continuing a run on "
+                        "new data); default: re-initialise it for the class list")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the pairs held out for validation when DATA/splits/{train,val}.txt do not exist "
                         "(default 0.1)")
@@ -334,6 +337,8 @@ def run_custom(argv: list[str], prog: str) -> int:
         raise _error(str(e)) from None
     names = list(classes.names)
     src = resolve_source(args.source, args.models_dir, args.model)
+    if args.keep_head and src.num_classes != len(names):
+        raise _error(f"--keep-head: the weights have {src.num_classes} classes, {classes_path} lists {len(names)}")
     base = base_config(src)
     steps = Steps(6)
 
@@ -355,6 +360,7 @@ def run_custom(argv: list[str], prog: str) -> int:
         ("data", f"{data} (images/, labels/)", "--data"), ("classes", f"{classes_path} ({len(names)} classes)",
                                                            "--classes"),
         ("init weights", f"{args.source} ({src.architecture})", "--from"),
+        ("classifier", "kept" if args.keep_head else f"re-initialised for {len(names)} classes", "--keep-head"),
         ("schedule of", f"{base.name} (reproduce/configs)", "the architecture's recipe"),
         ("val fraction", f"{args.val_fraction} (used when DATA/splits/train.txt and val.txt are absent)",
          "--val-fraction"),
@@ -414,7 +420,11 @@ def run_custom(argv: list[str], prog: str) -> int:
     if src.preprocessing is None and provenance_path(weights).is_file():  # a converted release's contract
         src.preprocessing = json.loads(provenance_path(weights).read_text(encoding="utf-8")).get("preprocessing")
     cfg = _custom_config(args, base, src, weights, names, weights_opt, label_dir, out, iterations, eval_every)
-    print(f"   {cfg.model.name} with a new {len(names)}-class head (re-initialised: {', '.join(cfg.init.drop) or '-'})")
+    if args.keep_head:
+        print(f"   {cfg.model.name}, every tensor from {weights} (the classifier kept)")
+    else:
+        print(f"   {cfg.model.name} with a new {len(names)}-class head (re-initialised: "
+              f"{', '.join(cfg.init.drop) or '-'})")
     if cfg.loss.class_weights == "auto":
         from .pixel_losses import AUTO_RULE, auto_class_weights
 
@@ -451,7 +461,8 @@ def run_custom(argv: list[str], prog: str) -> int:
     best_rec = info.get("evaluation") or (info.get("best") or {})
     lines = [f"- data: `{data}`, {len(check.samples)} pairs ({how}: {len(train_ids)} train, {len(val_ids)} val), "
              f"{len(names)} classes",
-             f"- init: `{args.source}` ({src.architecture}), classifier re-initialised for {len(names)} classes",
+             f"- init: `{args.source}` ({src.architecture}), classifier "
+             + ("kept" if args.keep_head else f"re-initialised for {len(names)} classes"),
              f"- schedule: {base.name}, {iterations} iterations of {cfg.solver.batch_size}, crop "
              f"{cfg.augment.crop_size}, base lr {cfg.solver.base_lr}; loss: {loss_desc}",
              f"- weights evaluated: `{chosen}`" + (f" (best val mIoU during training at iteration "
@@ -470,7 +481,8 @@ def _custom_config(args: argparse.Namespace, base: Config, src: SourceWeights, w
     arch = base.model.name if src.base is not None else src.architecture
     kwargs = dict(base.model.kwargs) if base.model.name == arch else dict(src.model_kwargs)
     segmentation_weights = src.base is None or src.architecture == arch
-    drop = [f"^{re.escape(k)}$" for k in head_keys(arch, kwargs, num_classes)] if segmentation_weights else []
+    drop = ([f"^{re.escape(k)}$" for k in head_keys(arch, kwargs, num_classes)]
+            if segmentation_weights and not args.keep_head else [])
     reader = {"classes": names, "split_dir": str((out / "splits").resolve()), "label_dir": label_dir}
     over: dict[str, Any] = {
         "name": f"custom-{args.data.resolve().name}",

@@ -270,6 +270,22 @@ def test_command_end_to_end_on_tiny_settings(tmp_path, capsys, tiny_weights):
     assert "num_classes: 3" in cfg and "dataset: folder" in cfg
 
 
+def test_keep_head_continues_from_weights_with_the_same_classes(tmp_path, capsys, tiny_weights):
+    from converters.io import load_state_dict
+
+    data = write_imbalanced_folder(tmp_path / "data", 6)
+    code, _, err = _run(capsys, "--data", data, "--from", tiny_weights, "--keep-head", "--out", tmp_path / "x")
+    assert code == 1 and "--keep-head: the weights have 21 classes" in err
+    three = write_tiny_weights(tmp_path / "w3" / "three.pth", num_classes=3, seed=1)
+    code, out, err = _run(capsys, "--data", data, "--from", three, "--keep-head", "--out", tmp_path / "run",
+                          "--iterations", 1, "--batch-size", 2, "--base-lr", 0, "--val-fraction", 0.34,
+                          "--device", "cpu", "--set", "progress=false", "--set", "tensorboard=false")
+    assert code == 0, err
+    assert "classifier    kept" in out and "(the classifier kept)" in out
+    before, after = load_state_dict(three), load_state_dict(tmp_path / "run" / "train" / "final.pth")
+    assert all(before[k].equal(after[k]) for k in ("logits.semantic.weight", "logits.semantic.bias"))
+
+
 # ============================================================================ acceptance (slow)
 RARE = 2
 
