@@ -87,9 +87,9 @@ class FolderSegmentation(SegmentationDataset):
             )
             split_file = next((p for p in places if p.is_file()), None)
             if split_file is None:
-                raise DatasetError(
-                    self.root, f"split {split!r}: {' nor '.join(str(p) for p in places)} does not exist"
-                )
+                where = f"{places[0]} does not exist" if split_dir is not None else (
+                    f"neither splits/{split}.txt nor {split}.txt exists")
+                raise DatasetError(self.root, f"split {split!r}: {where}")
             refs = [
                 SampleRef(i, self.root / img, self.root / lab)
                 if img
