@@ -291,23 +291,35 @@ RARE = 2
 
 
 @pytest.mark.slow
-def test_auto_weights_and_mining_lift_the_rare_class(tmp_path, capsys, tiny_weights):
-    """An imbalanced folder (the rare class under 2 % of the pixels): same data, schedule and iterations;
-    the rare class's val IoU with auto class weights and with top-k mining beats plain cross-entropy."""
+def test_auto_class_weights_and_mining_lift_the_rare_class(tmp_path, capsys, tiny_weights):
+    """An imbalanced folder (the faint ``speck`` class covers 1.2 % of the pixels): same data, schedule and
+    150 iterations; the rare class's val IoU (final.pth, and the report's best.pth) is higher with auto class
+    weights and with DeepLab-TF hard-pixel mining (0.25, annealed over 100 steps) than with plain cross-entropy.
+    Measured (final / best): plain 58.6 / 58.6, auto 61.1 / 64.2, mining 64.1 / 64.1. (Mining at 0.2 from the
+    first step, without the schedule, left the class at 0.0.) BatchNorm momentum 0.1 in every run: the tiny
+    recipe's 0.01 leaves the running statistics too far behind for 150 iterations, whatever the loss."""
+    from reproduce.custom import evaluate_confusion
+    from reproduce.datasets import FolderSegmentation
+    from reproduce.metrics import scores_from_matrix
+
     data = write_imbalanced_folder(tmp_path / "data", 200)
-    iou = {}
+    rare = {}
     for name, flags in {"plain": [], "auto": ["--class-weights", "auto"],
-                        "topk": ["--top-k-percent-pixels", "0.2"]}.items():
-        code, out, err = _run(capsys, "--data", data, "--from", tiny_weights, "--out", tmp_path / name,
-                              "--iterations", 200, "--batch-size", 8, "--eval-every", 50, "--val-fraction", 0.2,
-                              "--device", "cpu", *flags, "--set", "progress=false", "--set", "tensorboard=false")
+                        "mining": ["--top-k-percent-pixels", "0.25", "--hard-example-mining-step", "100"]}.items():
+        run = tmp_path / name
+        code, out, err = _run(capsys, "--data", data, "--from", tiny_weights, "--out", run, "--iterations", 150,
+                              "--batch-size", 8, "--eval-every", 50, "--val-fraction", 0.2, "--device", "cpu", *flags,
+                              "--set", "bn.momentum=0.1", "--set", "progress=false", "--set", "tensorboard=false")
         assert code == 0, err
-        if name == "plain":
-            share = re.search(r"2 speck\s+([0-9.]+) %", out)
-            assert share and float(share.group(1)) < 2.0
-        iou[name] = json.loads((tmp_path / name / "eval" / "result.json").read_text())["iou"][RARE] or 0.0
-    print(iou)
-    assert iou["auto"] > iou["plain"] and iou["topk"] > iou["plain"], iou
+        share = re.search(r"2 speck\s+([0-9.]+) %", out)
+        assert share and float(share.group(1)) < 2.0
+        best = json.loads((run / "eval" / "result.json").read_text())["iou"][RARE] or 0.0
+        val = FolderSegmentation(data, "val", split_dir=run / "splits", classes=list(CLASSES))
+        final = scores_from_matrix(evaluate_confusion(run / "train" / "final.pth", val, "cpu", 8))["iou"][RARE]
+        rare[name] = (final, best)
+    print({k: [round(100 * v, 2) for v in pair] for k, pair in rare.items()})
+    for name in ("auto", "mining"):
+        assert rare[name][0] > rare["plain"][0] and rare[name][1] > rare["plain"][1], rare
 
 
 @pytest.mark.slow
