@@ -289,7 +289,10 @@ def _class_weights(text: str, num_classes: int) -> Any:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise _error(f"--class-weights {text!r}: give none, auto or {num_classes} comma-separated numbers") from None
+        values = []
+    if len(values) != num_classes or any(not 0 <= v < float("inf") for v in values):
+        raise _error(f"--class-weights {text!r}: give none, auto or {num_classes} comma-separated numbers >= 0 "
+                     "(one per class)")
     return values
 
 

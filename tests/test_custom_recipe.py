@@ -229,6 +229,8 @@ def test_command_usage_and_input_errors_are_one_line(tmp_path, capsys, tiny_weig
     assert code == 1 and "neither a release" in err
     code, _, err = _run(capsys, "--data", data, "--from", "resnet_v1_50_2016_08_28")
     assert code == 1 and "ImageNet backbone" in err
+    code, _, err = _run(capsys, "--data", data, "--from", tiny_weights, "--class-weights", "1,2")
+    assert code == 1 and "give none, auto or 3 comma-separated numbers" in err
     code, _, err = _run(capsys, "--data", data, "--from", tiny_weights, "--val-fraction", "1.5")
     assert code == 1 and "--val-fraction 1.5" in err
     code, _, err = _run(capsys, "--data", data, "--from", "deeplabv3_pascal_train_aug_2018_01_04", "--models-dir",
