@@ -229,16 +229,17 @@ def decode_mode(workers: int, prefetch: int) -> str:
 
 
 def build_eval_dataset(name: str, root: str | Path, split: str, protocol: str, crop_size: int,
-                       on_error: str = "error") -> Any:
+                       on_error: str = "error", reader_kwargs: dict[str, Any] | None = None) -> Any:
     """The reader for ``name``; ``protocol="warp"`` turns on COCO-Stuff 10k's pre-warp.
 
     ``on_error="skip"``: a sample whose image or label file is missing is left out of the reader
     (its one-line message in ``dataset.skipped``; :func:`evaluate` counts it as skipped); the
     default raises :class:`~reproduce.datasets.DatasetError` naming the first missing file.
+    ``reader_kwargs``: further reader arguments (e.g. the ``folder`` reader's ``split_dir``).
     """
     from reproduce.datasets import build_dataset
 
-    kwargs: dict[str, Any] = {"on_error": on_error}
+    kwargs: dict[str, Any] = {**(reader_kwargs or {}), "on_error": on_error}
     if protocol == "warp":
         if name != "cocostuff10k":
             raise InferenceError(f"--protocol warp is the COCO-Stuff 10k protocol; dataset {name!r} has no pre-warp")

@@ -8,6 +8,8 @@ convert a released model and evaluate it). Steps, each announced as ``== [i/n] .
   train recipe:    convert the init release -> [prepare data] -> check -> train (resumes; keeps best.pth
                    when eval_every is set) -> evaluate each variant -> report
   official recipe: check inputs -> convert the release -> evaluate each variant -> report
+  custom:          your own folder of images and masks (reproduce/custom.py): check the data -> split ->
+                   init weights with a new head -> train (keeps best.pth) -> evaluate -> report
 
 Rerunning the same command skips finished steps and resumes training. ``--smoke`` runs every step on
 generated miniature data and random-weight official-format source files (numbers are meaningless).
@@ -48,6 +50,7 @@ from reproduce.yamlfile import YAMLFileError, load_yaml
 __all__ = ["OfficialRecipe", "find_recipes", "main"]
 
 OFFICIAL_DIR = CONFIGS_DIR / "official"
+CUSTOM_USAGE = "custom --data DIR --from RELEASE_OR_WEIGHTS [--classes classes.txt] [--val-fraction 0.1]"
 SMOKE_NOTE = " (SMOKE RUN: random weights, miniature data; the numbers mean nothing)"
 
 
@@ -154,7 +157,7 @@ def build_parser(name: str | None = None, recipe: Config | OfficialRecipe | None
         names = ", ".join(find_recipes())
         p = _Parser(prog=prog or program_name("reproduce.recipe"),
                     description="Run a published row end to end: check -> convert -> prepare -> train -> evaluate "
-                                "-> report.", epilog=f"recipes: {names}")
+                                "-> report.", epilog=f"recipes: {names}; custom (your own data: {CUSTOM_USAGE})")
         p.add_argument("name", metavar="NAME", help="the recipe (see below)")
         return p
     from reproduce.inference import EVAL_PRECISION, PRECISION_HELP, PRECISIONS
@@ -468,6 +471,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_parser(prog=prog).parse_args(argv)  # --help, or a usage error
             return 2
         name = argv[0]
+        if name == "custom":  # your own data (reproduce/custom.py)
+            from reproduce.custom import run_custom
+
+            return run_custom(argv[1:], prog or f"{program_name('reproduce.recipe')} custom")
         recipe = load_recipe(name)
         args = build_parser(name, recipe, prog=prog).parse_args(argv[1:])
         for flag in ("workers", "crf_workers"):  # checked now, not after the conversion and training steps

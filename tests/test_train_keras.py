@@ -6,6 +6,8 @@
   as trained; v3+ with BatchNorm trained on a batch of 4 (torch SGD, pixel-normalised) in float64
   in both frameworks: there float32 itself is only good to ~1e-3 in the early layers' gradients
   (train-mode BatchNorm over small, nearly constant maps amplifies rounding), in either framework.
+  The losses for imbalanced data take the same v2 step: class weights + focal + label smoothing, and
+  ``auto`` class weights + DeepLab-TF hard-pixel mining mid-schedule.
 * A run interrupted after a checkpoint and resumed ends bit-identical to an uninterrupted one (CPU);
   its ``final.pth`` loads strictly into the PyTorch model and ``final.weights.h5`` into the Keras one,
   both computing the same logits.
@@ -61,6 +63,14 @@ CASES = {  # name: (overrides, dtype of both frameworks)
                                    {"match": "aspp", "lr_mult": 10.0, "decay_mult": 1.0}]},
            "float32"),
 }
+_V2 = CASES["v2"][0]
+# the losses for imbalanced data (reproduce/pixel_losses.py), same single-scale v2 step in float32
+CASES["v2_weights_focal_smoothing"] = ({**_V2, "loss.class_weights": [0.5, 2.0, 1.5, 3.0],
+                                        "loss.focal": {"gamma": 2.0, "alpha": [1.0, 0.5, 0.25, 0.75]},
+                                        "loss.label_smoothing": 0.1}, "float32")
+CASES["v2_auto_weights_topk_mining"] = ({**_V2, "loss.normalization": "pixels", "loss.class_weights": "auto",
+                                         "loss.top_k_percent_pixels": 0.2, "loss.hard_example_mining_step": 8},
+                                        "float32")
 
 
 def _torch_step(net, batch, optimizer, criterion, lr, dtype) -> float:
@@ -106,7 +116,9 @@ def test_one_step_matches_pytorch(case, monkeypatch):
     optimizer, criterion = build_solver(cfg, net), build_criterion(cfg)
     lrs = [poly_lr(cfg.solver.base_lr, it, 3, cfg.solver.lr_power) for it in range(2)]
 
-    # step 1: loss and every gradient
+    # step 1: loss and every gradient (iterations 4 and 5: the mining share is 0.6 then 0.5)
+    for c in (criterion, trainer.criterion):
+        c.set_iteration(4)
     k_loss, k_grads = trainer.gradients([(first.images, first.labels)])
     t_loss = _torch_step(net, first, optimizer, criterion, lrs[0], dtype)
     assert abs(k_loss - t_loss) <= RTOL * abs(t_loss), (k_loss, t_loss)
@@ -118,6 +130,8 @@ def test_one_step_matches_pytorch(case, monkeypatch):
     trainer.apply(k_grads, lrs[0])
 
     # step 2 (momentum, multipliers, the next lr), then every tensor of the state dict
+    for c in (criterion, trainer.criterion):
+        c.set_iteration(5)
     trainer.step([(second.images, second.labels)], lrs[1])
     _torch_step(net, second, optimizer, criterion, lrs[1], dtype)
     ours, ref = trainer.state_dict(), net.state_dict()

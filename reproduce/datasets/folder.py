@@ -41,7 +41,11 @@ def read_class_list(path: str | os.PathLike) -> tuple[str, ...]:
 
 
 class FolderSegmentation(SegmentationDataset):
-    """Images + index-mask PNGs + ``classes.txt``; ``split=None`` takes every image in ``images/``."""
+    """Images + index-mask PNGs + ``classes.txt``; ``split=None`` takes every image in ``images/``.
+
+    ``split_dir``: the folder holding ``<split>.txt`` (default: ``<root>/splits``, then ``<root>``);
+    ``label_dir`` may be an absolute path (e.g. masks converted from colour images elsewhere).
+    """
 
     name = "folder"
 
@@ -53,6 +57,7 @@ class FolderSegmentation(SegmentationDataset):
         image_dir: str = "images",
         label_dir: str = "labels",
         classes: str | Sequence[str] = "classes.txt",
+        split_dir: str | os.PathLike | None = None,
         ignore_index: int = 255,
         on_error: OnError = "error",
         transform: Transform | None = None,
@@ -75,11 +80,16 @@ class FolderSegmentation(SegmentationDataset):
                 if p.suffix.lower() in IMAGE_SUFFIXES
             ]
         else:
-            split_file = next(
-                (p for p in (self.root / "splits" / f"{split}.txt", self.root / f"{split}.txt") if p.is_file()), None
+            places = (
+                (Path(split_dir) / f"{split}.txt",)
+                if split_dir is not None
+                else (self.root / "splits" / f"{split}.txt", self.root / f"{split}.txt")
             )
+            split_file = next((p for p in places if p.is_file()), None)
             if split_file is None:
-                raise DatasetError(self.root, f"split {split!r}: neither splits/{split}.txt nor {split}.txt exists")
+                where = f"{places[0]} does not exist" if split_dir is not None else (
+                    f"neither splits/{split}.txt nor {split}.txt exists")
+                raise DatasetError(self.root, f"split {split!r}: {where}")
             refs = [
                 SampleRef(i, self.root / img, self.root / lab)
                 if img

@@ -108,10 +108,52 @@ class AugmentCfg:
 
 
 @dataclass
+class FocalCfg:
+    gamma: float = 2.0                     # (1 - p_y) ** gamma; 0 is cross-entropy
+    alpha: float | list[float] | None = None   # a factor, or one per class
+
+
+@dataclass
 class LossCfg:
+    """The loss; the options beyond kind/normalization are defined in reproduce/pixel_losses.py."""
+
     kind: str
     normalization: Literal["per_image", "pixels"] = "per_image"
     shrink: Any = None
+    class_weights: str | list[float] | None = None   # "auto": from the training labels' histogram; or one per class
+    top_k_percent_pixels: float = 1.0      # DeepLab-TF hard-pixel mining: < 1 keeps the hardest share
+    hard_example_mining_step: int = 0      # the share anneals from 1 to top_k_percent_pixels over these steps
+    focal: FocalCfg | None = None
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.class_weights, str) and self.class_weights != "auto":
+            raise ConfigError(f"config key loss.class_weights: {self.class_weights!r} is not auto, a list of "
+                              "numbers (one per class) or null")
+        if not 0.0 < self.top_k_percent_pixels <= 1.0:
+            raise ConfigError(f"config key loss.top_k_percent_pixels: {self.top_k_percent_pixels} is not in (0, 1]")
+        if self.hard_example_mining_step < 0:
+            raise ConfigError(f"config key loss.hard_example_mining_step: {self.hard_example_mining_step} is < 0")
+        if self.top_k_percent_pixels < 1.0 and self.normalization != "pixels":
+            raise ConfigError("config key loss.top_k_percent_pixels: hard-pixel mining ranks the pixels of a batch "
+                              "(DeepLab-TF); set loss.normalization: pixels")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"config key loss.label_smoothing: {self.label_smoothing} is not in [0, 1)")
+        if self.focal is not None and self.focal.gamma < 0:
+            raise ConfigError(f"config key loss.focal.gamma: {self.focal.gamma} is < 0")
+        for key, value in (("class_weights", self.class_weights),
+                           ("focal.alpha", None if self.focal is None else self.focal.alpha)):
+            values = value if isinstance(value, list) else [value] if isinstance(value, float) else []
+            if any(v < 0 or v != v or v == float("inf") for v in values):
+                raise ConfigError(f"config key loss.{key}: weights must be finite and >= 0, got {value}")
+
+    def check_classes(self, num_classes: int) -> str | None:
+        """A problem with per-class lists of the wrong length, or None."""
+        for key, value in (("class_weights", self.class_weights),
+                           ("focal.alpha", None if self.focal is None else self.focal.alpha)):
+            if isinstance(value, list) and len(value) != num_classes:
+                return f"loss.{key} has {len(value)} values for {num_classes} classes (model.num_classes)"
+        return None
 
 
 @dataclass
@@ -369,6 +411,9 @@ def _check(cfg: Config, where: str | None) -> None:
         fail(f"solver.batch_size {s.batch_size} is not divisible by solver.accum_steps {s.accum_steps}")
     if (cfg.augment.scales is None) == (cfg.augment.scale_range is None):
         fail("give exactly one of augment.scales (a list) or augment.scale_range ([low, high])")
+    loss_problem = cfg.loss.check_classes(cfg.model.num_classes)
+    if loss_problem:
+        fail(loss_problem)
     if cfg.init.release is not None and find_release(cfg.init.release) is None:
         fail(f"init.release {_shown(cfg.init.release)} is not in converters/releases.py")
     if cfg.eval_every < 0:

@@ -15,7 +15,8 @@ shares with the PyTorch path (imported, not re-written) and what it does in Tens
   the PyTorch model), the run-folder/config-fingerprint rules.
 * **TensorFlow**: the forward/backward pass (``tf.GradientTape``), the loss terms (logits resized
   with ``align_corners=True`` to the label size, softmax cross entropy over the non-ignored pixels,
-  summed per pixel or per image exactly as ``reproduce.losses``), and the SGD update written out
+  summed per pixel or per image exactly as ``reproduce.losses``; class weights, hard-pixel mining,
+  focal loss and label smoothing as ``reproduce.pixel_losses``, whose TF twin it calls), and the SGD update written out
   as ``torch.optim.SGD`` (``v = m v + g + wd w; w -= lr v``) or Caffe's (``v = m v + lr (g + wd w);
   w -= v``), so one step from the same weights on the same batch matches PyTorch to float32 noise
   (``tests/test_train_keras.py``).
@@ -160,14 +161,14 @@ class KerasTrainer:
     """
 
     def __init__(self, cfg: Config | Mapping[str, Any], torch_model: nn.Module, *, strategy: Any = None,
-                 dtype: str = "float32") -> None:
+                 dtype: str = "float32", criterion: Any = None) -> None:
         tf, keras = _tf()
         from converters.keras_writer import load_state_dict_into_keras
         from reference_models.deeplab_v2 import DeepLabV2
         from reference_models.deeplab_v3 import DeepLabV3
         from reference_models.keras.mirror import mirror_model
 
-        from ..losses import SegmentationLoss
+        from .loop import build_criterion
 
         cfg = parse_config(cfg)
         self.cfg, self.tf = cfg, tf
@@ -184,8 +185,8 @@ class KerasTrainer:
             for m in torch_model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.requires_grad_(False)
-        self.criterion = SegmentationLoss(cfg.loss.kind, num_classes=cfg.model.num_classes,
-                                          ignore_index=cfg.ignore_index, normalization=cfg.loss.normalization)
+        # the loss options (class weights, mining, focal, smoothing) as the PyTorch loop resolves them
+        self.criterion = criterion if criterion is not None else build_criterion(cfg)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = int(self.strategy.num_replicas_in_sync)
         self.template = {k: v.detach().cpu().clone() for k, v in torch_model.state_dict().items()}
@@ -233,8 +234,11 @@ class KerasTrainer:
         self._apply_fn = None
 
     # ------------------------------------------------------------------ loss
-    def loss_terms(self, logits: Any, labels: Any) -> dict[str, Any]:
-        """Per-term sums, as ``SegmentationLoss('upsample')`` (divide by the global denominators)."""
+    def loss_terms(self, logits: Any, labels: Any, fraction: Any = None) -> dict[str, Any]:
+        """Per-term sums, as ``ConfiguredLoss('upsample')`` (divide by the global denominators).
+
+        ``fraction``: the hard-pixel mining share of this step (float32 tensor), when mining.
+        """
         tf = self.tf
         from reference_models.keras.layers import resize_align_corners
 
@@ -246,9 +250,18 @@ class KerasTrainer:
             logits = _resize_align_corners_exact(logits, tf.shape(labels)[1:3])
         ignore = self.criterion.ignore_index
         valid = tf.not_equal(labels, ignore)
-        safe = tf.where(valid, labels, tf.zeros_like(labels))
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
-        ce = tf.where(valid, ce, tf.zeros_like(ce))
+        options = self.criterion.options
+        if options.plain:
+            safe = tf.where(valid, labels, tf.zeros_like(labels))
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
+            ce = tf.where(valid, ce, tf.zeros_like(ce))
+        else:
+            from ..pixel_losses import pixel_losses_tf, top_k_reduce_tf
+
+            ce = pixel_losses_tf(tf, logits, labels, ignore_index=ignore, options=options,
+                                 factor=options.class_factor(self.cfg.model.num_classes))
+            if options.mining:
+                return {"out": top_k_reduce_tf(tf, ce, fraction)}
         if self.criterion.normalization == "pixels":
             return {"out": tf.reduce_sum(ce)}
         count = tf.maximum(tf.reduce_sum(tf.cast(valid, self.dtype), axis=[1, 2]), 1.0)  # Caffe: max(count, 1)
@@ -258,10 +271,10 @@ class KerasTrainer:
         tf = self.tf
         variables = self.variables
 
-        def replica_grads(x: Any, y: Any, den: Any) -> tuple[Any, Any, list[Any]]:
+        def replica_grads(x: Any, y: Any, den: Any, fraction: Any) -> tuple[Any, Any, list[Any]]:
             with tf.GradientTape() as tape:
                 out = self.model(x, training=True)
-                terms = self.loss_terms(out, y)
+                terms = self.loss_terms(out, y, fraction)
                 loss = terms["out"] / den
             grads = tape.gradient(loss, variables)
             grads = [tf.zeros_like(v.value) if g is None else g for g, v in zip(grads, variables)]
@@ -273,8 +286,8 @@ class KerasTrainer:
             strategy = self.strategy
 
             @tf.function(reduce_retracing=True)
-            def distributed(x: Any, y: Any, den: Any) -> tuple[Any, Any, list[Any]]:
-                per = strategy.run(replica_grads, args=(x, y, den))
+            def distributed(x: Any, y: Any, den: Any, fraction: Any) -> tuple[Any, Any, list[Any]]:
+                per = strategy.run(replica_grads, args=(x, y, den, fraction))
                 sum_ = tf.distribute.ReduceOp.SUM
                 return (strategy.reduce(sum_, per[0], axis=None), strategy.reduce(sum_, per[1], axis=None),
                         [strategy.reduce(sum_, g, axis=None) for g in per[2]])
@@ -319,13 +332,16 @@ class KerasTrainer:
         den = 0.0
         for _, labels in micro_batches:
             den += float(self.criterion.denominators(self.criterion.targets(labels))["out"])
+        if self.criterion.per_forward:  # mining: one normalised loss per forward pass, and each replica is one
+            den *= self.replicas
         den = tf.constant(max(den, 1.0), self.dtype)
+        fraction = tf.constant(self.criterion.mining_fraction(), tf.float32)
         total, grads = 0.0, None
         for images, labels in micro_batches:
             x = np.ascontiguousarray(images.numpy().transpose(0, 2, 3, 1), dtype=self.np_dtype)  # NCHW -> NHWC
             y = labels.numpy().astype(np.int32)
             xs, ys = self._split(x, y)
-            loss, _, g = self._grads_fn(xs, ys, den)
+            loss, _, g = self._grads_fn(xs, ys, den, fraction)
             total += float(loss)
             grads = g if grads is None else [a + b for a, b in zip(grads, g)]
         return total, grads
@@ -489,7 +505,10 @@ def train_keras(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, 
     if found is None:
         init_record = load_init_weights(model, cfg.init, build_preprocessing(cfg), seed=seed,
                                         weights=init_weights_path(cfg), hint=weights_hint(cfg))
-    trainer = KerasTrainer(cfg, model, strategy=strategy)
+    from .loop import build_criterion
+
+    base = build_train_dataset(cfg)
+    trainer = KerasTrainer(cfg, model, strategy=strategy, criterion=build_criterion(cfg, base))
     start = 0
     state: dict[str, Any] = {"skipped": [], "best": None}
     if found is not None:
@@ -501,7 +520,6 @@ def train_keras(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, 
         state["best"], state["skipped"] = ckpt.get("best"), list(ckpt.get("skipped", []))
         set_rng_state(ckpt["rng"][0], where=str(ckpt_path))
 
-    base = build_train_dataset(cfg)
     loader, sampler = build_loader(cfg, base, rank=0, world=1, start_iter=start)
     logger = Logger(run_dir, start=start, total=max_iter, enabled=True, progress=cfg.progress,
                     tensorboard=cfg.tensorboard)
@@ -520,6 +538,7 @@ def train_keras(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, 
     for it in range(start, max_iter):
         lr = poly_lr(solver.base_lr, it, max_iter, solver.lr_power)
         micro = iteration_batches(batches, solver.accum_steps, it, logger, state["skipped"])
+        trainer.criterion.set_iteration(it)  # the hard-pixel mining schedule's step
         loss = trainer.step(micro, lr)
         done = it + 1
         log = done % cfg.log_every == 0 or done == max_iter

@@ -46,6 +46,7 @@ from converters.io import provenance_path, save_state_dict, sha256_file, write_j
 from .. import checkpoint as ck
 from ..checkpoint import CheckpointError, CheckpointMismatch, rng_state, save_checkpoint, set_rng_state
 from ..losses import SegmentationLoss
+from ..pixel_losses import AUTO_RULE, ConfiguredLoss, LossOptions, auto_class_weights, label_histogram
 from ..schedule import build_optimizer, poly_lr, set_lr
 from ..yamlfile import load_yaml
 from .config import (
@@ -63,7 +64,7 @@ from .distributed import Dist, EveryRankError, convert_sync_bn, unwrap
 from .init_weights import build_model, load_init_weights, set_train_mode
 from .logging import Logger
 
-__all__ = ["StepResult", "train_step", "build_criterion", "build_solver", "train", "device_for"]
+__all__ = ["StepResult", "train_step", "build_criterion", "loss_options", "build_solver", "train", "device_for"]
 
 
 # ============================================================================ one step
@@ -76,9 +77,28 @@ class StepResult:
                                                                   # global denominator (float64, detached)
 
 
-def build_criterion(cfg: Config) -> SegmentationLoss:
-    return SegmentationLoss(cfg.loss.kind, num_classes=cfg.model.num_classes, ignore_index=cfg.ignore_index,
-                            normalization=cfg.loss.normalization, shrink=cfg.loss.shrink)
+def build_criterion(cfg: Config, dataset: Any = None) -> ConfiguredLoss:
+    """The config's loss; ``loss.class_weights: auto`` counts the labels of ``dataset`` (default: the training set)."""
+    return ConfiguredLoss(cfg.loss.kind, num_classes=cfg.model.num_classes, ignore_index=cfg.ignore_index,
+                          normalization=cfg.loss.normalization, shrink=cfg.loss.shrink,
+                          options=loss_options(cfg, dataset))
+
+
+def loss_options(cfg: Config, dataset: Any = None) -> LossOptions:
+    """``cfg.loss``'s options (reproduce/pixel_losses.py), ``auto`` class weights resolved from the labels."""
+    loss = cfg.loss
+    weights = loss.class_weights
+    if weights == "auto":
+        if dataset is None:
+            dataset = build_train_dataset(cfg)
+        weights = auto_class_weights(label_histogram(dataset, cfg.model.num_classes, cfg.ignore_index))
+    alpha = None if loss.focal is None else loss.focal.alpha
+    return LossOptions(class_weights=None if weights is None else tuple(weights),
+                       top_k_percent_pixels=loss.top_k_percent_pixels,
+                       hard_example_mining_step=loss.hard_example_mining_step,
+                       focal_gamma=0.0 if loss.focal is None else loss.focal.gamma,
+                       focal_alpha=tuple(alpha) if isinstance(alpha, list) else alpha,
+                       label_smoothing=loss.label_smoothing)
 
 
 def build_solver(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -227,7 +247,7 @@ def _eval_dataset(cfg: Config) -> Any:
 
     root = ev.root or cfg.data.root
     try:
-        return build_eval_dataset(name, root, split, ev.protocol, ev.crop_size)
+        return build_eval_dataset(name, root, split, ev.protocol, ev.crop_size, reader_kwargs=ev.kwargs)
     except (DatasetError, ValueError) as e:
         raise ConfigError(f"eval_every: {e}") from None
 
@@ -346,7 +366,9 @@ def _train(cfg: Config, run_dir: str | os.PathLike) -> Path:
     base = build_train_dataset(cfg)
     loader, sampler = build_loader(cfg, base, rank=d.rank, world=d.world, start_iter=start,
                                    pin_memory=device.type == "cuda")
-    criterion = build_criterion(cfg)
+    criterion = build_criterion(cfg, base)
+    if cfg.loss.class_weights == "auto" and d.main:
+        print(f"class weights (auto: {AUTO_RULE}): {[round(w, 4) for w in criterion.options.class_weights]}")
 
     # ---------------------------------------------------------------- loop
     logger = Logger(run_dir, start=start, total=max_iter, enabled=d.main, progress=cfg.progress,
@@ -366,6 +388,7 @@ def _train(cfg: Config, run_dir: str | os.PathLike) -> Path:
     for it in range(start, max_iter):
         lr = poly_lr(solver.base_lr, it, max_iter, solver.lr_power)
         micro = iteration_batches(batches, accum, it, logger, state["skipped"])
+        criterion.set_iteration(it)  # the hard-pixel mining schedule's step
         result = train_step(net, micro, optimizer=optimizer, criterion=criterion, lr=lr, scaler=scaler, amp=amp,
                             channels_last=cfg.channels_last, dist_info=d, device=device)
         done = it + 1
