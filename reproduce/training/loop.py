@@ -532,12 +532,10 @@ def _check_bookkeeping(path: Path, ckpt: Mapping[str, Any], cfg: Config) -> None
     if best is not None and not (isinstance(best, dict) and type(best.get("score")) in (float, int, type(None))
                                  and type(best.get("iteration")) is int):
         raise CheckpointError(f"{path}: damaged (the best-score record is malformed)")
-    for key in ("skipped_per_rank", "skipped"):
-        value = ckpt.get(key, [])
-        flat = value if key == "skipped" else [x for v in value for x in v] if isinstance(value, list) and all(
-            isinstance(v, list) for v in value) else None
-        if not isinstance(value, list) or flat is None or not all(isinstance(x, str) for x in flat):
-            raise CheckpointError(f"{path}: damaged (the {key} list is malformed)")
+    per_rank = ckpt.get("skipped_per_rank", [])
+    lists = [ckpt.get("skipped", [])] + (per_rank if isinstance(per_rank, list) else [None])
+    if not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in lists):
+        raise CheckpointError(f"{path}: damaged (the skipped-sample lists are malformed)")
     if not isinstance(ckpt.get("init", {}), dict):
         raise CheckpointError(f"{path}: damaged (the init record is malformed)")
 
