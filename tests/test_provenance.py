@@ -161,3 +161,15 @@ def test_inference_uses_the_same_message(tmp_path: Path) -> None:
         load_model("deeplabv3plus_tiny", path)
     assert str(exc.value).startswith(f"{path}: a pickle of Python objects") and "never unpickled" in str(exc.value)
     assert "weights_only" not in str(exc.value)
+
+
+@pytest.mark.parametrize("text,match", [("[]", "JSON list"), ('{"trained_with": 5}', "'trained_with' is 5"),
+                                        ('{"best": "yes"}', "'best' is \"yes\"")])
+def test_recipe_summary_names_a_malformed_final_json(tmp_path: Path, text: str, match: str) -> None:
+    from reproduce.recipe import RecipeError, _train_summary
+
+    (tmp_path / "final.json").write_text(text, encoding="utf-8")
+    with pytest.raises(RecipeError, match=rf"^{tmp_path / 'final.json'}: .*{match}"):
+        _train_summary(tmp_path)
+    (tmp_path / "final.json").write_text('{"trained_with": {}, "best": {"score": "x"}}', encoding="utf-8")
+    assert "? iterations" in _train_summary(tmp_path)[0] and "mIoU –" in _train_summary(tmp_path)[1]
