@@ -173,3 +173,14 @@ def test_recipe_summary_names_a_malformed_final_json(tmp_path: Path, text: str, 
         _train_summary(tmp_path)
     (tmp_path / "final.json").write_text('{"trained_with": {}, "best": {"score": "x"}}', encoding="utf-8")
     assert "? iterations" in _train_summary(tmp_path)[0] and "mIoU –" in _train_summary(tmp_path)[1]
+
+
+@pytest.mark.parametrize("obj", [[torch.zeros(1)], {"a": 1}, {"model": {"w": torch.zeros(1)}}, torch.zeros(2)])
+def test_init_weights_that_are_not_a_state_dict(tmp_path: Path, obj) -> None:
+    """torch.load(weights_only=True) returns any plain structure: each is one line, not an AttributeError."""
+    path = tmp_path / "w.pth"
+    torch.save(obj, path)
+    model = build_model("deeplabv3plus_tiny", num_classes=4)
+    with pytest.raises(ConfigError, match=rf"^{path}: not a state dict of named tensors") as exc:
+        load_init_weights(model, {"weights": str(path)}, PRE, seed=0)
+    assert "\n" not in str(exc.value)
