@@ -184,3 +184,13 @@ def test_init_weights_that_are_not_a_state_dict(tmp_path: Path, obj) -> None:
     with pytest.raises(ConfigError, match=rf"^{path}: not a state dict of named tensors") as exc:
         load_init_weights(model, {"weights": str(path)}, PRE, seed=0)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("text,match", [("[1, 2]", "JSON list"),
+                                        ('{"preprocessing": {"std": [1, 1, 1]}}', "bad preprocessing record")])
+def test_hub_names_the_sidecar(tmp_path: Path, text: str, match: str) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    weights = _weights(tmp_path, text)
+    with pytest.raises(ValueError, match=rf"^{weights.with_suffix('.json')}: .*{match}") as exc:
+        torch.hub.load(str(repo), "deeplabv3plus_tiny", source="local", weights=str(weights), num_classes=4)
+    assert "\n" not in str(exc.value)
