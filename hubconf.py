@@ -18,7 +18,6 @@ The entry points are generated from the model registry, so a newly registered mo
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import typing
@@ -89,7 +88,13 @@ def _load(model_name: str, *, weights: str | os.PathLike | None = None, num_clas
         path, release = _resolve(model_name, weights, _models_dir(models_dir))
         side = path.with_suffix(".json")
         if side.is_file():
-            provenance = json.loads(side.read_text(encoding="utf-8"))
+            from converters.errors import ConversionError
+            from converters.provenance import read_provenance
+
+            try:
+                provenance = read_provenance(side)
+            except ConversionError as e:
+                raise _HubError(str(e)) from None
             arch = provenance.get("architecture")
             if arch and arch != model_name:
                 raise _HubError(f"{path}: its provenance says {arch}, not {model_name}")
@@ -112,9 +117,12 @@ def _load(model_name: str, *, weights: str | os.PathLike | None = None, num_clas
     if preprocessing is None and provenance.get("preprocessing"):
         from reference_models.preprocessing import Preprocessing
 
-        pp = dict(provenance["preprocessing"])
-        pp["mean"], pp["std"] = tuple(pp["mean"]), tuple(pp["std"])
-        preprocessing = Preprocessing(**pp)
+        fields = Preprocessing.__dataclass_fields__
+        pp = {k: tuple(v) if isinstance(v, list) else v for k, v in provenance["preprocessing"].items() if k in fields}
+        try:
+            preprocessing = Preprocessing(**pp)
+        except TypeError as e:  # a required field (channel_order, mean) missing
+            raise _HubError(f"{side}: bad preprocessing record ({e})") from None
     if preprocessing is not None:
         model.preprocessing = preprocessing
     return model.eval()

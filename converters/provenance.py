@@ -135,7 +135,8 @@ def _record_problem(record: Any) -> str | None:
         "num_classes": (lambda v: _is_int(v) and 1 <= v <= 65536, "an integer from 1 to 65536"),
         "output_stride": (lambda v: _is_int(v) and 1 <= v <= 64, "an integer from 1 to 64"),
         **{key: (lambda v: isinstance(v, dict), "an object")
-           for key in ("model_kwargs", "source", "converter", "weights", "evaluation", "preprocessing")},
+           for key in ("model_kwargs", "source", "converter", "weights", "evaluation", "preprocessing",
+                       "trained_with", "skipped_samples", "best")},
     }
     for key, (ok, want) in checks.items():
         value = record.get(key)

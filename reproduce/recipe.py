@@ -304,20 +304,25 @@ def write_report(out: Path, title: str, result_dirs: Sequence[Path], extra: Sequ
 
 
 def _train_summary(run: Path) -> list[str]:
-    import json
+    from converters.errors import ConversionError
+    from converters.provenance import read_provenance
 
     lines = []
     final = run / "final.json"
     if final.is_file():
-        rec = json.loads(final.read_text(encoding="utf-8"))
+        try:
+            rec = read_provenance(final)  # the sidecar of final.pth: checked for shape, one line if it is not
+        except ConversionError as e:
+            raise RecipeError(str(e)) from None
         skipped = (rec.get("skipped_samples") or {}).get("count", 0)
-        lines.append(f"- training: {rec['trained_with']['iterations']} iterations -> `{run / 'final.pth'}` "
-                     f"(evaluated below); corrupt samples skipped: {skipped}")
+        lines.append(f"- training: {(rec.get('trained_with') or {}).get('iterations', '?')} iterations -> "
+                     f"`{run / 'final.pth'}` (evaluated below); corrupt samples skipped: {skipped}")
         best = rec.get("best")
         if best:
-            score = "–" if best.get("score") is None else f"{best['score']:.2f}"
-            lines.append(f"- best checkpoint: `{run / 'best.pth'}`, {best['split']} mIoU {score} at iteration "
-                         f"{best['iteration']} (single scale, during training)")
+            score = best.get("score")
+            score = f"{score:.2f}" if isinstance(score, (int, float)) and not isinstance(score, bool) else "–"
+            lines.append(f"- best checkpoint: `{run / 'best.pth'}`, {best.get('split', '?')} mIoU {score} at "
+                         f"iteration {best.get('iteration', '?')} (single scale, during training)")
     return lines
 
 

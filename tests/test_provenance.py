@@ -161,3 +161,36 @@ def test_inference_uses_the_same_message(tmp_path: Path) -> None:
         load_model("deeplabv3plus_tiny", path)
     assert str(exc.value).startswith(f"{path}: a pickle of Python objects") and "never unpickled" in str(exc.value)
     assert "weights_only" not in str(exc.value)
+
+
+@pytest.mark.parametrize("text,match", [("[]", "JSON list"), ('{"trained_with": 5}', "'trained_with' is 5"),
+                                        ('{"best": "yes"}', "'best' is \"yes\"")])
+def test_recipe_summary_names_a_malformed_final_json(tmp_path: Path, text: str, match: str) -> None:
+    from reproduce.recipe import RecipeError, _train_summary
+
+    (tmp_path / "final.json").write_text(text, encoding="utf-8")
+    with pytest.raises(RecipeError, match=rf"^{tmp_path / 'final.json'}: .*{match}"):
+        _train_summary(tmp_path)
+    (tmp_path / "final.json").write_text('{"trained_with": {}, "best": {"score": "x"}}', encoding="utf-8")
+    assert "? iterations" in _train_summary(tmp_path)[0] and "mIoU –" in _train_summary(tmp_path)[1]
+
+
+@pytest.mark.parametrize("obj", [[torch.zeros(1)], {"a": 1}, {"model": {"w": torch.zeros(1)}}, torch.zeros(2)])
+def test_init_weights_that_are_not_a_state_dict(tmp_path: Path, obj) -> None:
+    """torch.load(weights_only=True) returns any plain structure: each is one line, not an AttributeError."""
+    path = tmp_path / "w.pth"
+    torch.save(obj, path)
+    model = build_model("deeplabv3plus_tiny", num_classes=4)
+    with pytest.raises(ConfigError, match=rf"^{path}: not a state dict of named tensors") as exc:
+        load_init_weights(model, {"weights": str(path)}, PRE, seed=0)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("text,match", [("[1, 2]", "JSON list"),
+                                        ('{"preprocessing": {"std": [1, 1, 1]}}', "bad preprocessing record")])
+def test_hub_names_the_sidecar(tmp_path: Path, text: str, match: str) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    weights = _weights(tmp_path, text)
+    with pytest.raises(ValueError, match=rf"^{weights.with_suffix('.json')}: .*{match}") as exc:
+        torch.hub.load(str(repo), "deeplabv3plus_tiny", source="local", weights=str(weights), num_classes=4)
+    assert "\n" not in str(exc.value)

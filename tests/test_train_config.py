@@ -281,3 +281,12 @@ def test_recipe_negative_workers_are_one_line_before_any_step(tmp_path, recipe, 
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [f"error: {flag} must be >= 0, got -1"]
     assert not (tmp_path / "out").exists()
+
+
+def test_zero_keeps_its_meaning_where_it_has_one():
+    """checkpoint_every 0 (no checkpoints), keep_checkpoints 0 (keep all), eval_every 0 (no evaluation) stay valid."""
+    cfg = C.load_config(CONFIGS / "deeplabv3plus_tiny-shapes-64.yaml")
+    cfg = C.apply_overrides(cfg, ["checkpoint_every=0", "keep_checkpoints=0", "eval_every=0", "workers=0"])
+    assert (cfg.checkpoint_every, cfg.keep_checkpoints, cfg.eval_every, cfg.workers) == (0, 0, 0, 0)
+    with pytest.raises(C.ConfigError, match="config key log_every: must be >= 1"):  # the loop divides by it
+        C.apply_overrides(cfg, ["log_every=0"])

@@ -488,8 +488,8 @@ _RANGES: dict[str, _Range] = {
     "ignore_index": _Range(0, 65535),
     "workers": _Range(0, 1024),
     "log_every": _Range(1),
-    "checkpoint_every": _Range(1),
-    "keep_checkpoints": _Range(1),
+    "checkpoint_every": _NON_NEGATIVE,      # 0: no checkpoints
+    "keep_checkpoints": _NON_NEGATIVE,      # 0: keep them all
     "eval.crop_size": _SIZE,
     "eval.variants[].output_stride": _Range(1, 64),
     "eval.variants[].scales[]": _Range(0, 64, above=True),

@@ -83,6 +83,10 @@ def load_init_weights(model: nn.Module, init: InitCfg | Mapping[str, Any], prepr
             refused = refused_pickle_message(path, e, PICKLE_HINT)
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise ConfigError(refused or f"{path}: cannot load the init weights ({type(e).__name__}: {first})") from None
+        odd = next((k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None) \
+            if isinstance(state, Mapping) else type(state).__name__
+        if odd is not None:  # torch.load(weights_only=True) also returns lists, numbers, nested dicts
+            raise ConfigError(f"{path}: not a state dict of named tensors (found {str(odd)[:80]!r}); {PICKLE_HINT}")
         dropped = [k for k in state if any(re.search(p, k) for p in init.drop)]
         for k in dropped:
             del state[k]
