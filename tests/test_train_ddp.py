@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from reproduce import train as T
-from reproduce.checkpoint import latest_checkpoint, load_checkpoint
+from reproduce.checkpoint import find_checkpoint
 from tests.test_train import ENV, REPO, assert_same_weights, run_cli, tiny_config, write_config
 
 
@@ -51,7 +51,7 @@ def test_two_processes_equal_one_sync_bn(tmp_path):
     run_cli(config, tmp_path / "single")
     assert_same_weights(tmp_path / "single" / "final.pth", tmp_path / "ddp" / "final.pth", atol=1e-5)
     # each process draws its own dropout masks: the ranks' torch RNG states differ (seed + rank)
-    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "ddp"))
+    _, ckpt = find_checkpoint(tmp_path / "ddp")
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
 
 

@@ -379,7 +379,7 @@ def _train(cfg: Config, run_dir: str | os.PathLike) -> Path:
         logger.write(f"training {cfg.name}: {max_iter} iterations of {global_batch} images "
                      f"({d.world} process(es) x {accum} accumulation step(s) x {sampler.micro}) on {device}")
     if device.type == "cuda":  # fixed-size crops: let cuDNN pick its fastest kernels, unless asked to be deterministic
-        torch.backends.cudnn.benchmark = not cfg.get("deterministic", False)
+        torch.backends.cudnn.benchmark = not cfg.deterministic
     set_train_mode(net, cfg.bn.mode)
     batches = iter(loader)
     t0 = time.time()
