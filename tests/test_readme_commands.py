@@ -198,15 +198,16 @@ def _converted_voc12(folder: Path) -> None:
     from converters import caffe2torch
 
     _caffe_release("voc12", "resnet101_msc", 21)(folder)
-    models = folder / "data" / "models"
-    assert caffe2torch.main(["--dataset", "voc12", "--models-dir", str(models), "--quiet"]) == 0
+    proc = run_main(caffe2torch.main, ["--dataset", "voc12", "--quiet"], cwd=folder)   # looks in ./data/models
+    assert proc.returncode == 0, proc.stderr
 
 
 def _voc12_keras_weights(folder: Path) -> None:
     from converters import caffe2tf
 
     _caffe_release("voc12", "resnet101_msc", 21)(folder)
-    assert caffe2tf.main(["--dataset", "voc12", "--models-dir", str(folder / "data" / "models"), "--quiet"]) == 0
+    proc = run_main(caffe2tf.main, ["--dataset", "voc12", "--quiet"], cwd=folder)
+    assert proc.returncode == 0, proc.stderr
 
 
 def _caffemodel_file(name: str, topology: str) -> Callable[[Path], None]:
