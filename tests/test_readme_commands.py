@@ -649,3 +649,16 @@ def test_optional_parts_and_program():
     assert _program("reproduce/voc_v2.sh --data-root data") == ["bash", "reproduce/voc_v2.sh"]
     assert _program("deeplab-download NAME... [--dry-run]") == ["deeplab-download"]
     assert _program("python -m benchmarks.report $R/results --out $R") == ["python", "-m", "benchmarks.report"]
+
+
+def test_an_unclassified_or_stale_command_fails_with_what_to_do(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text("```sh\ntox -e demo\npython -m reproduce.newtool --fast\n```\n")
+    monkeypatch.setattr(sys.modules[__name__], "README", readme)
+    with pytest.raises(AssertionError, match=r"README.md:3: 'python -m reproduce.newtool --fast'.*") as info:
+        test_every_readme_command_is_classified()
+    assert "classify each in COMMANDS of tests/test_readme_commands.py" in str(info.value)
+    monkeypatch.setattr(sys.modules[__name__], "COMMANDS", {"tox -e demo": COMMANDS["tox -e demo"], "tox": Skip("x")})
+    readme.write_text("```sh\ntox -e demo\n```\n")
+    with pytest.raises(AssertionError, match="no longer shows"):
+        test_every_readme_command_is_classified()
