@@ -198,15 +198,16 @@ def _converted_voc12(folder: Path) -> None:
     from converters import caffe2torch
 
     _caffe_release("voc12", "resnet101_msc", 21)(folder)
-    models = folder / "data" / "models"
-    assert caffe2torch.main(["--dataset", "voc12", "--models-dir", str(models), "--quiet"]) == 0
+    proc = run_main(caffe2torch.main, ["--dataset", "voc12", "--quiet"], cwd=folder)   # looks in ./data/models
+    assert proc.returncode == 0, proc.stderr
 
 
 def _voc12_keras_weights(folder: Path) -> None:
     from converters import caffe2tf
 
     _caffe_release("voc12", "resnet101_msc", 21)(folder)
-    assert caffe2tf.main(["--dataset", "voc12", "--models-dir", str(folder / "data" / "models"), "--quiet"]) == 0
+    proc = run_main(caffe2tf.main, ["--dataset", "voc12", "--quiet"], cwd=folder)
+    assert proc.returncode == 0, proc.stderr
 
 
 def _caffemodel_file(name: str, topology: str) -> Callable[[Path], None]:
@@ -443,7 +444,8 @@ COMMANDS: dict[str, Run | Check | Skip] = {
     "--out m.onnx": Run(_weights("W.pth", "deeplabv3plus_xception65", provenance=False), expect=("m.onnx",),
                         slow=True),
     # ---- training
-    "reproduce/voc_v2.sh --smoke": Run(expect=("results/voc_v2/report.md",), slow=True),
+    "reproduce/voc_v2.sh --smoke": Run(expect=("runs/deeplabv2_resnet101_msc-cocoinit-vocaug-321-20k/report.md",),
+                                       slow=True),   # a training recipe's --out defaults to runs/<config>
     **{f"reproduce/{script}.sh --data-root data --models-dir data/models": Check(DATA_NEEDED + SMOKE_ELSEWHERE)
        for script in ("voc_v2", "cocostuff10k_v2", "cocostuff164k_v2", "voc_v3", "voc_v3plus")},
     "python -m reproduce.recipe voc_v3plus_xception65 --data-root data --models-dir data/models": Check(
@@ -647,3 +649,16 @@ def test_optional_parts_and_program():
     assert _program("reproduce/voc_v2.sh --data-root data") == ["bash", "reproduce/voc_v2.sh"]
     assert _program("deeplab-download NAME... [--dry-run]") == ["deeplab-download"]
     assert _program("python -m benchmarks.report $R/results --out $R") == ["python", "-m", "benchmarks.report"]
+
+
+def test_an_unclassified_or_stale_command_fails_with_what_to_do(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text("```sh\ntox -e demo\npython -m reproduce.newtool --fast\n```\n")
+    monkeypatch.setattr(sys.modules[__name__], "README", readme)
+    with pytest.raises(AssertionError, match=r"README.md:3: 'python -m reproduce.newtool --fast'.*") as info:
+        test_every_readme_command_is_classified()
+    assert "classify each in COMMANDS of tests/test_readme_commands.py" in str(info.value)
+    monkeypatch.setattr(sys.modules[__name__], "COMMANDS", {"tox -e demo": COMMANDS["tox -e demo"], "tox": Skip("x")})
+    readme.write_text("```sh\ntox -e demo\n```\n")
+    with pytest.raises(AssertionError, match="no longer shows"):
+        test_every_readme_command_is_classified()
