@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from converters.errors import DeeplabError
-from converters.io import atomic_path, write_json_atomic
+from converters.errors import DeeplabError, OutputError
+from converters.io import atomic_path, check_pth_file, write_json_atomic
 
 __all__ = ["CheckpointError", "CheckpointMismatch", "rng_state", "set_rng_state", "check_rng_state",
            "save_checkpoint", "load_checkpoint", "find_checkpoint", "check_state_dict", "check_optimizer_state",
@@ -177,7 +177,7 @@ def save_checkpoint(run_dir: str | Path, iteration: int, payload: dict[str, Any]
     path = run_dir / f"{prefix}{iteration:07d}.pt"
     record = {"format": FORMAT, "iteration": iteration, **payload}
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, check=check_pth_file) as tmp:
             with open(tmp, "wb") as fh:
                 out = _RecordingFile(fh)
                 try:
@@ -186,13 +186,14 @@ def save_checkpoint(run_dir: str | Path, iteration: int, payload: dict[str, Any]
                     if out.error is None:
                         raise
                     raise out.error from None
-    except OSError as e:
-        raise CheckpointError(f"{path}: could not write the checkpoint ({e.strerror or e}); nothing was written "
+    except OutputError as e:  # atomic_path's one line for a failed or unverified write (full disk, size limit)
+        reason = e.problem.removeprefix("could not be written (").removesuffix(")")
+        raise CheckpointError(f"{path}: could not write the checkpoint ({reason}); nothing was written "
                               "under this name") from None
     try:
         write_json_atomic(run_dir / pointer, {"iteration": iteration, "file": path.name})
-    except OSError as e:
-        raise CheckpointError(f"{run_dir / pointer}: could not write the checkpoint pointer ({e.strerror or e}); "
+    except OutputError as e:
+        raise CheckpointError(f"{run_dir / pointer}: could not write the checkpoint pointer ({e.problem}); "
                               "it still names the previous checkpoint") from None
     if keep > 0:  # only older ones: a stray file with a higher number never removes the new checkpoint
         for _, old in [c for c in _candidates(run_dir, prefix) if c[0] < iteration][keep - 1:]:

@@ -46,6 +46,7 @@ from .data_check import (
     write_index_masks,
 )
 from .training.config import CONFIGS_DIR, Config, apply_overrides, find_release, load_config, release_format, to_dict
+from .yamlfile import load_yaml
 
 __all__ = ["build_custom_parser", "run_custom", "SourceWeights", "resolve_source", "base_config", "head_keys",
            "evaluate_confusion", "plot_confusion"]
@@ -124,10 +125,14 @@ class SourceWeights:
     base: Path | None = None          # the training config whose init.release these weights are
 
 
+def _published_configs() -> list[tuple[Path, dict[str, Any]]]:
+    """(path, raw mapping) of every training config shipped in ``reproduce/configs``, read by the bounded loader."""
+    return [(path, load_yaml(path) or {}) for path in sorted(CONFIGS_DIR.glob("*.yaml"))]
+
+
 def _configs_by_release() -> dict[str, Path]:
     out: dict[str, Path] = {}
-    for path in sorted(CONFIGS_DIR.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for path, data in _published_configs():
         rel = (data.get("init") or {}).get("release")
         if rel and rel not in out:
             out[rel] = path
@@ -175,8 +180,7 @@ def base_config(src: SourceWeights) -> Config:
         return load_config(src.base)
     arch = src.architecture
     same = None
-    for path in sorted(CONFIGS_DIR.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for path, data in _published_configs():
         if (data.get("model") or {}).get("name") == arch:
             same = same or path
     if same is not None:
