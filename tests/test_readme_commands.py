@@ -370,6 +370,7 @@ COMMANDS: dict[str, Run | Check | Skip] = {
     'deeplabv2_resnet101_msc_voc12.pth", weights_only=True))': Run(_converted_voc12, slow=True),
     "python -m reproduce.download voc12": Check("downloads a 1 GB release", how="dry-run"),
     "python -m reproduce.download RELEASE": Check("a placeholder for a release name"),
+    "python -m reproduce.download NAME": Check("a placeholder for a release or dataset name"),
     "python -m reproduce.download voc2012 voc12": Check("downloads 3 GB", how="dry-run"),
     "python -m reproduce.download deeplabv3_pascal_train_aug_2018_01_04": Check("downloads 439 MB", how="dry-run"),
     "python -m reproduce.download NAME... --data-root data": Check("a placeholder for names"),
@@ -452,6 +453,13 @@ COMMANDS: dict[str, Run | Check | Skip] = {
         DATA_NEEDED + "its --smoke run is tests/test_scripts_train.py::test_xception65_recipe_is_one_config_file"),
     "python -m reproduce.recipe NAME": Check("a placeholder for a recipe name"),
     "deeplab-recipe NAME": Check("a placeholder for a recipe name"),
+    "deeplab-recipe custom": Check("prose: the command's name (tests/test_custom_recipe.py runs it end to end)"),
+    "python -m reproduce.recipe custom --data my_data --from deeplabv3_pascal_train_aug_2018_01_04 --val-fraction 0.1":
+        Check("the user's own folder and an Xception-65 training of hours; tests/test_custom_recipe.py runs the "
+              "command end to end on generated folders, a release's checkpoint included (slow)"),
+    "python -m reproduce.recipe custom --data my_data --from weights/vainf_r101_voc.pth --class-weights auto":
+        Check("the user's own folder and a ResNet-101 training of hours; tests/test_custom_recipe.py runs the "
+              "command end to end on generated folders with converted weights"),
     "python -m reproduce.train --config reproduce/configs/<row>.yaml [--out DIR] [--set key=value]": Check(
         "a synopsis with placeholders; tests/test_train*.py train real configs on generated data"),
     "python -m reproduce.train --framework keras --config reproduce/configs/<row>.yaml [--out DIR]": Check(
