@@ -1708,16 +1708,29 @@ def replay(fmt: str, case: int, workdir: Path, seed: int = 0) -> dict:
     return run_case(fmt, workdir / "seeds" / fmt, case_dir, seed, case)
 
 
-def _main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["worker"]:
         worker([tuple(x) for x in json.loads(argv[3])], int(argv[1]), Path(argv[2]))
         return 0
     if argv[:1] == ["replay"]:
         print(json.dumps(replay(argv[1], int(argv[2]), Path(argv[3])), indent=1))
         return 0
-    n = int(argv[0]) if argv else 2000
-    workdir = Path(argv[1]) if len(argv) > 1 else Path("/tmp/deeplab-repro-fuzz")
-    report = run([(fmt, 0, n) for fmt in FORMATS], workdir, progress=lambda t: print(t, file=sys.stderr))
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.fuzzing",
+                                     description="Seeded mutation fuzzing of every reader of foreign files.")
+    parser.add_argument("cases", nargs="?", type=int, default=2000, help="cases per format (default 2000)")
+    parser.add_argument("workdir", nargs="?", type=Path, default=Path("/tmp/deeplab-repro-fuzz"),
+                        help="scratch folder for seeds and cases (default /tmp/deeplab-repro-fuzz)")
+    parser.add_argument("--formats", nargs="+", choices=sorted(FORMATS), default=list(FORMATS), metavar="FORMAT",
+                        help=f"formats to fuzz (default all: {', '.join(FORMATS)})")
+    parser.add_argument("--seed", type=int, default=0, help="the seed: case i of a format is fixed by (seed, i)")
+    args = parser.parse_args(argv)
+    if args.cases < 1:
+        parser.error("cases must be >= 1")
+    report = run([(fmt, 0, args.cases) for fmt in args.formats], args.workdir, seed=args.seed,
+                 progress=lambda t: print(t, file=sys.stderr))
     print(report.table())
     print(f"{report.seconds:.0f} s")
     for f in report.failures[:50]:
@@ -1726,7 +1739,7 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))
 
 
 __all__ = ["FORMATS", "FuzzReport", "run", "replay", "write_v2_checkpoint", "sstable"]
